@@ -1,0 +1,42 @@
+# One command sets up and runs the main job (`make demo`), one sets up and runs the tests (`make test`).
+# The virtual environment lives in .venv; nothing is installed outside the clone.
+#
+# torch: TORCH_SPEC defaults to the CPU wheel torch==2.13.0. With a GPU, override it, e.g.
+#   make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3.11
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench model clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev,train]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m backend.demo --out docs/images
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.hand_model
+
+# Regenerate the embedded open hand model (deterministic; the test suite checks the committed copy).
+model: $(STAMP)
+	$(PY) -m backend.hand_model.generate --out backend/assets/open_hand
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
