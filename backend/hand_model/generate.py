@@ -233,8 +233,11 @@ def build_skeleton(p: HandParams) -> Skeleton:
                 name=f"thumb{k + 1}",
             )
         )
-    palm_segments.append(Segment(0, np.zeros(3), cmc, (0.012 * s,) * 2, (0.012 * s,) * 2,
-                                 _frame(cmc, up), "thumb_carpal"))  # fmt: skip
+    palm_segments.append(
+        Segment(
+            0, np.zeros(3), cmc, (0.012 * s,) * 2, (0.012 * s,) * 2, _frame(cmc, up), "thumb_carpal"
+        )
+    )
     a, b, rw, rd, _ = WRIST_STUB
     palm_segments.append(
         Segment(
@@ -245,7 +248,7 @@ def build_skeleton(p: HandParams) -> Skeleton:
             (rd * s,) * 2,
             _frame(np.array(b) - np.array(a), up),
             "wrist",
-        )  # fmt: skip
+        )
     )
     return Skeleton(joints, tips, segments, palm_segments, p)
 
@@ -329,15 +332,25 @@ def hand_sdf(sk: Skeleton, pts: np.ndarray) -> np.ndarray:
     # thenar and hypothenar pads (palmar side), dorsal knuckle bumps
     pad = p.pads
     thenar_axis = sk.joints[14] - sk.joints[13]
-    thenar = Segment(0, sk.joints[13] + np.array([0.002, -0.004, 0.004]) * s,
-                     sk.joints[13] + 0.55 * thenar_axis + np.array([0, -0.003, 0.003]) * s,
-                     (0.014 * s * pad, 0.011 * s * pad), (0.011 * s * pad, 0.009 * s * pad),
-                     _frame(thenar_axis, np.array([0.0, 1.0, 0.0])))  # fmt: skip
+    thenar = Segment(
+        0,
+        sk.joints[13] + np.array([0.002, -0.004, 0.004]) * s,
+        sk.joints[13] + 0.55 * thenar_axis + np.array([0, -0.003, 0.003]) * s,
+        (0.014 * s * pad, 0.011 * s * pad),
+        (0.011 * s * pad, 0.009 * s * pad),
+        _frame(thenar_axis, np.array([0.0, 1.0, 0.0])),
+    )
     body = _smin(body, _cone_sdf(pts, thenar), 0.012 * s)
     hypo_a = np.array([0.020, -0.012, 0.021]) * s * np.array([1, 1, p.palm_width])
     hypo_b = np.array([0.062, -0.010, 0.026]) * s * np.array([p.palm_length, 1, p.palm_width])
-    hypothenar = Segment(0, hypo_a, hypo_b, (0.010 * s,) * 2, (0.008 * s * pad,) * 2,
-                         _frame(hypo_b - hypo_a, np.array([0.0, 1.0, 0.0])))  # fmt: skip
+    hypothenar = Segment(
+        0,
+        hypo_a,
+        hypo_b,
+        (0.010 * s,) * 2,
+        (0.008 * s * pad,) * 2,
+        _frame(hypo_b - hypo_a, np.array([0.0, 1.0, 0.0])),
+    )
     body = _smin(body, _cone_sdf(pts, hypothenar), 0.012 * s)
     for f in FINGERS:
         c = sk.joints[FINGER_BASE_JOINT[f]] + np.array([-0.003, 0.0055, 0.0]) * s
@@ -457,9 +470,13 @@ def mesh_check(v: np.ndarray, f: np.ndarray) -> dict:
         "closed_and_oriented": oriented,
         "euler": len(v) - n_edges + len(f),
         "volume_m3": signed_volume(v, f),
-        "degenerate_faces": int(np.sum(np.linalg.norm(
-            np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1) < 1e-12)),
-    }  # fmt: skip
+        "degenerate_faces": int(
+            np.sum(
+                np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
+                < 1e-12
+            )
+        ),
+    }
 
 
 # ----------------------------------------------------------------------------------- rigging
@@ -472,8 +489,9 @@ def _segment_distance(pts: np.ndarray, seg: Segment) -> np.ndarray:
     return np.linalg.norm(pts - seg.a - t[:, None] * e, axis=1)
 
 
-def bone_affinity(sk: Skeleton, verts: np.ndarray, faces: np.ndarray, tau: float = 0.0015,
-                  smooth_iters: int = 8) -> np.ndarray:  # fmt: skip
+def bone_affinity(
+    sk: Skeleton, verts: np.ndarray, faces: np.ndarray, tau: float = 0.0015, smooth_iters: int = 8
+) -> np.ndarray:
     """Soft assignment (V, S) of vertices to all segments (palm segments first, then digits).
 
     Softmax of minus the distance to each segment (temperature `tau` metres), then diffused on the
@@ -571,14 +589,16 @@ def sample_params(rng: np.random.Generator) -> HandParams:
     )
 
 
-def map_to_variant(base: Skeleton, var: Skeleton, verts: np.ndarray,
-                   affinity: np.ndarray) -> np.ndarray:  # fmt: skip
+def map_to_variant(
+    base: Skeleton, var: Skeleton, verts: np.ndarray, affinity: np.ndarray
+) -> np.ndarray:
     """Carry template vertices (V, 3) onto a variant hand: per segment, express each vertex in the
     segment's frame, stretch along the bone and across by the radius ratio, blend by `affinity`,
     then project onto the variant's own surface."""
     out = np.zeros_like(verts)
-    for i, (g0, g1) in enumerate(zip(base.palm_segments + base.segments,
-                                     var.palm_segments + var.segments, strict=True)):  # fmt: skip
+    for i, (g0, g1) in enumerate(
+        zip(base.palm_segments + base.segments, var.palm_segments + var.segments, strict=True)
+    ):
         loc = (verts - g0.a) @ g0.frame.T
         l0, l1 = np.linalg.norm(g0.b - g0.a), np.linalg.norm(g1.b - g1.a)
         t = np.clip(loc[:, 0] / l0, 0.0, 1.0)
@@ -592,8 +612,13 @@ def map_to_variant(base: Skeleton, var: Skeleton, verts: np.ndarray,
     return project_to_surface(var, out, iters=4)
 
 
-def shape_space(base: Skeleton, verts: np.ndarray, affinity: np.ndarray, n: int = FAMILY_SIZE,
-                seed: int = FAMILY_SEED) -> tuple[np.ndarray, dict]:  # fmt: skip
+def shape_space(
+    base: Skeleton,
+    verts: np.ndarray,
+    affinity: np.ndarray,
+    n: int = FAMILY_SIZE,
+    seed: int = FAMILY_SEED,
+) -> tuple[np.ndarray, dict]:
     """PCA of the family's displacements from the nominal hand.
 
     Returns shapedirs (V, 3, 10), scaled so that beta ~ N(0, I) spans the family, and a report of
@@ -601,8 +626,9 @@ def shape_space(base: Skeleton, verts: np.ndarray, affinity: np.ndarray, n: int 
     """
     rng = np.random.default_rng(seed)
     params = [sample_params(rng) for _ in range(n)]
-    disp = np.stack([(map_to_variant(base, build_skeleton(p), verts, affinity) - verts).ravel()
-                     for p in params])  # fmt: skip
+    disp = np.stack(
+        [(map_to_variant(base, build_skeleton(p), verts, affinity) - verts).ravel() for p in params]
+    )
     _, sv, vt = np.linalg.svd(disp, full_matrices=False)
     var = sv**2 / n
     comps = vt[:NUM_BETAS] * np.sqrt(var[:NUM_BETAS])[:, None]  # (10, 3V)
@@ -672,8 +698,10 @@ def generate(log=print) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], d
     tips = fingertip_vertices(sk, verts)
     log(f"shape space from {FAMILY_SIZE} variants ...")
     shapedirs, shape_report = shape_space(sk, verts, affinity)
-    kintree = np.array([[(p if p >= 0 else 4294967295) for p in MANO_PARENTS],
-                        list(range(NUM_JOINTS))], dtype=np.int64)  # fmt: skip
+    kintree = np.array(
+        [[(p if p >= 0 else 4294967295) for p in MANO_PARENTS], list(range(NUM_JOINTS))],
+        dtype=np.int64,
+    )
     right = {
         "v_template": verts,
         "shapedirs": shapedirs,
@@ -729,8 +757,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     right, left, meta = generate()
     write(args.out, right, left, meta)
-    print(f"wrote {args.out}: {meta['mesh']['vertices']} vertices, "
-          f"wrist-to-middle-tip {meta['wrist_to_middle_tip_m']} m")  # fmt: skip
+    print(
+        f"wrote {args.out}: {meta['mesh']['vertices']} vertices, "
+        f"wrist-to-middle-tip {meta['wrist_to_middle_tip_m']} m"
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,17 @@ OPEN_HAND_DIR = Path(__file__).resolve().parents[1] / "assets" / "open_hand"
 SOURCES = ("open", "mano")
 # The arrays every source provides (MANO layout plus fingertip ids).
 ARRAY_KEYS = (
-    "v_template", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights", "f",
-    "hands_components", "hands_mean", "tip_vertex_ids",
-)  # fmt: skip
+    "v_template",
+    "shapedirs",
+    "posedirs",
+    "J_regressor",
+    "kintree_table",
+    "weights",
+    "f",
+    "hands_components",
+    "hands_mean",
+    "tip_vertex_ids",
+)
 
 
 @lru_cache(maxsize=8)
@@ -139,8 +147,9 @@ class HandModel(nn.Module):
         """(F, 3) int64 faces on the model's device."""
         return self.mano.faces_tensor
 
-    def forward(self, pose: Tensor, betas: Tensor | None = None, transl: Tensor | None = None
-                ) -> HandOutput:  # fmt: skip
+    def forward(
+        self, pose: Tensor, betas: Tensor | None = None, transl: Tensor | None = None
+    ) -> HandOutput:
         """pose (B, 16, 3) or (B, 48) axis-angle, root first, flat-hand rest; betas (B, 10) or
         None (zeros); transl (B, 3) or None. Returns vertices (B, V, 3), joints (B, 16, 3) and
         keypoints (B, 21, 3)."""
