@@ -374,3 +374,14 @@ def test_official_mano_source_through_the_same_interface(tmp_path):
     torch.testing.assert_close(lo.vertices, mirror_points(r.vertices), atol=1e-8, rtol=0)
     assert hand_model_id("mano", tmp_path).startswith("mano-official-")
     assert hand_model_id("mano", tmp_path) != hand_model_id("open")
+
+
+def test_rotation_matrix_entry_point_matches_axis_angle(right64):
+    from smplx.lbs import batch_rodrigues
+
+    pose, betas = random_params(2, seed=10, scale=0.6)
+    transl = torch.randn(2, 3, dtype=torch.float64)
+    rot = batch_rodrigues(pose.reshape(-1, 3)).reshape(2, 16, 3, 3)
+    a, b = right64(pose, betas, transl), right64.forward_rotmat(rot, betas, transl)
+    torch.testing.assert_close(b.vertices, a.vertices, atol=1e-10, rtol=0)
+    torch.testing.assert_close(b.keypoints, a.keypoints, atol=1e-10, rtol=0)

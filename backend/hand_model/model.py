@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import smplx
 import torch
+from smplx.lbs import lbs
 from smplx.utils import Struct
 from torch import Tensor, nn
 
@@ -162,6 +163,33 @@ class HandModel(nn.Module):
         tips = out.vertices[:, self.tip_vertex_ids]  # (B, 5, 3)
         keypoints = torch.cat([out.joints, tips], dim=1)[:, self.keypoint_index]  # (B, 21, 3)
         return HandOutput(out.vertices, out.joints, keypoints)
+
+    def forward_rotmat(
+        self, rotmats: Tensor, betas: Tensor | None = None, transl: Tensor | None = None
+    ) -> HandOutput:
+        """Like `forward`, from rotation matrices (B, 16, 3, 3) instead of axis-angle: the path a
+        network regressing a continuous rotation representation takes (no log map needed)."""
+        if betas is None:
+            betas = rotmats.new_zeros(rotmats.shape[0], NUM_BETAS)
+        m = self.mano
+        # smplx's own LBS (Eqs. 1-4 of MANO) with rotation matrices in, no axis-angle round trip
+        verts, joints = lbs(
+            betas,
+            rotmats,
+            m.v_template,
+            m.shapedirs,
+            m.posedirs,
+            m.J_regressor,
+            m.parents,
+            m.lbs_weights,
+            pose2rot=False,
+        )
+        if transl is not None:
+            verts = verts + transl[:, None]
+            joints = joints + transl[:, None]
+        tips = verts[:, self.tip_vertex_ids]  # (B, 5, 3)
+        keypoints = torch.cat([joints, tips], dim=1)[:, self.keypoint_index]  # (B, 21, 3)
+        return HandOutput(verts, joints, keypoints)
 
     def rest_joints(self, betas: Tensor | None = None) -> Tensor:
         """(B, 16, 3) joint centres of the shaped hand in the flat rest pose, model frame."""
