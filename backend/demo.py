@@ -23,8 +23,11 @@ SKIN = (0.86, 0.64, 0.52)
 NAIL = (0.93, 0.78, 0.74)
 
 
-def _rotation(yaw_deg: float, pitch_deg: float, palm_to_camera: bool) -> torch.Tensor:
-    """(3, 3) model-to-camera rotation: fingers up in the image, then yaw and pitch."""
+def _rotation(
+    yaw_deg: float, pitch_deg: float, palm_to_camera: bool, side: str = "right"
+) -> torch.Tensor:
+    """(3, 3) model-to-camera rotation: fingers up in the image, then yaw and pitch. The left
+    model points its fingers along -x (it mirrors the right), so it is rolled by 180 degrees."""
     # model axes: x distal, y dorsal, z ulnar. Camera (OpenCV): x right, y down, z forward.
     dorsal = 1.0 if palm_to_camera else -1.0
     base = torch.tensor([[0.0, 0.0, -dorsal], [-1.0, 0.0, 0.0], [0.0, dorsal, 0.0]]).double()
@@ -32,7 +35,10 @@ def _rotation(yaw_deg: float, pitch_deg: float, palm_to_camera: bool) -> torch.T
     y, p = math.radians(yaw_deg), math.radians(pitch_deg)
     yaw = torch.tensor([[math.cos(y), 0, math.sin(y)], [0, 1, 0], [-math.sin(y), 0, math.cos(y)]])
     pitch = torch.tensor([[1, 0, 0], [0, math.cos(p), -math.sin(p)], [0, math.sin(p), math.cos(p)]])
-    return pitch.double() @ yaw.double() @ base
+    roll = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
+    return (
+        pitch.double() @ yaw.double() @ (roll if side == "left" else torch.eye(3)).double() @ base
+    )
 
 
 def render_tile(
@@ -79,7 +85,9 @@ def demo_grid(size: int = 256) -> np.ndarray:
         for i, name in enumerate(("relaxed", "fist", "point", "spread")):
             pose = named_pose(name, rest, side)[None]
             verts = model(pose).vertices[0]
-            tiles.append(render_tile(verts, faces, albedo, _rotation(yaw, 15, i % 2 == 0), size))
+            tiles.append(
+                render_tile(verts, faces, albedo, _rotation(yaw, 15, i % 2 == 0, side), size)
+            )
         rows.append(np.concatenate(tiles, axis=1))
         tiles = []
         for k, value in ((0, -2.0), (0, 2.0), (1, 2.5), (2, 2.5)):
@@ -88,7 +96,7 @@ def demo_grid(size: int = 256) -> np.ndarray:
             pose = named_pose("pinch", rest, side)[None]
             verts = model(pose, betas).vertices[0]
             # one fixed scale for the row, so that the size change shows
-            rot = _rotation(-yaw, -10, False)
+            rot = _rotation(-yaw, -10, False, side)
             tiles.append(render_tile(verts, faces, albedo, rot, size, extent=0.125))
         rows.append(np.concatenate(tiles, axis=1))
     return np.concatenate(rows, axis=0)
