@@ -34,6 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.hand_model
 	$(PY) -m benchmarks.render
+	$(PY) -m benchmarks.synth
 
 # Regenerate the embedded open hand model (deterministic; the test suite checks the committed copy).
 model: $(STAMP)

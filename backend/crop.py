@@ -1,0 +1,92 @@
+"""Crop geometry shared by inference and the synthetic data engine, so both crop hands alike.
+
+A hand box (x0, y0, x1, y1) in image pixels becomes a square crop centred on the box, with side
+`CROP_SCALE` times the box's longer side, resampled to `CROP_SIZE` pixels. The crop is an affine
+map of pixel coordinates, so a pinhole K of the image becomes the crop's K by the same map.
+Pixel convention (DESIGN.md): pixel (row i, col j) has its centre at (j + 0.5, i + 0.5).
+Imports torch and numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CROP_SIZE = 256  # network input, pixels
+CROP_SCALE = 1.3  # crop side / longer side of the tight hand box
+
+
+def square_crop(box_xyxy: Tensor, scale: float | Tensor = CROP_SCALE) -> Tensor:
+    """(..., 4) hand boxes -> (..., 3) square crops (centre x, centre y, side), image pixels."""
+    centre = (box_xyxy[..., :2] + box_xyxy[..., 2:]) / 2
+    side = (box_xyxy[..., 2:] - box_xyxy[..., :2]).amax(dim=-1) * scale
+    return torch.cat([centre, side[..., None]], dim=-1)
+
+
+def crop_to_box(crop: Tensor) -> Tensor:
+    """(..., 3) square crops (cx, cy, side) -> (..., 4) boxes (x0, y0, x1, y1)."""
+    half = crop[..., 2:] / 2
+    return torch.cat([crop[..., :2] - half, crop[..., :2] + half], dim=-1)
+
+
+def image_to_crop_matrix(crop: Tensor, size: int = CROP_SIZE) -> Tensor:
+    """(..., 3) crops -> (..., 3, 3) affine map from image pixels to crop pixels.
+
+    u_crop = (u - (cx - side / 2)) * size / side, likewise v: pixel centres map to pixel centres
+    because both frames put the origin at the top-left corner of the top-left pixel."""
+    scale = size / crop[..., 2]
+    m = torch.zeros(*crop.shape[:-1], 3, 3, dtype=crop.dtype, device=crop.device)
+    m[..., 0, 0] = scale
+    m[..., 1, 1] = scale
+    m[..., 0, 2] = -(crop[..., 0] - crop[..., 2] / 2) * scale
+    m[..., 1, 2] = -(crop[..., 1] - crop[..., 2] / 2) * scale
+    m[..., 2, 2] = 1.0
+    return m
+
+
+def crop_intrinsics(K: Tensor, crop: Tensor, size: int = CROP_SIZE) -> Tensor:
+    """Pinhole matrix (..., 3, 3) of the crop, from the image's K (..., 3, 3) and the crop."""
+    return image_to_crop_matrix(crop, size) @ K
+
+
+def points_to_crop(uv: Tensor, crop: Tensor, size: int = CROP_SIZE) -> Tensor:
+    """Image pixel coordinates (..., N, 2) -> crop pixel coordinates (..., N, 2)."""
+    c = crop[..., None, :]
+    return (uv - (c[..., :2] - c[..., 2:] / 2)) * (size / c[..., 2:])
+
+
+def points_from_crop(uv: Tensor, crop: Tensor, size: int = CROP_SIZE) -> Tensor:
+    """Crop pixel coordinates (..., N, 2) -> image pixel coordinates (..., N, 2)."""
+    c = crop[..., None, :]
+    return uv * (c[..., 2:] / size) + (c[..., :2] - c[..., 2:] / 2)
+
+
+def crop_image(
+    image: np.ndarray, crop: tuple[float, float, float], size: int = CROP_SIZE, flip: bool = False
+) -> np.ndarray:
+    """Resample a square crop (cx, cy, side) of an (H, W, 3) uint8 image to (size, size, 3).
+
+    Bilinear sampling at the crop's pixel centres (area-averaged first when shrinking by more
+    than 2x, to avoid aliasing); outside the image is black. `flip` mirrors the crop left-right
+    (left hands go in as right hands)."""
+    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    cx, cy, side = (float(x) for x in crop)
+    h, w = image.shape[:2]
+    shrink = int(side / size)
+    if shrink >= 2:  # box-filter first so that bilinear sampling does not alias
+        img = torch.nn.functional.avg_pool2d(img, shrink, ceil_mode=True)
+        cx, cy, side, h, w = cx / shrink, cy / shrink, side / shrink, img.shape[2], img.shape[3]
+    t = (torch.arange(size, dtype=torch.float64) + 0.5) * (side / size)
+    us = cx - side / 2 + t  # image x of each crop column centre
+    vs = cy - side / 2 + t
+    if flip:
+        us = us.flip(0)
+    # grid_sample's normalised coords with align_corners=False: -1/+1 are the outer pixel edges
+    gx = (us / w * 2 - 1).float()
+    gy = (vs / h * 2 - 1).float()
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)[None]
+    out = torch.nn.functional.grid_sample(
+        img, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
