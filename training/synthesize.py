@@ -39,25 +39,46 @@ def preview_grid(batch: dict[str, torch.Tensor], columns: int = 8) -> np.ndarray
     tiles = []
     for i in range(n):
         img = (batch["image"][i].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255)
-        tiles.append(render_overlay(img.astype(np.uint8), [], [], batch["K"][i].cpu().numpy(),
-                                    batch["keypoints2d"][i].cpu().numpy()))  # fmt: skip
+        tiles.append(
+            render_overlay(
+                img.astype(np.uint8),
+                [],
+                [],
+                batch["K"][i].cpu().numpy(),
+                batch["keypoints2d"][i].cpu().numpy(),
+            )
+        )
     rows = (n + columns - 1) // columns
     tiles += [np.zeros_like(tiles[0])] * (rows * columns - n)
-    return np.concatenate([np.concatenate(tiles[r * columns:(r + 1) * columns], axis=1)
-                           for r in range(rows)], axis=0)  # fmt: skip
+    return np.concatenate(
+        [np.concatenate(tiles[r * columns : (r + 1) * columns], axis=1) for r in range(rows)],
+        axis=0,
+    )
 
 
-def synthesize(count: int, out: Path, seed: int = 0, cfg: SynthConfig | None = None,
-               device: str = "cpu", image_format: str = "jpg", preview: Path | None = None,
-               log=print) -> Path:  # fmt: skip
+def synthesize(
+    count: int,
+    out: Path,
+    seed: int = 0,
+    cfg: SynthConfig | None = None,
+    device: str = "cpu",
+    image_format: str = "jpg",
+    preview: Path | None = None,
+    log=print,
+) -> Path:
     """Write `count` samples to `out`; returns the folder."""
     if count < 1:
         raise ValueError("--count must be at least 1")
     cfg = cfg or SynthConfig()
     dev = torch.device(device)
     engine = SyntheticHands(cfg, dev)
-    meta = {"seed": seed, "batch_size": BATCH, "engine": dataclasses.asdict(cfg),
-            "hand_model": hand_model_id(cfg.hand_model), "device": dev.type}  # fmt: skip
+    meta = {
+        "seed": seed,
+        "batch_size": BATCH,
+        "engine": dataclasses.asdict(cfg),
+        "hand_model": hand_model_id(cfg.hand_model),
+        "device": dev.type,
+    }
     writer = SyntheticFolderWriter(out, meta, image_format)
     t0 = time.perf_counter()
     first = None
@@ -85,8 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = SynthConfig(background_dir=args.backgrounds)
-        path = synthesize(args.count, args.out, args.seed, cfg, args.device,
-                          "png" if args.png else "jpg", args.preview)  # fmt: skip
+        path = synthesize(
+            args.count,
+            args.out,
+            args.seed,
+            cfg,
+            args.device,
+            "png" if args.png else "jpg",
+            args.preview,
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

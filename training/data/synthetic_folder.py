@@ -25,9 +25,19 @@ from PIL import Image
 
 FORMAT = "hamr.synthetic/1"
 STORED_FIELDS = (
-    "keypoints2d", "keypoints3d", "keypoints_occluded", "pose", "betas", "transl", "cam_weak",
-    "K", "K_full", "crop", "box_xyxy", "side",
-)  # fmt: skip
+    "keypoints2d",
+    "keypoints3d",
+    "keypoints_occluded",
+    "pose",
+    "betas",
+    "transl",
+    "cam_weak",
+    "K",
+    "K_full",
+    "crop",
+    "box_xyxy",
+    "side",
+)
 
 
 def encode_mask(mask: np.ndarray, visible: np.ndarray) -> np.ndarray:

@@ -25,14 +25,16 @@ from torch import Tensor
 from backend.render import Light
 
 # sRGB albedo, very light -> very dark (roughly Fitzpatrick I -> VI)
-SKIN_TONES = torch.tensor([
-    [0.96, 0.80, 0.70],
-    [0.90, 0.70, 0.58],
-    [0.80, 0.58, 0.44],
-    [0.66, 0.45, 0.32],
-    [0.48, 0.31, 0.21],
-    [0.30, 0.19, 0.13],
-])  # fmt: skip
+SKIN_TONES = torch.tensor(
+    [
+        [0.96, 0.80, 0.70],
+        [0.90, 0.70, 0.58],
+        [0.80, 0.58, 0.44],
+        [0.66, 0.45, 0.32],
+        [0.48, 0.31, 0.21],
+        [0.30, 0.19, 0.13],
+    ]
+)
 PALM_TINT = torch.tensor([0.93, 0.72, 0.64])  # palmar skin is lighter and pinker
 NAIL_TINT = torch.tensor([0.95, 0.80, 0.78])
 
@@ -47,15 +49,48 @@ class Appearance:
     specular: float
 
 
-def sample_skin(n: int, g: torch.Generator, rest_verts: Tensor, palm_weight: Tensor,
-                nail_mask: Tensor, redness: Tensor, device) -> Tensor:  # fmt: skip
+# Bands of the tone coordinate (0 = first tone .. 5 = last) held out for the test split, so that
+# test skin tones never occur in training; they are narrow and interleaved, so that training still
+# spans the whole range from the lightest to the darkest skin.
+TEST_TONE_BANDS = ((0.8, 1.2), (2.3, 2.7), (3.8, 4.2))
+
+
+def _tone_intervals(split: str) -> list[tuple[float, float]]:
+    if split == "all":
+        return [(0.0, 5.0)]
+    if split == "test":
+        return list(TEST_TONE_BANDS)
+    if split != "train":
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    edges = [0.0] + [x for band in TEST_TONE_BANDS for x in band] + [5.0]
+    return [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b > a]
+
+
+def sample_tone_coordinate(n: int, g: torch.Generator, split: str, device) -> Tensor:
+    """(n,) positions along SKIN_TONES (0..5), uniform over the split's intervals."""
+    iv = torch.tensor(_tone_intervals(split), device=device)
+    lengths = iv[:, 1] - iv[:, 0]
+    pick = torch.multinomial(lengths / lengths.sum(), n, replacement=True, generator=g)
+    return iv[pick, 0] + torch.rand(n, generator=g, device=device) * lengths[pick]
+
+
+def sample_skin(
+    n: int,
+    g: torch.Generator,
+    rest_verts: Tensor,
+    palm_weight: Tensor,
+    nail_mask: Tensor,
+    redness: Tensor,
+    device,
+    split: str = "all",
+) -> Tensor:
     """(n, V, 3) per-vertex albedo.
 
     rest_verts (V, 3) rest mesh (for low-frequency blotches), palm_weight (V,) in [0, 1] how
     palmar each vertex is, nail_mask (V,) bool, redness (V,) in [0, 1] knuckles and tips."""
     u = lambda *s: torch.rand(*s, generator=g, device=device)  # noqa: E731
     tones = SKIN_TONES.to(device)
-    pos = u(n) * (len(tones) - 1)
+    pos = sample_tone_coordinate(n, g, split, device)
     lo = pos.floor().long().clamp(max=len(tones) - 2)
     t = (pos - lo)[:, None]
     base = tones[lo] * (1 - t) + tones[lo + 1] * t  # (n, 3)
@@ -173,6 +208,26 @@ def procedural_backgrounds(n: int, g: torch.Generator, size: int, device) -> Ten
     return img.clamp(0, 1)
 
 
+def test_backgrounds(n: int, g: torch.Generator, size: int, device) -> Tensor:
+    """(n, 3, size, size) a background family never used in training: soft Voronoi cells over a
+    sinusoidal plasma (the synthetic test split's backgrounds are disjoint from training's)."""
+    yy, xx = torch.meshgrid(
+        torch.linspace(-1, 1, size, device=device),
+        torch.linspace(-1, 1, size, device=device),
+        indexing="ij",
+    )
+    seeds = torch.rand(n, 12, 2, generator=g, device=device) * 2.4 - 1.2
+    d = (xx[None, None] - seeds[..., 0, None, None]) ** 2 + (
+        yy[None, None] - seeds[..., 1, None, None]
+    ) ** 2  # (n, 12, H, W)
+    weights = torch.softmax(-d * 80, dim=1)
+    colours = _palette(n, g, 12, device)  # (n, 12, 3)
+    cells = torch.einsum("nkhw,nkc->nchw", weights, colours)
+    f = 2 + 6 * torch.rand(n, 3, 1, 1, generator=g, device=device)
+    plasma = 0.5 + 0.5 * torch.sin(f * xx[None, None] + torch.sin(f * yy[None, None] * 1.3))
+    return (0.75 * cells + 0.25 * plasma).clamp(0, 1)
+
+
 class ImageFolderBackgrounds:
     """Random square crops of the user's own images (any PIL-readable files under `folder`)."""
 
@@ -210,8 +265,9 @@ class ImageFolderBackgrounds:
 # ------------------------------------------------------------------------------ occluders
 
 
-def occluders(n: int, g: torch.Generator, size: int, hand_mask: Tensor, device,
-              prob: float = 0.3) -> tuple[Tensor, Tensor]:  # fmt: skip
+def occluders(
+    n: int, g: torch.Generator, size: int, hand_mask: Tensor, device, prob: float = 0.3
+) -> tuple[Tensor, Tensor]:
     """Random objects in front of the hand: (n, 3, H, W) colour and (n, 1, H, W) alpha.
 
     Each occluder is a soft-edged ellipse or rounded bar placed near the hand's mask centre, so
@@ -260,20 +316,29 @@ def blur(img: Tensor, sigma: Tensor) -> Tensor:
     radius = max(1, int(math.ceil(3 * float(sigma.max()))))
     k = _gaussian_kernels(sigma, radius).repeat_interleave(c, dim=0)  # (n*c, K)
     x = img.reshape(1, n * c, h, w)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k[:, None, None, :],
-                 groups=n * c)  # fmt: skip
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k[:, None, :, None],
-                 groups=n * c)  # fmt: skip
+    x = F.conv2d(
+        F.pad(x, (radius, radius, 0, 0), mode="replicate"), k[:, None, None, :], groups=n * c
+    )
+    x = F.conv2d(
+        F.pad(x, (0, 0, radius, radius), mode="replicate"), k[:, None, :, None], groups=n * c
+    )
     return x.reshape(n, c, h, w)
 
 
 # JPEG luminance quantisation table (ITU-T T.81 Annex K), used for all channels here
-_JPEG_Q = torch.tensor([
-    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55],
-    [14, 13, 16, 24, 40, 57, 69, 56], [14, 17, 22, 29, 51, 87, 80, 62],
-    [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
-    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99],
-], dtype=torch.float32)  # fmt: skip
+_JPEG_Q = torch.tensor(
+    [
+        [16, 11, 10, 16, 24, 40, 51, 61],
+        [12, 12, 14, 19, 26, 58, 60, 55],
+        [14, 13, 16, 24, 40, 57, 69, 56],
+        [14, 17, 22, 29, 51, 87, 80, 62],
+        [18, 22, 37, 56, 68, 109, 103, 77],
+        [24, 35, 55, 64, 81, 104, 113, 92],
+        [49, 64, 78, 87, 103, 121, 120, 101],
+        [72, 92, 95, 98, 112, 100, 103, 99],
+    ],
+    dtype=torch.float32,
+)
 
 
 def _dct_matrix(device) -> Tensor:
@@ -287,8 +352,9 @@ def jpeg_artifacts(img: Tensor, quality: Tensor) -> Tensor:
     """Approximate JPEG compression: 8x8 block DCT, quantise with the standard table scaled for
     `quality` (n,) in 1..100, inverse DCT. Works per channel in YCbCr, like JPEG."""
     n, c, h, w = img.shape
-    ycc = torch.tensor([[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5],
-                        [0.5, -0.4187, -0.0813]], device=img.device)  # fmt: skip
+    ycc = torch.tensor(
+        [[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -0.4187, -0.0813]], device=img.device
+    )
     x = torch.einsum("ij,njhw->nihw", ycc, img) * 255
     x[:, 0] -= 128
     q = quality.clamp(1, 100)

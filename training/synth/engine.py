@@ -25,7 +25,7 @@ configuration; the mirrored right model equals the left model (tested in the han
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -41,6 +41,7 @@ from .appearance import (
     procedural_backgrounds,
     sample_lights,
     sample_skin,
+    test_backgrounds,
 )
 from .prior import angles_to_pose, matrix_to_quat, quat_to_axis_angle, sample_digit_angles
 
@@ -66,9 +67,9 @@ class SynthConfig:
     user_background_fraction: float = 0.5  # share of user images when background_dir is set
     camera_effects: bool = True
     hand_model: str = "open"
-    # skin tone range: indices into appearance.SKIN_TONES, inclusive; test splits use disjoint
-    # backgrounds and tones through `seed` and these fields
-    skin_tone_range: tuple[float, float] = field(default=(0.0, 1.0))
+    # "train" and "test" use disjoint skin-tone bands and background families (appearance.py);
+    # "all" uses everything
+    split: str = "train"
 
 
 def _canonical_views(device) -> Tensor:
@@ -99,13 +100,15 @@ def _rodrigues(aa: Tensor) -> Tensor:
 def sample_orientations(n: int, g: torch.Generator, cfg: SynthConfig, device) -> Tensor:
     """(n, 3, 3) global rotations of a right hand, model frame -> camera frame."""
     u = lambda *s: torch.rand(*s, generator=g, device=device)  # noqa: E731
-    mode = torch.multinomial(torch.tensor(cfg.view_mix, device=device), n, replacement=True,
-                             generator=g)  # fmt: skip
+    mode = torch.multinomial(
+        torch.tensor(cfg.view_mix, device=device), n, replacement=True, generator=g
+    )
     q = torch.randn(n, 4, generator=g, device=device)
     uniform = _quat_to_matrix(q / q.norm(dim=1, keepdim=True))
     base = _canonical_views(device)[(mode - 1).clamp(min=0)]
-    jitter = _rodrigues(torch.randn(n, 3, generator=g, device=device)
-                        * math.radians(cfg.view_jitter_deg))  # fmt: skip
+    jitter = _rodrigues(
+        torch.randn(n, 3, generator=g, device=device) * math.radians(cfg.view_jitter_deg)
+    )
     # in-plane roll: any angle half the time, upright-ish otherwise; egocentric stays upright
     roll = torch.where(u(n) < 0.5, (u(n) * 2 - 1) * math.pi, (u(n) * 2 - 1) * math.pi / 4)
     roll = torch.where(mode == 4, (u(n) * 2 - 1) * math.pi / 6, roll)
@@ -117,11 +120,20 @@ def sample_orientations(n: int, g: torch.Generator, cfg: SynthConfig, device) ->
 
 def _quat_to_matrix(q: Tensor) -> Tensor:
     w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*q.shape[:-1], 3, 3)  # fmt: skip
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(*q.shape[:-1], 3, 3)
 
 
 def forearm_mesh(
@@ -135,8 +147,9 @@ def forearm_mesh(
     half_d = 0.018 + 0.010 * t
     x = (-0.01 - length * t).expand(rings, segments)
     ring = torch.stack([x, -0.002 + half_d * torch.sin(ang), half_w * torch.cos(ang)], dim=-1)
-    verts = torch.cat([ring.reshape(-1, 3), ring[0].mean(0, keepdim=True),
-                       ring[-1].mean(0, keepdim=True)])  # fmt: skip
+    verts = torch.cat(
+        [ring.reshape(-1, 3), ring[0].mean(0, keepdim=True), ring[-1].mean(0, keepdim=True)]
+    )
     faces = []
     for r in range(rings - 1):
         for k in range(segments):
@@ -174,14 +187,16 @@ class SyntheticHands:
             else torch.zeros(len(rest), dtype=torch.bool, device=self.device)
         )
         # redness near knuckle joints and fingertips
-        centres = torch.cat([self.rest_joints[[1, 4, 7, 10, 13, 14]],
-                             rest[self.model.tip_vertex_ids]])  # fmt: skip
+        centres = torch.cat(
+            [self.rest_joints[[1, 4, 7, 10, 13, 14]], rest[self.model.tip_vertex_ids]]
+        )
         d = torch.cdist(rest, centres).amin(dim=1)
         self.redness = torch.exp(-((d / 0.012) ** 2))
         self.arm_verts, arm_faces = forearm_mesh(device=self.device)
         self.scene_faces = torch.cat([self.faces, arm_faces + len(rest)])
-        self.user_backgrounds = (ImageFolderBackgrounds(self.cfg.background_dir)
-                                 if self.cfg.background_dir else None)  # fmt: skip
+        self.user_backgrounds = (
+            ImageFolderBackgrounds(self.cfg.background_dir) if self.cfg.background_dir else None
+        )
 
     @torch.no_grad()
     def sample(self, n: int, g: torch.Generator) -> dict[str, Tensor]:
@@ -211,8 +226,9 @@ class SyntheticHands:
         # hand centre in the central 70% of the frame, back-projected to its depth
         px = width * (0.15 + 0.7 * u(n))
         py = height * (0.15 + 0.7 * u(n))
-        centre = torch.stack([(px - width / 2) / focal * depth,
-                              (py - height / 2) / focal * depth, depth], dim=1)  # fmt: skip
+        centre = torch.stack(
+            [(px - width / 2) / focal * depth, (py - height / 2) / focal * depth, depth], dim=1
+        )
         transl = centre - verts.mean(dim=1)
         verts_cam = verts + transl[:, None]
         # forearm: rigid with the root, bent at the wrist by up to ~35 deg, not part of the hand
@@ -253,19 +269,24 @@ class SyntheticHands:
         scene = torch.cat([verts_cam, arm_cam], dim=1)
         pix = project_points(scene, k_crop)
         frags = rasterize(torch.cat([pix, scene[..., 2:]], dim=-1), self.scene_faces, size, size)
-        albedo = sample_skin(n, g, self.rest_verts, self.palm_weight, self.nail_mask,
-                             self.redness, dev)  # fmt: skip
+        albedo = sample_skin(
+            n, g, self.rest_verts, self.palm_weight, self.nail_mask, self.redness, dev, cfg.split
+        )
         # the forearm: the back-of-hand skin colour, or a sleeve of a random colour
         skin = albedo[:, self.palm_weight < 0.05].mean(dim=1)
         sleeve = torch.rand(n, 3, generator=g, device=dev) * (0.2 + 0.8 * u(n, 1))
         arm_colour = torch.where(u(n, 1) < 0.4, sleeve, skin)
         albedo = torch.cat([albedo, arm_colour[:, None].expand(n, len(self.arm_verts), 3)], 1)
         lights, ambient, specular = sample_lights(n, g, dev)
-        rgb = shade(frags, scene, self.scene_faces, albedo, lights, ambient=ambient,
-                    specular=specular)  # fmt: skip
+        rgb = shade(
+            frags, scene, self.scene_faces, albedo, lights, ambient=ambient, specular=specular
+        )
         # texture noise on the skin (pores, hair, shading irregularities)
         rgb = rgb * (1 + 0.04 * torch.randn(rgb.shape, generator=g, device=dev))
-        background = procedural_backgrounds(n, g, size, dev)
+        if cfg.split == "test":
+            background = test_backgrounds(n, g, size, dev)
+        else:
+            background = procedural_backgrounds(n, g, size, dev)
         if self.user_backgrounds is not None:
             use = u(n) < cfg.user_background_fraction
             if use.any():
@@ -273,8 +294,12 @@ class SyntheticHands:
                 background[use] = user
         # the hand's own full silhouette (what the silhouette loss renders); the forearm and
         # occluders only hide parts of it, which `mask_visible` records
-        hand_frags = rasterize(torch.cat([pix[:, : len(self.rest_verts)], verts_cam[..., 2:]],
-                                         dim=-1), self.faces, size, size)  # fmt: skip
+        hand_frags = rasterize(
+            torch.cat([pix[:, : len(self.rest_verts)], verts_cam[..., 2:]], dim=-1),
+            self.faces,
+            size,
+            size,
+        )
         mask = hand_frags.mask
         hand_seen = frags.mask & (frags.face_idx < len(self.faces))
         img = composite(rgb, frags.mask, background.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -313,8 +338,9 @@ class SyntheticHands:
         }
 
     @staticmethod
-    def _self_occluded(depth: Tensor, kp2d: Tensor, kp_depth: Tensor, occ_alpha: Tensor,
-                       tolerance_m: float = 0.015) -> Tensor:  # fmt: skip
+    def _self_occluded(
+        depth: Tensor, kp2d: Tensor, kp_depth: Tensor, occ_alpha: Tensor, tolerance_m: float = 0.015
+    ) -> Tensor:
         """(n, 21) bool: the keypoint's pixel shows a surface more than `tolerance_m` nearer than
         the keypoint (joints sit ~1 cm under the skin), or an occluder covers it."""
         n, h, w = depth.shape
@@ -334,7 +360,24 @@ def _mirror_k(k: Tensor, width: float) -> Tensor:
 
 
 LABEL_FIELDS = (
-    "image", "mask", "mask_visible", "keypoints2d", "keypoints2d_vis", "keypoints_occluded",
-    "keypoints3d", "vertices", "pose", "betas", "transl", "cam_weak", "K", "K_full", "crop",
-    "box_xyxy", "side", "has_3d", "has_mask", "has_mano",
-)  # fmt: skip
+    "image",
+    "mask",
+    "mask_visible",
+    "keypoints2d",
+    "keypoints2d_vis",
+    "keypoints_occluded",
+    "keypoints3d",
+    "vertices",
+    "pose",
+    "betas",
+    "transl",
+    "cam_weak",
+    "K",
+    "K_full",
+    "crop",
+    "box_xyxy",
+    "side",
+    "has_3d",
+    "has_mask",
+    "has_mano",
+)

@@ -33,25 +33,70 @@ LIMITS_DEG: dict[str, tuple[tuple[float, float], ...]] = {
 }
 # Extra library poses on top of backend.hand_model.poses.NAMED_POSES (flex1-3, spread).
 EXTRA_POSES: dict[str, dict[str, tuple[float, float, float, float]]] = {
-    "ok": {"thumb": (30, 25, 30, -20), "index": (55, 60, 35, 0), "middle": (10, 10, 5, 0),
-           "ring": (10, 10, 5, 5), "pinky": (10, 10, 5, 12)},
-    "thumbs_up": {"thumb": (-10, 0, 0, 25), "index": (85, 100, 60, 0), "middle": (85, 100, 60, 0),
-                  "ring": (85, 100, 60, 0), "pinky": (85, 95, 60, 0)},
-    "claw": {"thumb": (20, 20, 30, 10), "index": (10, 80, 60, 5), "middle": (10, 85, 60, 0),
-             "ring": (10, 85, 60, 5), "pinky": (10, 80, 60, 10)},
-    "three": {"thumb": (30, 35, 40, -15), "index": (0, 0, 0, 8), "middle": (0, 0, 0, 0),
-              "ring": (0, 0, 0, 8), "pinky": (85, 95, 60, 0)},
-    "rock": {"thumb": (25, 30, 40, -10), "index": (0, 0, 0, 5), "middle": (85, 100, 60, 0),
-             "ring": (85, 100, 60, 0), "pinky": (0, 0, 0, 15)},
-    "call": {"thumb": (-10, 0, 0, 30), "index": (85, 100, 60, 0), "middle": (85, 100, 60, 0),
-             "ring": (85, 100, 60, 0), "pinky": (0, 0, 0, 20)},
-    "cup": {"thumb": (35, 15, 10, -5), "index": (30, 30, 15, -3), "middle": (30, 30, 15, 0),
-            "ring": (30, 30, 15, 3), "pinky": (30, 30, 15, 6)},
-    "hook": {"thumb": (0, 0, 0, 10), "index": (0, 90, 60, 0), "middle": (0, 95, 60, 0),
-             "ring": (0, 95, 60, 0), "pinky": (0, 90, 60, 0)},
-    "tripod": {"thumb": (40, 25, 20, -20), "index": (50, 40, 20, 0), "middle": (50, 45, 20, 0),
-               "ring": (60, 70, 40, 0), "pinky": (65, 75, 40, 0)},
-}  # fmt: skip
+    "ok": {
+        "thumb": (30, 25, 30, -20),
+        "index": (55, 60, 35, 0),
+        "middle": (10, 10, 5, 0),
+        "ring": (10, 10, 5, 5),
+        "pinky": (10, 10, 5, 12),
+    },
+    "thumbs_up": {
+        "thumb": (-10, 0, 0, 25),
+        "index": (85, 100, 60, 0),
+        "middle": (85, 100, 60, 0),
+        "ring": (85, 100, 60, 0),
+        "pinky": (85, 95, 60, 0),
+    },
+    "claw": {
+        "thumb": (20, 20, 30, 10),
+        "index": (10, 80, 60, 5),
+        "middle": (10, 85, 60, 0),
+        "ring": (10, 85, 60, 5),
+        "pinky": (10, 80, 60, 10),
+    },
+    "three": {
+        "thumb": (30, 35, 40, -15),
+        "index": (0, 0, 0, 8),
+        "middle": (0, 0, 0, 0),
+        "ring": (0, 0, 0, 8),
+        "pinky": (85, 95, 60, 0),
+    },
+    "rock": {
+        "thumb": (25, 30, 40, -10),
+        "index": (0, 0, 0, 5),
+        "middle": (85, 100, 60, 0),
+        "ring": (85, 100, 60, 0),
+        "pinky": (0, 0, 0, 15),
+    },
+    "call": {
+        "thumb": (-10, 0, 0, 30),
+        "index": (85, 100, 60, 0),
+        "middle": (85, 100, 60, 0),
+        "ring": (85, 100, 60, 0),
+        "pinky": (0, 0, 0, 20),
+    },
+    "cup": {
+        "thumb": (35, 15, 10, -5),
+        "index": (30, 30, 15, -3),
+        "middle": (30, 30, 15, 0),
+        "ring": (30, 30, 15, 3),
+        "pinky": (30, 30, 15, 6),
+    },
+    "hook": {
+        "thumb": (0, 0, 0, 10),
+        "index": (0, 90, 60, 0),
+        "middle": (0, 95, 60, 0),
+        "ring": (0, 95, 60, 0),
+        "pinky": (0, 90, 60, 0),
+    },
+    "tripod": {
+        "thumb": (40, 25, 20, -20),
+        "index": (50, 40, 20, 0),
+        "middle": (50, 45, 20, 0),
+        "ring": (60, 70, 40, 0),
+        "pinky": (65, 75, 40, 0),
+    },
+}
 LIBRARY = {**NAMED_POSES, **EXTRA_POSES}
 
 
@@ -120,9 +165,13 @@ def angles_to_pose(angles_deg: Tensor, rest_joints: Tensor, side: str = "right")
         j1, j2, j3 = DIGIT_JOINTS[digit]
         bone = rest_joints[j2] - rest_joints[j1]
         twist = (bone / bone.norm()).to(angles_deg)
-        q = quat_mul(quat_mul(axis_angle_to_quat(flex * rad[:, k, 0:1]),
-                              axis_angle_to_quat(spread * rad[:, k, 3:4])),
-                     axis_angle_to_quat(twist * rad[:, k, 4:5]))  # fmt: skip
+        q = quat_mul(
+            quat_mul(
+                axis_angle_to_quat(flex * rad[:, k, 0:1]),
+                axis_angle_to_quat(spread * rad[:, k, 3:4]),
+            ),
+            axis_angle_to_quat(twist * rad[:, k, 4:5]),
+        )
         out[:, j1] = quat_to_axis_angle(q)
         out[:, j2] = flex * rad[:, k, 1:2]
         out[:, j3] = flex * rad[:, k, 2:3]
@@ -142,12 +191,15 @@ def quat_mul(a: Tensor, b: Tensor) -> Tensor:
     """Hamilton product (..., 4) x (..., 4): the rotation b, then a."""
     aw, ax, ay, az = a.unbind(-1)
     bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], dim=-1)  # fmt: skip
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
 
 
 def quat_to_axis_angle(q: Tensor) -> Tensor:
@@ -164,8 +216,9 @@ def matrix_to_quat(m: Tensor) -> Tensor:
     """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z), any angle."""
     m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
     # the four candidate |components|; take the largest for stability (Shepperd's method)
-    cand = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
-                        1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1)  # fmt: skip
+    cand = torch.stack(
+        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
+    )
     best = cand.argmax(dim=-1, keepdim=True)
     r = torch.sqrt(cand.clamp(min=1e-12)) / 2  # (..., 4) |w|, |x|, |y|, |z| estimates
     w = torch.stack(

@@ -1,0 +1,264 @@
+"""Training, evaluation and their helpers: metrics against hand computations, the left->right flip
+against the hand models, and real (tiny) training runs: loss goes down, resume, 2-process DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend.hand_model.model import HandModel
+from backend.render import project_points
+from training.data.transforms import flip_to_right
+from training.metrics import f_score, pa_error, pck_2d, pck_auc_3d, procrustes_align
+from training.synth.engine import SynthConfig, SyntheticHands
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """
+name = "tiny"
+out_dir = "{out}"
+model_preset = "light"
+steps = {steps}
+batch_size = {batch}
+lr = 1e-3
+warmup_steps = 3
+log_every = 1
+ckpt_every = 5
+eval_count = 4
+num_workers = 0
+
+[model]
+hourglass_features = 16
+stem_widths = [8, 16]
+encoder_widths = [16, 16, 32, 32]
+regressor_hidden = 64
+
+[synth]
+camera_effects = false
+occluder_prob = 0.0
+"""
+
+
+def _write_cfg(tmp: Path, steps: int, batch: int = 2) -> Path:
+    path = tmp / "tiny.toml"
+    path.write_text(TINY.format(out=str(tmp / "run").replace("\\", "/"), steps=steps, batch=batch))
+    return path
+
+
+def _rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open() as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _random_rotation(seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(
+        torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
+    return q * torch.sign(torch.det(q))
+
+
+def test_procrustes_undoes_a_similarity_transform():
+    gt = torch.randn(2, 21, 3, dtype=torch.float64)
+    rot = _random_rotation(0)
+    pred = 1.7 * gt @ rot.T + torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(procrustes_align(pred, gt), gt, atol=1e-9, rtol=0)
+    assert pa_error(pred, gt).max() < 1e-9
+    # a non-rigid change is not undone: the error equals the hand-computed residual
+    bent = gt.clone()
+    bent[:, 0] += torch.tensor([0.0, 0.0, 0.21], dtype=torch.float64)
+    assert pa_error(bent, gt).min() > 0.001
+
+
+def test_f_score_and_pck_hand_computed():
+    gt = torch.zeros(1, 4, 3)
+    gt[0, :, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    pred = gt.clone()
+    pred[0, 3, 1] = 0.5  # one of four points 0.5 m off
+    # precision 3/4, recall 3/4 at a 0.1 threshold -> F = 0.75
+    assert math.isclose(float(f_score(pred, gt, 0.1)), 0.75, abs_tol=1e-6)
+    assert float(f_score(pred, gt, 0.6)) == 1.0
+    kp = torch.zeros(1, 21, 3)
+    kp[0, :, 0] = torch.linspace(0, 0.1, 21)
+    _, auc = pck_auc_3d(kp, kp)
+    assert math.isclose(float(auc), 1.0, abs_tol=1e-6)
+    off = kp.clone()
+    off[0, 1:, 1] += 0.035  # every non-root keypoint 35 mm off: PCK is 0 below 35, 1 above
+    pck, auc = pck_auc_3d(off, kp)
+    assert math.isclose(float(auc), 0.5, abs_tol=0.04)
+    p2 = torch.zeros(1, 21, 2)
+    g2 = torch.zeros(1, 21, 2)
+    g2[0, :10, 0] = 20.0  # 10 keypoints 20 px off
+    vis = torch.ones(1, 21)
+    assert math.isclose(float(pck_2d(p2, g2, vis, 10.0)), 11 / 21, abs_tol=1e-6)
+    vis[0, :10] = 0
+    assert float(pck_2d(p2, g2, vis, 10.0)) == 1.0
+
+
+# ---------------------------------------------------------------------- left -> right
+
+
+def test_flip_to_right_gives_consistent_right_hand_labels():
+    engine = SyntheticHands(SynthConfig(left_fraction=1.0, camera_effects=False))
+    batch = engine.sample(3, torch.Generator().manual_seed(3))
+    assert (batch["side"] == 1).all()
+    flipped = flip_to_right(batch)
+    right = HandModel("right")
+    out = right(flipped["pose"], flipped["betas"], flipped["transl"])
+    torch.testing.assert_close(out.vertices, flipped["vertices"], atol=2e-5, rtol=0)
+    proj = project_points(flipped["keypoints3d"], flipped["K"])
+    torch.testing.assert_close(proj, flipped["keypoints2d"], atol=1e-3, rtol=0)
+    assert torch.equal(flipped["image"], batch["image"].flip(-1))
+    # the flipped mask still covers the flipped keypoints
+    kp = flipped["keypoints2d"][0].long().clamp(0, 255)
+    assert flipped["mask"][0][kp[:, 1], kp[:, 0]].float().mean() > 0.7
+    # right-hand items pass through unchanged
+    rb = SyntheticHands(SynthConfig(left_fraction=0.0)).sample(1, torch.Generator().manual_seed(1))
+    assert all(torch.equal(v, flip_to_right(rb)[k]) for k, v in rb.items())
+
+
+# --------------------------------------------------------------------- training runs
+
+
+@pytest.mark.slow
+def test_smoke_config_reduces_the_loss(tmp_path):
+    """training/configs/smoke.toml (a few minutes at most on a CPU) must reduce the loss."""
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig.from_toml(REPO / "training" / "configs" / "smoke.toml")
+    cfg.out_dir = str(tmp_path / "smoke")
+    run = train(cfg, log=lambda *a, **k: None)
+    rows = _rows(run)
+    first = sum(r["total"] for r in rows[:3]) / 3
+    last = sum(r["total"] for r in rows[-3:]) / 3
+    assert last < 0.6 * first, f"loss {first:.3f} -> {last:.3f}"
+    assert rows[-1]["keypoints2d"] < rows[0]["keypoints2d"]
+    assert (run / "last.safetensors").exists() and (run / "loss_curve.png").exists()
+    assert (run / "eval.csv").exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_the_run(tmp_path):
+    from backend.network.checkpoint import read_checkpoint_header
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig.from_toml(_write_cfg(tmp_path, steps=6))
+    run = train(cfg, log=lambda *a, **k: None)
+    rows = _rows(run)
+    cfg.steps = 9
+    train(cfg, resume=True, log=lambda *a, **k: None)
+    rows2 = _rows(run)
+    assert rows2[-1]["step"] == 8 and len(rows2) == len(rows) + 3
+    assert rows2[: len(rows)] == rows
+    header = read_checkpoint_header(run / "last.safetensors")
+    assert header["metadata"]["step"] == 9
+    assert header["metadata"]["train_config"]["name"] == "tiny"
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        cfg.out_dir = str(tmp_path / "elsewhere")
+        train(cfg, resume=True, log=lambda *a, **k: None)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
+    cfg = _write_cfg(tmp_path, steps=4, batch=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "0",
+            "-m",
+            "training.train",
+            "--config",
+            str(cfg),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from backend.network.checkpoint import load_checkpoint
+
+    _, info = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert info["metadata"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_a_trained_checkpoint(tmp_path):
+    from training.train import TrainConfig, train
+
+    run = train(TrainConfig.from_toml(_write_cfg(tmp_path, steps=2)), log=lambda *a, **k: None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.evaluate",
+            "--checkpoint",
+            str(run / "last.safetensors"),
+            "--count",
+            "4",
+            "--overlays",
+            str(tmp_path / "ov"),
+            "--json",
+            str(tmp_path / "m.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "m.json").read_text())["synthetic-test"]
+    for key in (
+        "pa_mpjpe_mm",
+        "pa_mpvpe_mm",
+        "f_at_5mm",
+        "f_at_15mm",
+        "pck3d_auc_20_50",
+        "pck2d_0.1",
+    ):
+        assert key in result and math.isfinite(result[key])
+    assert len(list((tmp_path / "ov").glob("*.png"))) == 4
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.evaluate",
+            "--checkpoint",
+            str(tmp_path / "missing.safetensors"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "error" in bad.stderr
+
+
+def test_bad_training_configs_are_refused(tmp_path):
+    from training.train import TrainConfig
+
+    path = tmp_path / "bad.toml"
+    path.write_text("stepz = 3\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        TrainConfig.from_toml(path)
+    cfg = TrainConfig(model={"hourglass_featurez": 8})
+    with pytest.raises(ValueError, match="unknown HamrConfig"):
+        cfg.hamr_config()
+    with pytest.raises(ValueError):
+        TrainConfig(model_preset="huge").hamr_config()

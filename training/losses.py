@@ -1,0 +1,362 @@
+"""HAMR's training losses (Zhang et al., ICCV 2019, Sec. 3.3) as pure functions, and their sum.
+
+Terms (each a scalar, averaged over the samples and entries that have the label):
+1. 3D keypoints: L1 on root-relative 3D keypoints, metres (`keypoints3d_loss`).
+2. 2D keypoints: L1 on normalised crop coordinates, visible keypoints only (`keypoints2d_loss`).
+3. Geometric constraints on the predicted 3D keypoints, no label needed (`geometric_loss`):
+   finger planarity and bending direction; plus bone-length agreement with the label
+   (`bone_length_loss`).
+4. Camera: squared error between the predicted weak camera and the one fitted in closed form to
+   the label's 3D and 2D keypoints (`camera_loss`).
+5. Heat-maps: MSE of every hourglass stack against Gaussian targets (`heatmap_loss`,
+   `keypoint_heatmaps`).
+6. Silhouette: L1 between the soft silhouette of the predicted mesh and the ground-truth mask at a
+   low resolution (`silhouette_loss`).
+Plus an optional parameter loss against MANO labels (`param_loss`), small priors on pose and shape
+(`pose_prior`, `betas_prior`), and `hamr_loss`, which combines them with `LossWeights`.
+
+Batch contract (a dict of tensors, B samples): image (B, 3, S, S) in [0, 1]; mask (B, S, S) float;
+keypoints2d (B, 21, 2) crop pixels; keypoints2d_vis (B, 21); keypoints3d (B, 21, 3) camera frame,
+metres; has_3d, has_mask, has_mano (B,); pose (B, 16, 3) axis-angle and betas (B, 10), valid where
+has_mano. Labels where the has_* flag is off may hold anything (zeros, NaN): they are replaced
+before use, never multiplied by a zero mask.
+
+The training package imports the backend, never the other way round; no bpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from backend.hand_model.constants import KEYPOINT_PARENTS
+from backend.network.camera import (
+    fit_weak_perspective,
+    normalized_to_pixels,
+    pixels_to_normalized,
+    weak_project,
+)
+from backend.network.hamr import HamrOutput
+from backend.network.regressor import RegressorParams
+from backend.network.rotation import axis_angle_to_matrix
+from backend.render import soft_silhouette
+
+# Keypoints of each digit, proximal to distal (FreiHAND order): MCP (CMC for the thumb) ... tip.
+DIGIT_KEYPOINTS: dict[str, tuple[int, int, int, int]] = {
+    "thumb": (1, 2, 3, 4),
+    "index": (5, 6, 7, 8),
+    "middle": (9, 10, 11, 12),
+    "ring": (13, 14, 15, 16),
+    "pinky": (17, 18, 19, 20),
+}
+FINGERS = ("index", "middle", "ring", "pinky")  # the digits whose bending `geometric_loss` checks
+# Allowed non-planarity of a digit's three bones, as |det| of their unit vectors: fingertip vertices
+# sit slightly off the joints' plane even in the hand model's own poses (up to 0.12 in its fist).
+PLANARITY_MARGIN = 0.15
+# Allowed backward (dorsal) bend at the PIP and DIP joints, degrees; real joints reach ~5-10.
+BEND_MARGIN_DEG = 10.0
+SILHOUETTE_SIZE = 64  # side of the silhouettes compared, pixels
+# Soft rasteriser sharpness in its normalised units: edges blur over ~sqrt(sigma) * size / 2, here
+# ~0.3 px at 64 px (SoftRas's own setting for 64x64 images); wider blurs swell the silhouette of
+# 4-pixel-wide fingers.
+SILHOUETTE_SIGMA = 1e-4
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weight of each term in `hamr_loss` (0 skips the term). Starting points chosen so every term
+    is O(1) for an untrained network; the term names are these field names."""
+
+    keypoints3d: float = 100.0  # L1, metres (1 cm mean error -> 1)
+    keypoints2d: float = 10.0  # L1, normalised crop units (0.1 = 5 % of the crop -> 1)
+    geometric: float = 1.0  # planarity + bending hinges, dimensionless (sines)
+    bones: float = 100.0  # L1 on the 20 bone lengths, metres
+    camera: float = 1.0  # squared error of (log s, s tx, s ty), dimensionless
+    heatmaps: float = 1000.0  # per-pixel MSE of heat-maps peaking at 1 (as in HAMR's code)
+    silhouette: float = 10.0  # per-pixel L1 between silhouettes in [0, 1]
+    params: float = 1.0  # MSE of rotation-matrix entries + MSE of betas, against MANO labels
+    pose_prior: float = 0.001  # mean |R_j - I|_F^2 of the 15 finger joints
+    betas_prior: float = 0.001  # mean beta^2
+    intermediate: float = 0.0  # weight of params + camera on the regressor's earlier iterations
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `values` where `mask` (broadcast to values' shape) is true; 0 if nothing is.
+    Masked-out entries never reach the sum, so NaNs there are harmless."""
+    mask = mask.expand_as(values)
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / mask.sum().clamp(min=1)
+
+
+def keypoints3d_loss(pred: Tensor, target: Tensor, has_3d: Tensor) -> Tensor:
+    """L1 between root-relative 3D keypoints: mean over the coordinates of samples with has_3d of
+    |(pred_k - pred_wrist) - (target_k - target_wrist)|. pred, target (B, 21, 3) metres;
+    has_3d (B,)."""
+    valid = has_3d.bool()[:, None, None]  # (B, 1, 1)
+    target = torch.where(valid, target, torch.zeros_like(target))
+    pred_rel = pred - pred[:, :1]  # (B, 21, 3)
+    target_rel = target - target[:, :1]
+    return _masked_mean((pred_rel - target_rel).abs(), valid)
+
+
+def keypoints2d_loss(pred_n: Tensor, target_n: Tensor, visibility: Tensor) -> Tensor:
+    """L1 on normalised crop coordinates, mean over the coordinates of visible keypoints.
+    pred_n, target_n (B, 21, 2); visibility (B, 21), > 0 where the label is visible."""
+    visible = (visibility > 0)[..., None]  # (B, 21, 1)
+    target_n = torch.where(visible, target_n, torch.zeros_like(target_n))
+    return _masked_mean((pred_n - target_n).abs(), visible)
+
+
+def palm_normal_from_keypoints(keypoints3d: Tensor, side: str = "right") -> Tensor:
+    """(B, 3) unit normal out of the palm (palmar side) from 21 keypoints (B, 21, 3):
+    across = index MCP - pinky MCP, along = middle MCP - wrist, n = across x along for a right
+    hand (along x across for a left one, whose mirror image flips cross products)."""
+    across = keypoints3d[:, 5] - keypoints3d[:, 17]  # (B, 3)
+    along = keypoints3d[:, 9] - keypoints3d[:, 0]
+    n = torch.linalg.cross(across, along) if side == "right" else torch.linalg.cross(along, across)
+    return F.normalize(n, dim=-1)
+
+
+def geometric_loss(
+    keypoints3d: Tensor,
+    side: str = "right",
+    planarity_margin: float = PLANARITY_MARGIN,
+    bend_margin_deg: float = BEND_MARGIN_DEG,
+) -> Tensor:
+    """Anatomical constraints on predicted 3D keypoints (B, 21, 3); scalar, mean over the batch.
+
+    With unit bone vectors b1, b2, b3 of a digit (MCP->PIP, PIP->DIP, DIP->tip; for the thumb
+    CMC->MCP, MCP->IP, IP->tip):
+
+    (a) planarity, all five digits: a digit's hinge joints flex about parallel axes, so its bones
+        lie in one plane and det[b1, b2, b3] = (b1 x b2) . b3 = 0. Penalty
+        relu(|det| - planarity_margin), scale-free (|det| <= 1).
+    (b) bending direction, the four fingers: the flexion axis of a finger is a = unit(m x n), m its
+        metacarpal (wrist -> MCP) and n the palm normal; then (b_k x b_k+1) . a is the sine of the
+        bend at the PIP (k = 1) and DIP (k = 2) joints, positive towards the palm. Penalty
+        relu(-sin(bend) - sin(bend_margin)): no backward bend beyond the margin.
+
+    loss = sum over digits and joints of the penalties, averaged over the batch. It is zero for the
+    hand model's natural poses (flat, relaxed, fist, ...; see the tests) and grows with
+    hyper-extended or out-of-plane fingers. The thumb's bending is left to (a) and to the data: its
+    flexion axis is not fixed by the palm."""
+    plane_penalty = keypoints3d.new_zeros(keypoints3d.shape[0])  # (B,)
+    bend_penalty = keypoints3d.new_zeros(keypoints3d.shape[0])
+    normal = palm_normal_from_keypoints(keypoints3d, side)  # (B, 3)
+    sin_margin = math.sin(math.radians(bend_margin_deg))
+    for digit, (k1, k2, k3, k4) in DIGIT_KEYPOINTS.items():
+        points = keypoints3d[:, [k1, k2, k3, k4]]  # (B, 4, 3)
+        bones = F.normalize(points[:, 1:] - points[:, :-1], dim=-1)  # (B, 3, 3) b1, b2, b3
+        bends = torch.linalg.cross(bones[:, :-1], bones[:, 1:])  # (B, 2, 3) b1 x b2, b2 x b3
+        det = (bends[:, 0] * bones[:, 2]).sum(-1)  # (B,) det[b1, b2, b3]
+        plane_penalty = plane_penalty + F.relu(det.abs() - planarity_margin)
+        if digit in FINGERS:
+            metacarpal = keypoints3d[:, k1] - keypoints3d[:, 0]  # (B, 3)
+            axis = F.normalize(torch.linalg.cross(metacarpal, normal), dim=-1)  # (B, 3)
+            sin_bend = (bends * axis[:, None]).sum(-1)  # (B, 2) PIP, DIP; > 0 towards the palm
+            bend_penalty = bend_penalty + F.relu(-sin_bend - sin_margin).sum(-1)
+    return (plane_penalty + bend_penalty).mean()
+
+
+def bone_lengths(keypoints3d: Tensor) -> Tensor:
+    """(B, 21, 3) -> (B, 20) lengths of the 20 bones of the 21-keypoint skeleton (child - parent,
+    KEYPOINT_PARENTS order without the wrist)."""
+    parents = list(KEYPOINT_PARENTS[1:])
+    return (keypoints3d[:, 1:] - keypoints3d[:, parents]).norm(dim=-1)
+
+
+def bone_length_loss(pred: Tensor, target: Tensor, has_3d: Tensor) -> Tensor:
+    """L1 between predicted and labelled bone lengths (metres), mean over the 20 bones of samples
+    with has_3d. pred, target (B, 21, 3); has_3d (B,)."""
+    valid = has_3d.bool()[:, None]  # (B, 1)
+    target = torch.where(valid[..., None], target, torch.zeros_like(target))
+    return _masked_mean((bone_lengths(pred) - bone_lengths(target)).abs(), valid)
+
+
+def camera_loss(
+    cam: Tensor, points3d: Tensor, points2d_n: Tensor, visibility: Tensor, valid: Tensor
+) -> Tensor:
+    """Squared error between the predicted camera and the label's closed-form camera.
+
+    cam (B, 3) predicted (s, tx, ty); points3d (B, 21, 3) the label's 3D keypoints expressed in the
+    prediction's model frame (camera-rotated, rooted where the prediction's wrist is);
+    points2d_n (B, 21, 2) the label's normalised 2D keypoints; visibility (B, 21); valid (B,).
+    The target c* = fit_weak_perspective(points3d, points2d_n, visibility) (exact for noise-free
+    weak-perspective labels). Both cameras are compared as (log s, s tx, s ty) (scale as a ratio,
+    translation as the root's offset in crop units), so the three entries are O(1):
+    loss = mean over valid samples of the sum of the three squared differences. Samples with fewer
+    than 3 visible keypoints are skipped (the fit is degenerate)."""
+    valid = valid.bool() & ((visibility > 0).sum(1) >= 3)  # (B,)
+    keep = valid[:, None, None]
+    points3d = torch.where(keep, points3d, torch.zeros_like(points3d))
+    points2d_n = torch.where(keep, points2d_n, torch.zeros_like(points2d_n))
+    target = fit_weak_perspective(points3d, points2d_n, visibility * valid[:, None]).detach()
+
+    def normalised(c: Tensor) -> Tensor:  # (B, 3) -> (B, 3) (log s, s tx, s ty)
+        s = c[:, :1].clamp(min=1e-3)
+        return torch.cat([s.log(), s * c[:, 1:]], dim=1)
+
+    error = (normalised(cam) - normalised(target)).square().sum(1)  # (B,)
+    return _masked_mean(error, valid)
+
+
+def keypoint_heatmaps(
+    keypoints2d_n: Tensor, size: int = 64, sigma: float = 2.0, visibility: Tensor | None = None
+) -> Tensor:
+    """Gaussian heat-map targets (B, K, size, size) for keypoints (B, K, 2) in normalised crop
+    coordinates: exp(-|c - p|^2 / (2 sigma^2)), p = (kp_n + 1) / 2 * size the keypoint in heat-map
+    pixels, c the pixel centres (j + 0.5, i + 0.5), sigma in heat-map pixels. Peaks are 1 at a
+    keypoint on a pixel centre; maps of keypoints with visibility 0 are all zero."""
+    p = normalized_to_pixels(keypoints2d_n, size)  # (B, K, 2) heat-map pixels
+    centres = torch.arange(size, device=p.device, dtype=p.dtype) + 0.5  # (size,)
+    gx = torch.exp(-(centres - p[..., :1]).square() / (2 * sigma**2))  # (B, K, size) along u
+    gy = torch.exp(-(centres - p[..., 1:]).square() / (2 * sigma**2))  # (B, K, size) along v
+    maps = gy[..., :, None] * gx[..., None, :]  # (B, K, size, size) rows v, columns u
+    if visibility is not None:
+        maps = maps * (visibility > 0)[..., None, None].to(maps.dtype)
+    return maps
+
+
+def heatmap_loss(heatmaps: list[Tensor], target: Tensor, visibility: Tensor) -> Tensor:
+    """Per-pixel MSE of each stack's heat-maps (B, K, H, W) against `target` (B, K, H, W), over the
+    maps of visible keypoints (visibility (B, K) > 0), averaged over the stacks (intermediate
+    supervision, Newell et al. 2016)."""
+    visible = (visibility > 0)[..., None, None]  # (B, K, 1, 1)
+    per_stack = [_masked_mean((h.float() - target).square(), visible) for h in heatmaps]
+    return torch.stack(per_stack).mean()
+
+
+def mesh_silhouette(
+    vertices: Tensor,
+    faces: Tensor,
+    cam: Tensor,
+    size: int = SILHOUETTE_SIZE,
+    sigma: float = SILHOUETTE_SIGMA,
+) -> Tensor:
+    """(B, size, size) soft silhouette in [0, 1] of meshes (B, V, 3) seen by their weak cameras
+    (B, 3) in a crop rendered at `size` pixels (SoftRas, backend.render.soft_silhouette). The weak
+    camera has no depth ordering to respect, and a silhouette needs none: vertices go in as 2D."""
+    verts_pix = normalized_to_pixels(weak_project(vertices, cam), size)  # (B, V, 2)
+    return soft_silhouette(verts_pix, faces, size, size, sigma=sigma)
+
+
+def silhouette_loss(
+    vertices: Tensor,
+    faces: Tensor,
+    cam: Tensor,
+    mask: Tensor,
+    has_mask: Tensor,
+    size: int = SILHOUETTE_SIZE,
+    sigma: float = SILHOUETTE_SIGMA,
+) -> Tensor:
+    """Per-pixel L1 between the predicted mesh's soft silhouette and the ground-truth mask, both at
+    size x size, mean over samples with has_mask. vertices (B, V, 3), faces (F, 3), cam (B, 3),
+    mask (B, S, S) in [0, 1] at crop resolution (area-averaged down to `size`), has_mask (B,).
+
+    L1 (rather than BCE or IoU) is zero exactly when the silhouettes agree, soft edges included,
+    and is bounded for any prediction. Only the samples with a mask are rendered."""
+    index = has_mask.bool().nonzero().squeeze(1)  # (M,)
+    if index.numel() == 0:
+        return vertices.new_zeros(())
+    target = F.adaptive_avg_pool2d(mask[index, None].float(), size)[:, 0]  # (M, size, size)
+    silhouette = mesh_silhouette(vertices[index].float(), faces, cam[index].float(), size, sigma)
+    return (silhouette - target).abs().mean()
+
+
+def param_loss(
+    rotmats: Tensor, betas: Tensor, target_pose: Tensor, target_betas: Tensor, has_mano: Tensor
+) -> Tensor:
+    """MSE between predicted and labelled MANO parameters, over samples with has_mano: mean squared
+    difference of the rotation-matrix entries (B, 16, 3, 3) against the label's axis-angle
+    (B, 16, 3) turned into matrices, plus mean squared difference of betas (B, 10)."""
+    valid = has_mano.bool()  # (B,)
+    target_pose = torch.where(valid[:, None, None], target_pose, torch.zeros_like(target_pose))
+    target_betas = torch.where(valid[:, None], target_betas, torch.zeros_like(target_betas))
+    target_rot = axis_angle_to_matrix(target_pose)  # (B, 16, 3, 3)
+    rot_error = (rotmats - target_rot).square().flatten(1).mean(1)  # (B,)
+    betas_error = (betas - target_betas).square().mean(1)  # (B,)
+    return _masked_mean(rot_error + betas_error, valid)
+
+
+def pose_prior(rotmats: Tensor) -> Tensor:
+    """Mean over the batch and the 15 finger joints of |R_j - I|_F^2 (= 4 (1 - cos angle_j)): a
+    weak pull towards the flat hand that keeps unlabelled joints from drifting. The global
+    orientation (joint 0) is free. rotmats (B, 16, 3, 3)."""
+    eye = torch.eye(3, dtype=rotmats.dtype, device=rotmats.device)
+    return (rotmats[:, 1:] - eye).square().sum((-2, -1)).mean()
+
+
+def betas_prior(betas: Tensor) -> Tensor:
+    """Mean of beta^2 (B, 10): the shape space is unit-variance, so this is its Gaussian prior."""
+    return betas.square().mean()
+
+
+def hamr_loss(
+    output: HamrOutput,
+    batch: dict[str, Tensor],
+    weights: LossWeights,
+    *,
+    side: str = "right",
+    silhouette_size: int = SILHOUETTE_SIZE,
+    silhouette_sigma: float = SILHOUETTE_SIGMA,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of every term with a non-zero weight -> (total, {term: unweighted value}).
+
+    The dict's values are detached scalars for logging; total = sum_k weights.k * terms[k]. The
+    camera target is fitted to the label's 3D keypoints moved so that their wrist sits on the
+    predicted wrist (the model frame the predicted camera refers to), see `camera_loss`. The
+    "intermediate" term applies `param_loss` (where has_mano) and `camera_loss` to every regressor
+    iteration before the last."""
+    crop_size = batch["image"].shape[-1]
+    kp2d_n = pixels_to_normalized(batch["keypoints2d"].float(), crop_size)  # (B, 21, 2)
+    vis = batch["keypoints2d_vis"].float()  # (B, 21)
+    has_3d, has_mano = batch["has_3d"].bool(), batch["has_mano"].bool()
+    kp3d = batch["keypoints3d"].float()
+    # the label's keypoints in the prediction's frame: same rotation (camera axes), root moved
+    kp3d_model = kp3d - kp3d[:, :1] + output.keypoints3d[:, :1].detach()
+
+    def camera_term(cam: Tensor) -> Tensor:
+        return camera_loss(cam, kp3d_model, kp2d_n, vis, has_3d)
+
+    def params_term(rotmats: Tensor, betas: Tensor) -> Tensor:
+        return param_loss(rotmats, betas, batch["pose"].float(), batch["betas"].float(), has_mano)
+
+    def intermediate_term(earlier: list[RegressorParams]) -> Tensor:
+        zero = output.cam.new_zeros(())
+        return sum((params_term(p.rotmats, p.betas) + camera_term(p.cam) for p in earlier), zero)
+
+    compute = {
+        "keypoints3d": lambda: keypoints3d_loss(output.keypoints3d, kp3d, has_3d),
+        "keypoints2d": lambda: keypoints2d_loss(output.keypoints2d, kp2d_n, vis),
+        "geometric": lambda: geometric_loss(output.keypoints3d, side),
+        "bones": lambda: bone_length_loss(output.keypoints3d, kp3d, has_3d),
+        "camera": lambda: camera_term(output.cam),
+        "heatmaps": lambda: heatmap_loss(
+            output.heatmaps,
+            keypoint_heatmaps(kp2d_n, output.heatmaps[-1].shape[-1], visibility=vis),
+            vis,
+        ),
+        "silhouette": lambda: silhouette_loss(
+            output.vertices,
+            output.faces,
+            output.cam,
+            batch["mask"],
+            batch["has_mask"],
+            silhouette_size,
+            silhouette_sigma,
+        ),
+        "params": lambda: params_term(output.rotmats, output.betas),
+        "pose_prior": lambda: pose_prior(output.rotmats),
+        "betas_prior": lambda: betas_prior(output.betas),
+        "intermediate": lambda: intermediate_term(output.params_per_iteration[:-1]),
+    }
+    terms = {f.name: compute[f.name]() for f in fields(weights) if getattr(weights, f.name)}
+    total = sum(
+        (getattr(weights, name) * value for name, value in terms.items()),
+        start=output.cam.new_zeros(()),
+    )
+    return total, {name: value.detach() for name, value in terms.items()}

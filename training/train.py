@@ -1,0 +1,407 @@
+"""Train HAMR: `python -m training.train --config training/configs/NAME.toml [--resume]`.
+
+Multi-GPU / multi-node: `torchrun --nproc_per_node N -m training.train --config ...` (DDP; NCCL on
+CUDA, gloo on CPU). bf16 autocast on CUDA. Each rank draws its own synthetic batches on its own
+device (seeded by (seed, rank, step)) and its own share of any dataset mix.
+
+Writes to the run folder (`out_dir` in the config):
+  last.safetensors                       the checkpoint (backend.network.checkpoint format)
+  train_state.pt                         optimizer, scheduler, step, RNG: what --resume reads
+  metrics.csv, loss_curve.png            every logged step; eval.csv for the periodic evaluation
+  tensorboard/                           when the tensorboard package is installed
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+import torch
+import torch.distributed as dist
+
+from backend.hand_model.model import hand_model_id
+from backend.network.checkpoint import load_checkpoint, save_checkpoint
+from backend.network.config import HamrConfig
+from backend.network.hamr import HamrNet
+
+from .data.transforms import flip_to_right
+from .losses import LossWeights, hamr_loss
+from .synth.engine import SynthConfig, SyntheticHands
+
+
+@dataclass
+class TrainConfig:
+    """A training run, read from TOML: top-level keys below, plus [model], [synth], [loss] and
+    [[data]] tables that override HamrConfig, SynthConfig, LossWeights and the data mix."""
+
+    name: str = "run"  # run name (used in logs and checkpoint metadata)
+    out_dir: str = "runs/run"  # run folder, relative to the current directory
+    model_preset: str = "light"  # "light" or "paper"; [model] overrides single fields
+    model: dict = field(default_factory=dict)
+    synth: dict = field(default_factory=dict)  # SynthConfig overrides for on-the-fly data
+    loss: dict = field(default_factory=dict)  # LossWeights overrides
+    # data mix: [{"spec": "synthetic"} | {"spec": "freihand:/path", "weight": 0.5}, ...];
+    # "synthetic" is the on-the-fly engine; others go through training.data.mix.build_dataset
+    data: list = field(default_factory=lambda: [{"spec": "synthetic", "weight": 1.0}])
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 16  # per rank
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 5.0  # global gradient-norm clip
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    log_every: int = 10  # steps between metrics.csv rows
+    ckpt_every: int = 200  # steps between checkpoints
+    eval_every: int = 0  # steps between synthetic test evaluations (0: only at the end)
+    eval_count: int = 64  # synthetic test samples per evaluation
+    time_limit_min: float = 0.0  # stop cleanly (with a checkpoint) after this long; 0: none
+    num_workers: int = 2  # DataLoader workers for dataset mixes
+    # > 0: draw this many synthetic batches once and cycle through them (overfitting a small
+    # pool: the smoke test's check that gradients reach everything); 0: fresh data every step
+    synth_pool: int = 0
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        data = tomllib.loads(Path(path).read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    def hamr_config(self) -> HamrConfig:
+        if self.model_preset not in ("light", "paper"):
+            raise ValueError(f"model_preset must be 'light' or 'paper', got {self.model_preset!r}")
+        base = getattr(HamrConfig, self.model_preset)().to_dict()
+        unknown = sorted(set(self.model) - set(base))
+        if unknown:
+            raise ValueError(f"[model]: unknown HamrConfig fields {unknown}")
+        return HamrConfig.from_dict({**base, **self.model})
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (1 process without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(choice: str, local_rank: int) -> torch.device:
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay; a multiplier of cfg.lr."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+class BatchSource:
+    """Yields training batches: on-the-fly synthetic samples mixed with dataset items by weight."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None:
+        self.cfg, self.device, self.rank = cfg, device, rank
+        synth_weight = sum(d.get("weight", 1.0) for d in cfg.data if d["spec"] == "synthetic")
+        others = [d for d in cfg.data if d["spec"] != "synthetic"]
+        total = synth_weight + sum(d.get("weight", 1.0) for d in others)
+        self.n_synth = round(cfg.batch_size * synth_weight / total) if total else 0
+        self.n_data = cfg.batch_size - self.n_synth
+        self.engine = SyntheticHands(SynthConfig(**cfg.synth), device) if self.n_synth else None
+        self.pool: dict[int, dict[str, torch.Tensor]] = {}
+        self.loader = None
+        if self.n_data:
+            from .data.common import CropJitter
+            from .data.mix import MixedDataset, build_dataset
+
+            sets = [
+                build_dataset(d["spec"], "train", crop_jitter=CropJitter(), seed=cfg.seed + rank)
+                for d in others
+            ]
+            mixed = MixedDataset(
+                sets,
+                [d.get("weight", 1.0) for d in others],
+                length=10**9,
+                seed=cfg.seed + 7919 * rank,
+            )
+            sampler = torch.utils.data.RandomSampler(
+                mixed, num_samples=10**9, generator=torch.Generator().manual_seed(cfg.seed + rank)
+            )
+            self.loader = iter(
+                torch.utils.data.DataLoader(
+                    mixed,
+                    batch_size=self.n_data,
+                    sampler=sampler,
+                    num_workers=cfg.num_workers,
+                    drop_last=True,
+                    persistent_workers=cfg.num_workers > 0,
+                )
+            )
+
+    def _synthetic(self, step: int) -> dict[str, torch.Tensor]:
+        pool = self.cfg.synth_pool
+        key = step % pool if pool else step
+        if pool and key in self.pool:
+            return self.pool[key]
+        g = torch.Generator(device=self.device).manual_seed(
+            self.cfg.seed * 1_000_003 + self.rank * 100_003 + key
+        )
+        batch = self.engine.sample(self.n_synth, g)
+        batch["keypoints3d_valid"] = batch["has_3d"][:, None].expand(-1, 21).clone()
+        if pool:
+            self.pool[key] = batch
+        return batch
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        parts = []
+        if self.n_synth:
+            parts.append(self._synthetic(step))
+        if self.n_data:
+            parts.append({k: v.to(self.device) for k, v in next(self.loader).items()})
+        keys = set.intersection(*(set(p) for p in parts))
+        batch = {k: torch.cat([p[k] for p in parts]) for k in keys}
+        return flip_to_right(batch)
+
+
+def _plot_curve(rows: list[dict], path: Path) -> None:
+    """A small loss-curve PNG (total loss, log scale) drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    if len(rows) < 2:
+        return
+    w, h, m = 640, 360, 40
+    steps = [r["step"] for r in rows]
+    vals = [math.log10(max(r["total"], 1e-8)) for r in rows]
+    lo, hi = min(vals), max(vals)
+    hi = hi if hi > lo else lo + 1
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([m, m // 2, w - m // 2, h - m], outline="black")
+    pts = [
+        (
+            m + (s - steps[0]) / max(1, steps[-1] - steps[0]) * (w - 1.5 * m),
+            h - m - (v - lo) / (hi - lo) * (h - 1.5 * m),
+        )
+        for s, v in zip(steps, vals, strict=True)
+    ]
+    d.line(pts, fill=(40, 90, 200), width=2)
+    d.text(
+        (m, 4),
+        f"total loss (log10 {lo:.2f} .. {hi:.2f}) vs step {steps[0]}..{steps[-1]}",
+        fill="black",
+    )
+    img.save(path)
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
+    """Run the training loop; returns the run folder."""
+    rank, world, local_rank = _dist_info()
+    device = _device(cfg.device, local_rank)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(cfg.seed + rank)
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    hamr_cfg = cfg.hamr_config()
+    model = HamrNet(hamr_cfg).to(device)
+    weights = LossWeights(**cfg.loss)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, cfg))
+    start = 0
+    state_path = out / "train_state.pt"
+    if resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"--resume: no {state_path}; start without --resume")
+        loaded, _ = load_checkpoint(out / "last.safetensors", device)
+        model.load_state_dict(loaded.state_dict())
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+        torch.set_rng_state(state["rng_cpu"])
+        log(f"resumed from step {start}")
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None
+        )
+    source = BatchSource(cfg, device, rank, world)
+    rows: list[dict] = []
+    csv_path = out / "metrics.csv"
+    if resume and csv_path.exists():
+        with csv_path.open() as f:
+            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    writer = _tensorboard(out) if rank == 0 else None
+    meta = {
+        "train_config": dataclasses.asdict(cfg),
+        "world_size": world,
+        "device": device.type,
+        "torch": torch.__version__,
+    }
+    progress = _progress(cfg.steps, start, rank == 0)
+    t0 = time.perf_counter()
+    samples_seen = 0
+    step = start
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    for step in range(start, cfg.steps):
+        net.train()
+        batch = source.batch(step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            output = net(batch["image"])
+        total, terms = hamr_loss(output, batch, weights)
+        optim.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optim.step()
+        sched.step()
+        samples_seen += cfg.batch_size * world
+        progress.update(1)
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            row = {
+                "step": step,
+                "time_s": round(time.perf_counter() - t0, 2),
+                "lr": sched.get_last_lr()[0],
+                "total": float(total),
+                "grad_norm": float(grad_norm),
+                **{k: float(v) for k, v in terms.items()},
+            }
+            rows.append(row)
+            progress.set_postfix(loss=f"{row['total']:.4f}")
+            if writer is not None:
+                for k, v in row.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+        done = step == cfg.steps - 1
+        over_time = cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60
+        if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or done or over_time):
+            elapsed = time.perf_counter() - t0
+            meta.update(
+                step=step + 1,
+                wall_time_s=round(elapsed, 1),
+                samples_per_s=round(samples_seen / max(elapsed, 1e-9), 2),
+            )
+            _save(out, model, optim, sched, step + 1, meta, rows)
+        if cfg.eval_every and rank == 0 and (step + 1) % cfg.eval_every == 0 and not done:
+            _periodic_eval(model, cfg, device, out, step + 1, log)
+        if over_time:
+            log(f"\ntime limit reached after step {step + 1}")
+            break
+    progress.close()
+    if rank == 0:
+        _periodic_eval(model, cfg, device, out, step + 1, log)
+    if world > 1:
+        dist.destroy_process_group()
+    return out
+
+
+def _save(out: Path, model: HamrNet, optim, sched, step: int, meta: dict, rows: list) -> None:
+    save_checkpoint(
+        out / "last.safetensors",
+        model,
+        hand_model_id=hand_model_id(model.config.hand_model),
+        metadata=meta,
+    )
+    torch.save(
+        {
+            "optim": optim.state_dict(),
+            "sched": sched.state_dict(),
+            "step": step,
+            "rng_cpu": torch.get_rng_state(),
+        },
+        out / "train_state.pt",
+    )
+    if rows:
+        with (out / "metrics.csv").open("w", newline="") as f:
+            keys = list(dict.fromkeys(k for r in rows for k in r))
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        _plot_curve(rows, out / "loss_curve.png")
+
+
+def _periodic_eval(model: HamrNet, cfg: TrainConfig, device, out: Path, step: int, log) -> None:
+    from .evaluate import evaluate_synthetic
+
+    metrics = evaluate_synthetic(model, count=cfg.eval_count, device=device)
+    metrics["step"] = step
+    path = out / "eval.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(metrics))
+        if new:
+            w.writeheader()
+        w.writerow(metrics)
+    log(f"\nstep {step}: " + json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; metrics.csv always exists
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _progress(total: int, start: int, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the train extra
+        tqdm = None
+    if tqdm is None or not enabled:
+
+        class _Null:
+            def update(self, n):
+                pass
+
+            def set_postfix(self, **k):
+                pass
+
+            def close(self):
+                pass
+
+        return _Null()
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, type=Path)
+    ap.add_argument("--resume", action="store_true", help="continue the run in out_dir")
+    ap.add_argument("--out-dir", default=None, help="override out_dir")
+    ap.add_argument("--steps", type=int, default=None, help="override steps")
+    args = ap.parse_args(argv)
+    try:
+        cfg = TrainConfig.from_toml(args.config)
+        if args.out_dir:
+            cfg.out_dir = args.out_dir
+        if args.steps:
+            cfg.steps = args.steps
+        out = train(cfg, resume=args.resume)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"run": str(out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
