@@ -70,7 +70,7 @@ def crop_image(
     Bilinear sampling at the crop's pixel centres (area-averaged first when shrinking by more
     than 2x, to avoid aliasing); outside the image is black. `flip` mirrors the crop left-right
     (left hands go in as right hands)."""
-    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    img = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
     cx, cy, side = (float(x) for x in crop)
     h, w = image.shape[:2]
     shrink = int(side / size)

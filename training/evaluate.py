@@ -108,7 +108,8 @@ def _write_overlays(folder: Path, batch, out, kp2d, start: int) -> int:
     size = batch["image"].shape[-1]
     focal = 5000.0  # a long lens approximates the weak-perspective camera
     k = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]], device=kp2d.device)
-    transl = weak_to_full_translation(out.cam, focal, size)
+    centre = torch.full((2,), size / 2, device=kp2d.device)
+    transl = weak_to_full_translation(out.cam, centre, size, focal, centre)
     for i in range(len(kp2d)):
         img = (batch["image"][i].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255)
         verts = (out.vertices[i] + transl[i]).cpu().numpy()

@@ -1,0 +1,268 @@
+"""From a photo to hands: crop, run HAMR, place each hand in the full image's camera, build JSON.
+
+`Predictor` holds one loaded network (the shipped checkpoint by default) and turns an RGB image
+into a `hamr.prediction/1` dict (DESIGN.md). Steps, each a function below:
+
+1. hands: the user's boxes (`--box`), or `detect.find_hands` (the project's own detector);
+2. side: `right` / `left` as asked, or `auto`: the crop and its mirror image both go through the
+   network, and the side whose heat-maps peak higher wins (`side_scores`);
+3. crop (backend.crop, as in training), left crops mirrored into right hands, the network;
+4. camera: K from `--focal`, else the EXIF 35 mm-equivalent focal length, else a 60 degree
+   horizontal field of view on the longer image side (`default_focal`); the crop's weak camera
+   gives a first translation, refined by a linear least-squares perspective fit of the 3D
+   keypoints to the network's 2D keypoints in the image; then `keypoints2d` is, by construction,
+   the projection of `joints3d_cam` with K;
+5. left hands: results mirrored back (axis-angle (x, -y, -z), points x -> -x) into the left
+   model's parameters.
+
+Imports torch, numpy, PIL and the backend; never bpy or the training package.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from backend.crop import CROP_SIZE, crop_image, points_from_crop, square_crop
+from backend.hand_model.model import HandModel, mirror_points, mirror_pose
+from backend.network.camera import normalized_to_pixels, weak_to_full_translation
+from backend.network.checkpoint import load_checkpoint
+
+SCHEMA = "hamr.prediction/1"
+DEFAULT_HFOV_DEG = 60.0  # horizontal field of view assumed for the longer side without --focal
+DEFAULT_CHECKPOINT = (
+    Path(__file__).resolve().parent / "assets" / "checkpoints" / "hamr_light.safetensors"
+)
+MAX_IMAGE_PIXELS = 80_000_000  # refuse larger images (decompression bombs)
+
+
+class InputError(ValueError):
+    """Bad input from the user (unreadable image, bad option); the message says what to fix."""
+
+
+def load_image(data: bytes | str | os.PathLike) -> tuple[np.ndarray, float | None]:
+    """Decode an image (path or bytes) -> (H, W, 3) uint8 RGB and its EXIF 35 mm-equivalent focal
+    length in mm (None when absent). EXIF orientation is applied. Raises InputError."""
+    try:
+        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+        with Image.open(src) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise InputError(f"image too large ({im.width}x{im.height} pixels)")
+            exif = im.getexif()
+            f35 = exif.get_ifd(0x8769).get(0xA405) if exif else None
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale to 8 bits
+                arr = np.asarray(im, dtype=np.float64)
+                arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
+                im = Image.fromarray(arr)
+            rgb = np.asarray(im.convert("RGB"))
+    except InputError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise InputError(f"cannot read the image: {e}") from e
+    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
+        raise InputError(f"image too small ({rgb.shape[1]}x{rgb.shape[0]}); need at least 8x8")
+    return rgb, (float(f35) if f35 else None)
+
+
+def default_focal(width: int, height: int, exif_f35_mm: float | None = None) -> float:
+    """Focal length in pixels: from the EXIF 35 mm equivalent (36 mm spans the longer side), else
+    a DEFAULT_HFOV_DEG field of view across the longer side."""
+    longer = max(width, height)
+    if exif_f35_mm and exif_f35_mm > 0:
+        return exif_f35_mm / 36.0 * longer
+    return longer / (2 * math.tan(math.radians(DEFAULT_HFOV_DEG) / 2))
+
+
+def intrinsics(width: int, height: int, focal: float) -> np.ndarray:
+    """(3, 3) K with the principal point at the image centre (pixel-centre convention)."""
+    return np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1]], dtype=np.float64)
+
+
+def solve_translation(
+    points: torch.Tensor, uv: torch.Tensor, K: torch.Tensor, init: torch.Tensor
+) -> torch.Tensor:
+    """Camera translation T (3,) minimising the perspective reprojection error of points (N, 3)
+    (model frame, rotated) to pixels uv (N, 2) under K, in the linearised (DLT) sense:
+    f (x + Tx) - (u - c)(z + Tz) = 0 per point and axis. Falls back to `init` when the system is
+    ill-posed or puts the hand behind the camera."""
+    f = torch.stack([K[0, 0], K[1, 1]])
+    c = K[:2, 2]
+    d = uv - c  # (N, 2)
+    n = points.shape[0]
+    a = points.new_zeros(2 * n, 3)
+    b = points.new_zeros(2 * n)
+    for axis in range(2):
+        rows = slice(axis, 2 * n, 2)
+        a[rows, axis] = f[axis]
+        a[rows, 2] = -d[:, axis]
+        b[rows] = d[:, axis] * points[:, 2] - f[axis] * points[:, axis]
+    try:
+        t = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+    except RuntimeError:
+        return init
+    if not torch.isfinite(t).all() or t[2] + points[:, 2].min() <= 1e-3:
+        return init
+    return t
+
+
+@dataclass
+class HandRequest:
+    """One hand to predict: its box (image pixels) and side ('right', 'left' or 'auto')."""
+
+    box_xyxy: tuple[float, float, float, float]
+    side: str = "auto"
+    score: float = 1.0  # detector confidence when the box came from detection
+
+
+class Predictor:
+    """A loaded HAMR network plus both hand models; thread-safe for sequential use."""
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        device: str = "cpu",
+        mano_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.checkpoint = Path(checkpoint or os.environ.get("HAMR_CHECKPOINT", DEFAULT_CHECKPOINT))
+        if device == "cuda" and not torch.cuda.is_available():
+            raise InputError("device 'cuda' requested but no CUDA device is available")
+        self.device = torch.device(device)
+        self.model, self.info = load_checkpoint(self.checkpoint, self.device, mano_dir=mano_dir)
+        self.model.eval()
+        source = self.model.config.hand_model
+        self.hands = {
+            "right": self.model.hand_model,
+            "left": HandModel("left", source=source, mano_dir=mano_dir).to(self.device),
+        }
+        self.hand_model_id = self.info["hand_model_id"]
+
+    # ------------------------------------------------------------------------- network
+    @torch.no_grad()
+    def run_crops(self, crops: np.ndarray):
+        """crops (B, 256, 256, 3) uint8 right-hand crops -> HamrOutput."""
+        x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float() / 255
+        return self.model(x)
+
+    @staticmethod
+    def heatmap_confidence(output) -> torch.Tensor:
+        """(B,) mean over keypoints of the final heat-maps' peak value (about 1 when confident)."""
+        return output.heatmaps[-1].flatten(2).amax(dim=2).mean(dim=1).clamp(0, 1)
+
+    # ------------------------------------------------------------------------- predict
+    def predict(
+        self,
+        image: np.ndarray,
+        hands: list[HandRequest] | None = None,
+        focal: float | None = None,
+        exif_f35_mm: float | None = None,
+        side: str = "auto",
+    ) -> dict:
+        """(H, W, 3) uint8 RGB -> prediction dict (`hamr.prediction/1`)."""
+        if side not in ("auto", "right", "left"):
+            raise InputError(f"side must be auto, right or left, got {side!r}")
+        if focal is not None and not (focal > 0 and math.isfinite(focal)):
+            raise InputError(f"focal must be a positive number of pixels, got {focal}")
+        h, w = image.shape[:2]
+        if hands is None:
+            from backend.detect import find_hands
+
+            hands = find_hands(self, image, side=side)
+        f = focal or default_focal(w, h, exif_f35_mm)
+        K = intrinsics(w, h, f)
+        results = [self._predict_hand(image, req, K) for req in hands]
+        return {
+            "schema": SCHEMA,
+            "image": {"width": w, "height": h},
+            "model": {"checkpoint": self.checkpoint.name, "hand_model": self.hand_model_id},
+            "hands": results,
+        }
+
+    def crops_for(self, image: np.ndarray, box_xyxy, flip: bool) -> tuple[np.ndarray, torch.Tensor]:
+        """The 256 crop of a box (mirrored when `flip`) and its (cx, cy, side)."""
+        crop = square_crop(torch.tensor(box_xyxy, dtype=torch.float64))
+        return crop_image(image, tuple(crop.tolist()), CROP_SIZE, flip=flip), crop
+
+    def side_scores(self, image: np.ndarray, box_xyxy) -> dict[str, float]:
+        """Heat-map confidence of the crop read as a right hand and, mirrored, as a left hand."""
+        right, _ = self.crops_for(image, box_xyxy, flip=False)
+        left, _ = self.crops_for(image, box_xyxy, flip=True)
+        conf = self.heatmap_confidence(self.run_crops(np.stack([right, left])))
+        return {"right": float(conf[0]), "left": float(conf[1])}
+
+    def _predict_hand(self, image: np.ndarray, req: HandRequest, K: np.ndarray) -> dict:
+        x0, y0, x1, y1 = (float(v) for v in req.box_xyxy)
+        h, w = image.shape[:2]
+        if not (x1 > x0 and y1 > y0) or x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+            raise InputError(f"box {req.box_xyxy} is empty or outside the {w}x{h} image")
+        side = req.side
+        if side == "auto":
+            scores = self.side_scores(image, req.box_xyxy)
+            side = max(scores, key=scores.get)
+        flip = side == "left"
+        crop_rgb, crop = self.crops_for(image, req.box_xyxy, flip)
+        out = self.run_crops(crop_rgb[None])
+        conf = float(self.heatmap_confidence(out)[0])
+        dev = self.device
+        Kt = torch.as_tensor(K, dtype=torch.float32, device=dev)
+        # crop pixels of the network's 2D keypoints, back in the (unflipped) image
+        kp_crop = normalized_to_pixels(out.keypoints2d[0], CROP_SIZE)  # (21, 2)
+        cam = out.cam.clone()
+        if flip:
+            kp_crop[:, 0] = CROP_SIZE - kp_crop[:, 0]
+            cam[:, 1] = -cam[:, 1]  # the weak camera of the unflipped crop: tx -> -tx
+        crop_t = crop.to(torch.float32).to(dev)
+        kp_img = points_from_crop(kp_crop[None], crop_t[None])[0]  # (21, 2)
+        pose, betas = out.pose[0], out.betas[0]
+        if flip:  # right-hand result -> the left model's parameters
+            pose = mirror_pose(pose)
+        hand = self.hands[side](pose[None], betas[None])
+        kp3d = hand.keypoints[0]  # (21, 3) model frame, rotated, no translation
+        init = weak_to_full_translation(cam, crop_t[:2], crop_t[2], Kt[0, 0], Kt[:2, 2])[0]
+        transl = solve_translation(kp3d, kp_img, Kt, init)
+        joints = kp3d + transl
+        uv = joints @ Kt.T
+        uv = uv[:, :2] / uv[:, 2:]
+        box = (crop_t[:2] - crop_t[2] / 2).tolist() + (crop_t[:2] + crop_t[2] / 2).tolist()
+        return {
+            "side": side,
+            "score": round(min(req.score, 1.0) * conf, 4),
+            "box_xyxy": [round(v, 2) for v in req.box_xyxy],
+            "crop_xyxy": [round(v, 2) for v in box],
+            "pose_axis_angle": pose.tolist(),
+            "betas": betas.tolist(),
+            "cam_weak": cam[0].tolist(),
+            "camera": {"K": K.tolist()},
+            "transl": transl.tolist(),
+            "joints3d_cam": joints.tolist(),
+            "keypoints2d": uv.tolist(),
+        }
+
+    def vertices_cam(self, hand: dict) -> np.ndarray:
+        """(V, 3) camera-frame vertices of a predicted hand (for overlays and checks)."""
+        model = self.hands[hand["side"]]
+        pose = torch.tensor(hand["pose_axis_angle"], device=self.device)[None]
+        betas = torch.tensor(hand["betas"], device=self.device)[None]
+        transl = torch.tensor(hand["transl"], device=self.device)[None]
+        return model(pose, betas, transl).vertices[0].detach().cpu().numpy()
+
+
+def overlay(predictor: Predictor, image: np.ndarray, prediction: dict) -> np.ndarray:
+    """The photo with every predicted hand's mesh and skeleton drawn over it."""
+    from backend.render import render_overlay
+
+    hands = prediction["hands"]
+    if not hands:
+        return image.copy()
+    K = np.asarray(hands[0]["camera"]["K"])
+    verts = [predictor.vertices_cam(h) for h in hands]
+    faces = [predictor.hands[h["side"]].faces for h in hands]
+    kps = [np.asarray(h["keypoints2d"]) for h in hands]
+    return render_overlay(image, verts, faces, K, kps)
