@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageOps
 
 from backend.crop import CROP_SIZE, crop_image, points_from_crop, square_crop
-from backend.hand_model.model import HandModel, mirror_points, mirror_pose
+from backend.hand_model.model import HandModel, mirror_pose
 from backend.network.camera import normalized_to_pixels, weak_to_full_translation
 from backend.network.checkpoint import load_checkpoint
 
