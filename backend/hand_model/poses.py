@@ -12,8 +12,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .constants import MANO_PARENTS
-
 # digit -> its three MANO joints, proximal to distal; thumb first as in the 21-keypoint order
 DIGIT_JOINTS: dict[str, tuple[int, int, int]] = {
     "thumb": (13, 14, 15),
@@ -94,7 +92,6 @@ def pose_from_angles(
         pose[j1] = _compose(spread_axis * rad[3], flex * rad[0])
         pose[j2] = flex * rad[1]
         pose[j3] = flex * rad[2]
-    assert MANO_PARENTS[j2] == j1 and MANO_PARENTS[j3] == j2
     return pose
 
 

@@ -75,22 +75,27 @@ def fit_weak_perspective(
 
 
 def weak_to_full_translation(
-    cam: Tensor, box_center: Tensor, box_size: Tensor, focal: Tensor, principal: Tensor
+    cam: Tensor,
+    box_center: Tensor,
+    box_size: Tensor | float,
+    focal: Tensor | float,
+    principal: Tensor,
 ) -> Tensor:
     """Camera-frame translation (B, 3) that makes a full-image pinhole camera see the hand as the
     crop's weak camera does.
 
-    cam: (B, 3) weak camera of the crop; box_center: (B, 2) the crop's centre in image pixels;
-    box_size: (B,) the crop's side in image pixels; focal: (B,) focal length in image pixels;
-    principal: (B, 2) principal point in image pixels.
+    cam: (B, 3) weak camera of the crop; box_center: (B, 2) or (2,) the crop's centre in image
+    pixels; box_size: (B,) or a number, the crop's side in image pixels; focal: (B,) or a number,
+    focal length in image pixels; principal: (B, 2) or (2,) principal point in image pixels. (For
+    a crop rendered on its own, box_center = principal = (size / 2, size / 2).)
 
     The crop maps to the image by u = c_box + (size / 2) u_n. A pinhole sees a point X + T at
-    u = c + f (x + Tx) / (z + Tz); for z << Tz this is affine in x with slope f / Tz, and matching it
-    to the weak camera's slope (size / 2) s and offset gives
+    u = c + f (x + Tx) / (z + Tz); for z << Tz this is affine in x with slope f / Tz, and
+    matching it to the weak camera's slope (size / 2) s and offset gives
 
         Tz = 2 f / (s size),   (Tx, Ty) = (tx, ty) + (c_box - c) Tz / f.
     """
     s = cam[:, 0]
     tz = 2.0 * focal / (s * box_size)  # (B,)
-    txy = cam[:, 1:] + (box_center - principal) * (tz / focal)[:, None]  # (B, 2)
+    txy = cam[:, 1:] + (box_center - principal) * (tz / focal)[..., None]  # (B, 2)
     return torch.cat([txy, tz[:, None]], dim=1)  # (B, 3)

@@ -78,8 +78,16 @@ def matrix_to_quaternion(matrix: Tensor) -> Tensor:
     )
     # (..., 4) 2 |q_i|; the floor keeps sqrt's gradient finite for the rows not picked below
     two_q = four_q2.clamp(min=1e-12).sqrt()
-    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
-    s10, s02, s21 = m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 2, 1] + m[..., 1, 2]
+    d21, d02, d10 = (
+        m[..., 2, 1] - m[..., 1, 2],
+        m[..., 0, 2] - m[..., 2, 0],
+        m[..., 1, 0] - m[..., 0, 1],
+    )
+    s10, s02, s21 = (
+        m[..., 1, 0] + m[..., 0, 1],
+        m[..., 0, 2] + m[..., 2, 0],
+        m[..., 2, 1] + m[..., 1, 2],
+    )
     # Row i holds 4 q_i * (w, x, y, z); dividing by 2 * (2 |q_i|) gives q up to a sign.
     candidates = torch.stack(
         [
@@ -101,7 +109,7 @@ def quaternion_to_axis_angle(quaternion: Tensor) -> Tensor:
     """(..., 4) unit quaternions (w, x, y, z) -> (..., 3) axis-angle with angle in [0, pi].
 
     angle = 2 atan2(|v|, w) (accurate at every angle, unlike arccos(w)), and r = v * angle / |v|,
-    with angle / |v| -> 2 / w taken from its series sin(angle / 2) / angle = 1/2 - angle^2 / 48 near 0.
+    where near 0 angle / |v| comes from the series sin(angle / 2) / angle = 1/2 - angle^2 / 48.
     """
     q = torch.where(quaternion[..., :1] < 0, -quaternion, quaternion)
     w, v = q[..., 0], q[..., 1:]

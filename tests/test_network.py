@@ -1,0 +1,366 @@
+"""The HAMR network, its rotations, weak camera, config and checkpoint format.
+
+References: scipy's Rotation (rotations), hand-computed projections and pinhole geometry
+(camera), the hand model's anatomy and `HandModel` itself (the mean initialisation), and the
+network's own fp32 outputs only for save/load equality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from scipy.spatial.transform import Rotation
+
+from backend.hand_model.model import HandModel, hand_model_id
+from backend.hand_model.poses import named_pose
+from backend.network import (
+    CheckpointError,
+    HamrConfig,
+    HamrNet,
+    axis_angle_to_matrix,
+    load_checkpoint,
+    matrix_to_axis_angle,
+    matrix_to_rotation_6d,
+    normalized_to_pixels,
+    pixels_to_normalized,
+    rotation_6d_to_matrix,
+    save_checkpoint,
+    weak_project,
+    weak_to_full_translation,
+)
+from backend.network.regressor import decode_params
+from training.losses import LossWeights, hamr_loss
+
+OPEN_ID = hand_model_id("open")
+
+
+@pytest.fixture(scope="module")
+def light_net() -> HamrNet:
+    torch.manual_seed(0)
+    net = HamrNet(HamrConfig.light()).eval()
+    # larger final-layer weights than HMR's init, so outputs depend visibly on every weight
+    torch.nn.init.normal_(net.regressor.decoder.weight, std=1e-3)
+    return net
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    return torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+
+
+def random_rotvecs(n: int, seed: int = 0) -> np.ndarray:
+    return Rotation.random(n, random_state=seed).as_rotvec()
+
+
+# ---------------------------------------------------------------- rotations
+
+
+def test_axis_angle_to_matrix_matches_scipy():
+    rotvecs = np.concatenate(
+        [random_rotvecs(50), [[0.0, 0.0, 0.0], [1e-7, -2e-7, 0.0], [0.0, 0.0, math.pi]]]
+    )
+    ours = axis_angle_to_matrix(torch.tensor(rotvecs)).numpy()
+    np.testing.assert_allclose(ours, Rotation.from_rotvec(rotvecs).as_matrix(), atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "angle", [0.0, 1e-8, 1e-5, 1e-3, 0.5, 2.0, math.pi - 1e-3, math.pi - 1e-6, math.pi]
+)
+def test_axis_angle_round_trip_near_0_and_pi(angle: float):
+    axes = np.random.default_rng(3).normal(size=(20, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    rotvecs = torch.tensor(axes * angle)  # float64
+    back = matrix_to_axis_angle(axis_angle_to_matrix(rotvecs))
+    if angle < math.pi - 1e-4:
+        torch.testing.assert_close(back, rotvecs, atol=1e-9, rtol=0)
+    else:  # r and -r are the same rotation at pi: compare the rotations and the angle
+        torch.testing.assert_close(back.norm(dim=1), rotvecs.norm(dim=1), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            axis_angle_to_matrix(back), axis_angle_to_matrix(rotvecs), atol=1e-9, rtol=0
+        )
+
+
+def test_matrix_to_axis_angle_matches_scipy_and_float32():
+    rotvecs = random_rotvecs(200, seed=5)
+    matrices = Rotation.from_rotvec(rotvecs).as_matrix()
+    ours = matrix_to_axis_angle(torch.tensor(matrices)).numpy()
+    np.testing.assert_allclose(ours, rotvecs, atol=1e-10)
+    ours32 = matrix_to_axis_angle(torch.tensor(matrices, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(ours32, rotvecs, atol=1e-5)
+
+
+def test_rotation_gradients_are_finite_at_identity():
+    aa = torch.zeros(4, 3, dtype=torch.float64, requires_grad=True)
+    r = axis_angle_to_matrix(aa)
+    (matrix_to_axis_angle(r).sum() + r.sum()).backward()
+    assert torch.isfinite(aa.grad).all()
+    assert torch.autograd.gradcheck(
+        axis_angle_to_matrix, (torch.randn(3, 3).double().requires_grad_(),)
+    )
+
+
+def test_6d_gives_rotations_and_round_trips():
+    x = torch.randn(1000, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    r = rotation_6d_to_matrix(x)
+    eye = torch.eye(3, dtype=torch.float64).expand_as(r)
+    torch.testing.assert_close(r.transpose(1, 2) @ r, eye, atol=1e-12, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(1000, dtype=torch.float64))
+    # the first column is a1's direction; matrix -> 6D -> matrix is the identity map
+    torch.testing.assert_close(r[:, :, 0], x[:, :3] / x[:, :3].norm(dim=1, keepdim=True))
+    torch.testing.assert_close(rotation_6d_to_matrix(matrix_to_rotation_6d(r)), r)
+
+
+# ---------------------------------------------------------------- camera
+
+
+def test_weak_projection_by_hand():
+    points = torch.tensor([[[0.1, -0.2, 5.0], [0.0, 0.0, -3.0]]])
+    cam = torch.tensor([[8.0, 0.05, 0.1]])
+    expected = torch.tensor([[[8 * 0.15, 8 * -0.1], [8 * 0.05, 8 * 0.1]]])
+    torch.testing.assert_close(weak_project(points, cam), expected)
+
+
+def test_normalised_pixel_convention():
+    uv_n = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [-1 + 1 / 256, -1 + 1 / 256]])
+    pix = normalized_to_pixels(uv_n, 256)
+    # corners of the crop, its centre, and the centre of pixel (0, 0)
+    torch.testing.assert_close(pix, torch.tensor([[0, 0], [256, 256], [128, 128], [0.5, 0.5]]))
+    torch.testing.assert_close(pixels_to_normalized(pix, 256), uv_n)
+
+
+def test_weak_to_full_translation_matches_pinhole():
+    # A hand 2 cm deep seen from ~1.7 m: the pinhole projection with the recovered translation
+    # must land where the weak camera maps the points into the image (up to depth effects).
+    points = torch.randn(1, 50, 3, generator=torch.Generator().manual_seed(0)) * 0.05
+    points[..., 2] *= 0.2
+    cam = torch.tensor([[1.2, 0.03, -0.02]])
+    box_center, box_size = torch.tensor([[700.0, 400.0]]), torch.tensor([300.0])
+    focal, principal = torch.tensor([1000.0]), torch.tensor([[640.0, 360.0]])
+    transl = weak_to_full_translation(cam, box_center, box_size, focal, principal)
+    cam_pts = points + transl[:, None]
+    pinhole = focal * cam_pts[..., :2] / cam_pts[..., 2:] + principal
+    weak = box_center + box_size / 2 * weak_project(points, cam)
+    assert transl[0, 2] == pytest.approx(2 * 1000 / (1.2 * 300))
+    assert (pinhole - weak).abs().max() < 0.01 * box_size  # < 1 % of the box
+    # numbers and unbatched points broadcast: a crop seen on its own by a long lens
+    centre = torch.tensor([128.0, 128.0])
+    own = weak_to_full_translation(cam, centre, 256, 5000.0, centre)
+    torch.testing.assert_close(own, torch.tensor([[0.03, -0.02, 2 * 5000 / (1.2 * 256)]]))
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_round_trip_and_strictness():
+    for cfg in (HamrConfig.light(), HamrConfig.paper()):
+        assert HamrConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    data = HamrConfig.light().to_dict()
+    with pytest.raises(ValueError, match="unknown \\['colour'\\]"):
+        HamrConfig.from_dict({**data, "colour": 1})
+    with pytest.raises(ValueError, match="missing \\['dropout'\\]"):
+        HamrConfig.from_dict({k: v for k, v in data.items() if k != "dropout"})
+    with pytest.raises(ValueError, match="num_stacks must be int"):
+        HamrConfig.from_dict({**data, "num_stacks": "2"})
+    with pytest.raises(ValueError, match="heatmap_size must be input_size / 4"):
+        HamrConfig(heatmap_size=32)
+    with pytest.raises(ValueError, match="hand_model must be one of"):
+        HamrConfig(hand_model="blender")
+    assert HamrConfig() == HamrConfig.light()
+
+
+# ---------------------------------------------------------------- network
+
+
+def check_output_shapes(out, batch: int, cfg: HamrConfig, vertices: int) -> None:
+    assert len(out.heatmaps) == cfg.num_stacks
+    assert all(h.shape == (batch, 21, 64, 64) for h in out.heatmaps)
+    assert out.pose.shape == (batch, 16, 3)
+    assert out.rotmats.shape == (batch, 16, 3, 3)
+    assert out.betas.shape == (batch, 10)
+    assert out.cam.shape == (batch, 3)
+    assert out.vertices.shape == (batch, vertices, 3)
+    assert out.keypoints3d.shape == (batch, 21, 3)
+    assert out.keypoints2d.shape == (batch, 21, 2)
+    assert len(out.params_per_iteration) == cfg.regressor_iterations
+    assert out.faces.shape[1] == 3
+    for t in (out.pose, out.vertices, out.keypoints2d, *out.heatmaps):
+        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+
+
+def test_light_output_shapes(light_net, images):
+    with torch.no_grad():
+        out = light_net(images)
+    check_output_shapes(out, 2, light_net.config, light_net.hand_model.num_vertices)
+    # pose and rotmats are the same rotations; 2D keypoints are the weak projection
+    torch.testing.assert_close(axis_angle_to_matrix(out.pose), out.rotmats, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.keypoints2d, weak_project(out.keypoints3d, out.cam))
+
+
+def test_paper_preset_builds_and_runs():
+    cfg = HamrConfig.paper()
+    net = HamrNet(cfg).eval()
+    groups = ("hourglass", "encoder", "regressor")
+    counts = {n: sum(p.numel() for p in getattr(net, n).parameters()) for n in groups}
+    assert len(net.hourglass.hourglasses) == 2 and cfg.hourglass_features == 256
+    assert cfg.regressor_hidden == 1024 and cfg.regressor_iterations == 3
+    # the flattened 4x4x512 encoder map feeds HMR's 1024-wide FC layers
+    assert net.regressor.mlp[0].in_features == 512 * 16 + 109
+    assert 15e6 < sum(counts.values()) < 25e6
+    assert sum(p.numel() for p in HamrNet(HamrConfig.light()).parameters()) < 3e6
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 256, 256))
+    check_output_shapes(out, 1, cfg, net.hand_model.num_vertices)
+
+
+def test_mean_initialisation_is_a_centred_palm_facing_hand():
+    cfg = HamrConfig.light()
+    net = HamrNet(cfg)
+    params = decode_params(net.regressor.mean_params[None])
+    eye = torch.eye(3).expand(16, 3, 3)
+    torch.testing.assert_close(params.rotmats[0].transpose(1, 2) @ params.rotmats[0], eye)
+    assert params.betas.abs().max() == 0
+    # finger joints: exactly the named pose, computed independently through axis-angle LBS
+    hand_model = HandModel("right")
+    pose = named_pose(cfg.init_pose, hand_model.rest_joints()[0], "right")
+    torch.testing.assert_close(params.rotmats[0, 1:], axis_angle_to_matrix(pose)[1:])
+    pose[0] = matrix_to_axis_angle(params.rotmats[0, 0])
+    hand = hand_model(pose[None])
+    uv = weak_project(hand.vertices, params.cam)[0]  # (V, 2)
+    # centred in the crop, longer side spanning init_crop_fill of it
+    torch.testing.assert_close(uv.amin(0) + uv.amax(0), torch.zeros(2), atol=1e-5, rtol=0)
+    assert (uv.amax(0) - uv.amin(0)).max().item() == pytest.approx(2 * cfg.init_crop_fill)
+    kp = weak_project(hand.keypoints, params.cam)[0]
+    assert kp[12, 1] < kp[0, 1] - 0.8  # middle fingertip well above the wrist (v down)
+    assert kp[4, 0] > kp[20, 0] + 0.5  # right hand, palm to the camera: thumb right of pinky
+    kp3 = hand.keypoints[0]
+    palm = torch.linalg.cross(kp3[5] - kp3[17], kp3[9] - kp3[0])  # palmar normal, right hand
+    assert palm[2] < -0.9 * palm.norm()  # facing the camera (-z)
+    # the network's output at the mean (zero corrections) is this mesh
+    torch.nn.init.zeros_(net.regressor.decoder.weight)
+    with torch.no_grad():
+        out = net.eval()(torch.rand(1, 3, 256, 256))
+    torch.testing.assert_close(out.vertices, hand.vertices, atol=1e-5, rtol=0)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    net = HamrNet(HamrConfig.light()).train()
+    b = 2
+    g = torch.Generator().manual_seed(2)
+    batch = {
+        "image": torch.rand(b, 3, 256, 256, generator=g),
+        "mask": (torch.rand(b, 256, 256, generator=g) > 0.5).float(),
+        "keypoints2d": torch.rand(b, 21, 2, generator=g) * 256,
+        "keypoints2d_vis": torch.ones(b, 21),
+        "keypoints3d": torch.randn(b, 21, 3, generator=g) * 0.05,
+        "has_3d": torch.ones(b),
+        "has_mask": torch.ones(b),
+        "has_mano": torch.ones(b),
+        "pose": torch.randn(b, 16, 3, generator=g) * 0.3,
+        "betas": torch.randn(b, 10, generator=g),
+    }
+    total, terms = hamr_loss(net(batch["image"]), batch, LossWeights(intermediate=1.0))
+    assert set(terms) == {f.name for f in dataclasses.fields(LossWeights)}
+    total.backward()
+    for group in ("hourglass", "encoder", "regressor"):
+        for name, p in getattr(net, group).named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"{group}.{name}"
+        assert sum(p.grad.abs().sum() for p in getattr(net, group).parameters()) > 0
+
+
+def test_bf16_autocast_keeps_the_mesh_float32(light_net, images):
+    with torch.no_grad():
+        ref = light_net(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = light_net(images)
+    assert out.vertices.dtype == torch.float32 and out.keypoints3d.dtype == torch.float32
+    assert torch.isfinite(out.vertices).all()
+    assert (out.vertices - ref.vertices).abs().max() < 5e-3  # metres
+
+
+def test_rejects_wrong_image_shape(light_net):
+    with pytest.raises(ValueError, match=r"\(B, 3, 256, 256\)"):
+        light_net(torch.rand(1, 3, 128, 128))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_fp32_exact_fp16_close(light_net, images, tmp_path):
+    with torch.no_grad():
+        ref = light_net(images)
+    path = tmp_path / "net.safetensors"
+    save_checkpoint(path, light_net, hand_model_id=OPEN_ID, metadata={"steps": 12})
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    assert not any(k.startswith("hand_model.") for k in keys)  # the hand model is not stored
+    loaded, info = load_checkpoint(path)
+    assert not loaded.training and info["metadata"] == {"steps": 12}
+    assert info["hand_model_id"] == OPEN_ID and info["dtype"] == "float32"
+    assert HamrConfig.from_dict(info["config"]) == light_net.config
+    with torch.no_grad():
+        out = loaded(images)
+    for a, b in [
+        (out.vertices, ref.vertices),
+        (out.cam, ref.cam),
+        (out.heatmaps[0], ref.heatmaps[0]),
+    ]:
+        assert torch.equal(a, b)
+
+    half_path = tmp_path / "half.safetensors"
+    save_checkpoint(half_path, light_net, hand_model_id=OPEN_ID, half=True)
+    assert half_path.stat().st_size < 0.6 * path.stat().st_size
+    loaded, info = load_checkpoint(half_path)
+    assert info["dtype"] == "float16"
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    with torch.no_grad():
+        out = loaded(images)
+    assert (out.vertices - ref.vertices).abs().max() < 1e-3  # metres
+    assert (out.heatmaps[0] - ref.heatmaps[0]).abs().max() < 1e-3
+
+
+def test_checkpoint_errors(light_net, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00\x01 not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_checkpoint(garbage)
+    bare = tmp_path / "bare.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bare))
+    with pytest.raises(CheckpointError, match="not a HAMR checkpoint"):
+        load_checkpoint(bare)
+
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(good, light_net, hand_model_id=OPEN_ID)
+    with safe_open(str(good), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header = f.metadata()
+
+    def rewrite(name: str, **changes: str):
+        path = tmp_path / name
+        save_file(tensors, str(path), metadata={**header, **changes})
+        return path
+
+    config = json.loads(header["config"])
+    invalid = rewrite("invalid.safetensors", config=json.dumps({**config, "heatmap_size": 32}))
+    with pytest.raises(CheckpointError, match="invalid network config.*heatmap_size"):
+        load_checkpoint(invalid)
+    paper = json.dumps(HamrConfig.paper().to_dict())
+    with pytest.raises(CheckpointError, match="do not match its config.*wrong shape"):
+        load_checkpoint(rewrite("mismatch.safetensors", config=paper))
+    other = "mano-official-0123456789ab"
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(rewrite("mano.safetensors", hand_model_id=other))
+    message = str(err.value)
+    assert other in message and OPEN_ID in message and "retrain" in message
+    tensors.pop("regressor.decoder.bias")
+    with pytest.raises(CheckpointError, match="missing \\['regressor.decoder.bias'\\]"):
+        load_checkpoint(rewrite("short.safetensors"))
