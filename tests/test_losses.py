@@ -295,3 +295,29 @@ def test_hamr_loss_combines_the_weighted_terms():
     expected = sum(getattr(weights, k) * v for k, v in terms.items())
     torch.testing.assert_close(total, expected)
     assert terms["intermediate"] > 0  # earlier iterations differ from the final one
+
+
+def test_3d_terms_respect_per_keypoint_validity_and_palm_rooted_labels():
+    """STB-like labels: keypoint 0 is not a wrist (invalid); the loss roots at the middle MCP and
+    ignores keypoint 0 entirely, so a wild keypoint-0 label changes nothing."""
+    from training.losses import bone_length_loss, keypoints3d_loss
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 21, 3, generator=g) * 0.05
+    pred = target + 0.01 * torch.randn(2, 21, 3, generator=g)
+    valid = torch.ones(2, 21, dtype=torch.bool)
+    valid[:, 0] = False
+    has = torch.ones(2)
+    base = keypoints3d_loss(pred, target, has, valid)
+    wild = target.clone()
+    wild[:, 0] += 1.0
+    assert torch.allclose(keypoints3d_loss(pred, wild, has, valid), base)
+    assert torch.allclose(
+        bone_length_loss(pred, wild, has, valid), bone_length_loss(pred, target, has, valid)
+    )
+    # a global shift of the prediction does not matter (root-relative, middle-MCP root)
+    assert torch.allclose(keypoints3d_loss(pred + 0.3, target, has, valid), base, atol=1e-6)
+    # all valid: the wrist root as before, and the exact value is the hand-computed L1
+    rel = lambda x: x - x[:, :1]  # noqa: E731
+    expected = (rel(pred) - rel(target)).abs().mean()
+    assert torch.allclose(keypoints3d_loss(pred, target, has), expected)

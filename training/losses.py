@@ -92,15 +92,23 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return total / mask.sum().clamp(min=1)
 
 
-def keypoints3d_loss(pred: Tensor, target: Tensor, has_3d: Tensor) -> Tensor:
-    """L1 between root-relative 3D keypoints: mean over the coordinates of samples with has_3d of
-    |(pred_k - pred_wrist) - (target_k - target_wrist)|. pred, target (B, 21, 3) metres;
-    has_3d (B,)."""
-    valid = has_3d.bool()[:, None, None]  # (B, 1, 1)
-    target = torch.where(valid, target, torch.zeros_like(target))
-    pred_rel = pred - pred[:, :1]  # (B, 21, 3)
-    target_rel = target - target[:, :1]
-    return _masked_mean((pred_rel - target_rel).abs(), valid)
+def keypoints3d_loss(
+    pred: Tensor, target: Tensor, has_3d: Tensor, valid: Tensor | None = None
+) -> Tensor:
+    """L1 between root-relative 3D keypoints: mean over the coordinates of valid keypoints of
+    samples with has_3d of |(pred_k - pred_root) - (target_k - target_root)|. The root is the
+    wrist, or the middle MCP (keypoint 9) where the label's wrist is not valid (STB labels the
+    palm centre instead). pred, target (B, 21, 3) metres; has_3d (B,); valid (B, 21) or None."""
+    if valid is None:
+        valid = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
+    valid = valid.bool() & has_3d.bool()[:, None]  # (B, 21)
+    target = torch.where(valid[..., None], target, torch.zeros_like(target))
+    root = torch.where(valid[:, :1], 0, 9)  # (B, 1) root keypoint index per sample
+    index = root[..., None].expand(-1, 1, 3)
+    pred_rel = pred - pred.gather(1, index)  # (B, 21, 3)
+    target_rel = target - target.gather(1, index)
+    root_ok = valid.gather(1, root)  # the chosen root itself is valid
+    return _masked_mean((pred_rel - target_rel).abs(), (valid & root_ok)[..., None])
 
 
 def keypoints2d_loss(pred_n: Tensor, target_n: Tensor, visibility: Tensor) -> Tensor:
@@ -169,12 +177,19 @@ def bone_lengths(keypoints3d: Tensor) -> Tensor:
     return (keypoints3d[:, 1:] - keypoints3d[:, parents]).norm(dim=-1)
 
 
-def bone_length_loss(pred: Tensor, target: Tensor, has_3d: Tensor) -> Tensor:
-    """L1 between predicted and labelled bone lengths (metres), mean over the 20 bones of samples
-    with has_3d. pred, target (B, 21, 3); has_3d (B,)."""
-    valid = has_3d.bool()[:, None]  # (B, 1)
+def bone_length_loss(
+    pred: Tensor, target: Tensor, has_3d: Tensor, valid: Tensor | None = None
+) -> Tensor:
+    """L1 between predicted and labelled bone lengths (metres), mean over the bones whose two
+    keypoints are valid, of samples with has_3d. pred, target (B, 21, 3); has_3d (B,); valid
+    (B, 21) or None (all valid)."""
+    if valid is None:
+        valid = torch.ones(target.shape[:2], dtype=torch.bool, device=target.device)
+    valid = valid.bool() & has_3d.bool()[:, None]  # (B, 21)
+    parents = list(KEYPOINT_PARENTS[1:])
+    bone_ok = valid[:, 1:] & valid[:, parents]  # (B, 20)
     target = torch.where(valid[..., None], target, torch.zeros_like(target))
-    return _masked_mean((bone_lengths(pred) - bone_lengths(target)).abs(), valid)
+    return _masked_mean((bone_lengths(pred) - bone_lengths(target)).abs(), bone_ok)
 
 
 def camera_loss(
@@ -316,6 +331,7 @@ def hamr_loss(
     vis = batch["keypoints2d_vis"].float()  # (B, 21)
     has_3d, has_mano = batch["has_3d"].bool(), batch["has_mano"].bool()
     kp3d = batch["keypoints3d"].float()
+    kp3d_valid = batch.get("keypoints3d_valid")  # (B, 21) or None: all valid where has_3d
     # the label's keypoints in the prediction's frame: same rotation (camera axes), root moved
     kp3d_model = kp3d - kp3d[:, :1] + output.keypoints3d[:, :1].detach()
 
@@ -330,10 +346,10 @@ def hamr_loss(
         return sum((params_term(p.rotmats, p.betas) + camera_term(p.cam) for p in earlier), zero)
 
     compute = {
-        "keypoints3d": lambda: keypoints3d_loss(output.keypoints3d, kp3d, has_3d),
+        "keypoints3d": lambda: keypoints3d_loss(output.keypoints3d, kp3d, has_3d, kp3d_valid),
         "keypoints2d": lambda: keypoints2d_loss(output.keypoints2d, kp2d_n, vis),
         "geometric": lambda: geometric_loss(output.keypoints3d, side),
-        "bones": lambda: bone_length_loss(output.keypoints3d, kp3d, has_3d),
+        "bones": lambda: bone_length_loss(output.keypoints3d, kp3d, has_3d, kp3d_valid),
         "camera": lambda: camera_term(output.cam),
         "heatmaps": lambda: heatmap_loss(
             output.heatmaps,
