@@ -170,8 +170,13 @@ def test_resume_continues_the_run(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
+    import socket
+
     cfg = _write_cfg(tmp_path, steps=4, batch=1)
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    with socket.socket() as sock:  # a free port for the rendezvous (0 would reach the workers)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.run(
         [
             sys.executable,
@@ -179,8 +184,10 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
             "torch.distributed.run",
             "--nproc_per_node",
             "2",
+            "--master_addr",
+            "127.0.0.1",
             "--master_port",
-            "0",
+            str(port),
             "-m",
             "training.train",
             "--config",

@@ -134,6 +134,7 @@ class HandModel(nn.Module):
                 create_hand_pose=False,
                 create_betas=False,
                 create_transl=False,
+                create_body_pose=False,  # SMPL's body pose has no meaning for a hand
                 dtype=dtype,
             )
         self.register_buffer("tip_vertex_ids", torch.as_tensor(arrays["tip_vertex_ids"]).long())
