@@ -39,8 +39,9 @@ def test_labels_reproduce_from_the_side_models(batch):
     models = {0: HandModel("right"), 1: HandModel("left")}
     for i in range(batch["image"].shape[0]):
         side = int(batch["side"][i])
-        out = models[side](batch["pose"][i : i + 1], batch["betas"][i : i + 1],
-                           batch["transl"][i : i + 1])  # fmt: skip
+        out = models[side](
+            batch["pose"][i : i + 1], batch["betas"][i : i + 1], batch["transl"][i : i + 1]
+        )
         torch.testing.assert_close(out.vertices[0], batch["vertices"][i], atol=2e-5, rtol=0)
         torch.testing.assert_close(out.keypoints[0], batch["keypoints3d"][i], atol=2e-5, rtol=0)
     assert set(batch["side"].tolist()) == {0, 1}
@@ -149,8 +150,9 @@ def test_quaternion_helpers_round_trip():
     torch.testing.assert_close(quat_to_axis_angle(q), aa, atol=1e-9, rtol=0)
     from smplx.lbs import batch_rodrigues
 
-    torch.testing.assert_close(matrix_to_quat(batch_rodrigues(aa)).abs(), q.abs(), atol=1e-7,
-                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        matrix_to_quat(batch_rodrigues(aa)).abs(), q.abs(), atol=1e-7, rtol=0
+    )
 
 
 def test_mask_encoding_round_trip():
@@ -163,8 +165,14 @@ def test_mask_encoding_round_trip():
 
 def test_dataset_round_trip_and_determinism(tmp_path):
     logs = []
-    a = synthesize(20, tmp_path / "a", seed=5, image_format="png",
-                   preview=tmp_path / "grid.png", log=lambda *x, **k: logs.append(x))  # fmt: skip
+    a = synthesize(
+        20,
+        tmp_path / "a",
+        seed=5,
+        image_format="png",
+        preview=tmp_path / "grid.png",
+        log=lambda *x, **k: logs.append(x),
+    )
     b = synthesize(20, tmp_path / "b", seed=5, image_format="png", log=lambda *x, **k: None)
     ds_a, ds_b = SyntheticFolder(a), SyntheticFolder(b)
     assert len(ds_a) == 20 and (tmp_path / "grid.png").stat().st_size > 10_000
