@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench model clean
+.PHONY: setup demo test lint bench model package clean
 
 setup: $(STAMP)
 
@@ -35,10 +35,17 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.hand_model
 	$(PY) -m benchmarks.render
 	$(PY) -m benchmarks.synth
+	$(PY) -m benchmarks.inference
+	$(PY) -m benchmarks.serve
+	$(PY) -m benchmarks.blender
 
 # Regenerate the embedded open hand model (deterministic; the test suite checks the committed copy).
 model: $(STAMP)
 	$(PY) -m backend.hand_model.generate --out backend/assets/open_hand
+
+# The Blender extension zip (validated with Blender's own validator) in dist/.
+package: $(STAMP)
+	$(PY) -m tools.package_extension --out dist/
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

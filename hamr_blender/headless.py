@@ -1,0 +1,255 @@
+"""`hamr blend`: the Blender import without Blender's UI, in Blender-as-a-module (bpy).
+
+    python -m hamr_blender.headless IMAGE --out SCENE.blend [--render OUT.png]
+           [--backend-url URL] [--checkpoint PATH] [--device cpu|cuda]
+           [--side auto|right|left] [--box X0,Y0,X1,Y1] [--focal PX] [--samples N]
+
+`run_blend` builds exactly the scene the `hamr.import_image` operator builds (the same functions:
+operators.import_image -> scene.import_prediction -> rig.build_hand_rig, and the aligned
+camera with the photo as its background), saves it, and optionally renders the hands over the
+photo: Cycles on the CPU with a transparent film, then the render is laid over the photo
+(alpha over, straight alpha) and written as PNG.
+
+The backend: `backend_url` when given; otherwise a `hamr serve` is started as a child process
+(this interpreter, ``-m backend.cli serve`` on a free loopback port), used over HTTP like Blender
+uses it, and stopped at the end. Imports bpy (run it with the Python that has bpy installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from . import backend_process, operators
+from .client import BackendError, HamrClient
+
+MAX_RENDER_SIDE = 1280  # longer side of the render, pixels (the photo is scaled to match)
+
+
+@dataclass
+class BlendOptions:
+    """The import options (the attributes `operators.import_image` reads)."""
+
+    side: str = "auto"
+    use_box: bool = False
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    focal: float = 0.0
+    shape_keys: bool = True
+    correctives: str = "AUTO"
+    align_camera: bool = True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _empty_scene() -> bpy.types.Context:
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    context = bpy.context
+    scene = context.scene
+    world = bpy.data.worlds.new("HAMR World")
+    world.color = (0.6, 0.6, 0.6)
+    if world.node_tree is None:
+        world.use_nodes = True
+    bg = world.node_tree.nodes.get("Background")
+    if bg is not None:
+        bg.inputs["Color"].default_value = (0.6, 0.6, 0.6, 1.0)
+        bg.inputs["Strength"].default_value = 0.8
+    scene.world = world
+    sun = bpy.data.lights.new("HAMR Key Light", "SUN")
+    sun.energy = 3.0
+    sun_obj = bpy.data.objects.new("HAMR Key Light", sun)
+    sun_obj.rotation_euler = (0.6, 0.2, 0.3)
+    scene.collection.objects.link(sun_obj)
+    return context
+
+
+def _pixels(image: bpy.types.Image) -> np.ndarray:
+    w, h = image.size
+    buf = np.empty(w * h * 4, dtype=np.float32)
+    image.pixels.foreach_get(buf)
+    return buf.reshape(h, w, 4)
+
+
+def render_over_photo(
+    context: bpy.types.Context, photo_path: str, out_png: str, samples: int = 16
+) -> str:
+    """Render the scene camera (Cycles, CPU, transparent film) and lay it over the photo."""
+    scene = context.scene
+    render = scene.render
+    render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    if hasattr(scene.cycles, "use_denoising"):
+        scene.cycles.use_denoising = False
+    render.film_transparent = True
+    scene.view_settings.view_transform = "Standard"
+    longer = max(render.resolution_x, render.resolution_y)
+    render.resolution_percentage = max(1, min(100, int(100 * MAX_RENDER_SIDE / longer)))
+    render.image_settings.file_format = "PNG"
+    render.image_settings.color_mode = "RGBA"
+    with tempfile.TemporaryDirectory(prefix="hamr-render-") as tmp:
+        layer_png = os.path.join(tmp, "hands.png")
+        render.filepath = layer_png
+        bpy.ops.render.render(write_still=True)
+        layer = bpy.data.images.load(layer_png)
+        photo = bpy.data.images.load(photo_path)
+        try:
+            fg = _pixels(layer)
+            h, w = fg.shape[:2]
+            if tuple(photo.size) != (w, h):
+                photo.scale(w, h)
+            bg = _pixels(photo)
+            alpha = fg[..., 3:4]
+            out = np.empty_like(fg)
+            out[..., :3] = fg[..., :3] * alpha + bg[..., :3] * (1.0 - alpha)
+            out[..., 3] = 1.0
+            result = bpy.data.images.new("HAMR composite", w, h, alpha=False)
+            try:
+                result.pixels.foreach_set(out.ravel())
+                result.filepath_raw = os.path.abspath(out_png)
+                result.file_format = "PNG"
+                result.save()
+            finally:
+                bpy.data.images.remove(result)
+        finally:
+            bpy.data.images.remove(layer)
+            bpy.data.images.remove(photo)
+    return os.path.abspath(out_png)
+
+
+def run_blend(
+    image_path: str | os.PathLike,
+    out_blend: str | os.PathLike,
+    render_png: str | os.PathLike | None = None,
+    backend_url: str | None = None,
+    options: BlendOptions | None = None,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+    samples: int = 16,
+    start_timeout: float = backend_process.DEFAULT_START_TIMEOUT_S,
+) -> dict:
+    """Build the HAMR scene of one photo, save it, optionally render it over the photo.
+
+    Returns {"blend", "render" (or None), "hands", "notes", "backend"}. Raises RuntimeError
+    subclasses / ValueError / OSError with a message for the user."""
+    image_path = os.path.abspath(os.fspath(image_path))
+    if not os.path.isfile(image_path):
+        raise ValueError(f"image not found: {image_path}")
+    options = options or BlendOptions()
+    proc: backend_process.BackendProcess | None = None
+    if backend_url is None:
+        proc = backend_process.BackendProcess()
+        backend_url = f"http://127.0.0.1:{_free_port()}"
+        proc.start(
+            backend_url,
+            tempfile.mkdtemp(prefix="hamr-blend-"),
+            python=backend_process.current_python(),
+            checkpoint=checkpoint or "",
+            extra=["--device", device],
+        )
+    try:
+        client = HamrClient(backend_url, os.environ.get("HAMR_TOKEN", ""), timeout=120.0)
+        if proc is not None:
+            proc.wait_ready(client, timeout=start_timeout)
+        context = _empty_scene()
+        result = operators.import_image(
+            context, options, filepath=image_path, client=client, location=(0.0, 0.0, 0.0)
+        )
+    finally:
+        if proc is not None:
+            proc.stop()
+    out_blend = os.path.abspath(os.fspath(out_blend))
+    Path(out_blend).parent.mkdir(parents=True, exist_ok=True)
+    rendered = None
+    if render_png is not None:
+        Path(os.fspath(render_png)).parent.mkdir(parents=True, exist_ok=True)
+        rendered = render_over_photo(context, image_path, os.fspath(render_png), samples)
+    bpy.ops.wm.save_as_mainfile(filepath=out_blend)
+    return {
+        "blend": out_blend,
+        "render": rendered,
+        "hands": len(result.armatures),
+        "notes": result.notes,
+        "backend": backend_url,
+    }
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    parts = [float(p) for p in text.split(",")]
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError("box must be X0,Y0,X1,Y1")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="hamr blend", description="Build the Blender scene of a photo's hands (headless)"
+    )
+    ap.add_argument("image", help="the photo")
+    ap.add_argument("--out", required=True, help="the .blend file to write")
+    ap.add_argument("--render", default=None, help="also render the hands over the photo (PNG)")
+    ap.add_argument("--backend-url", default=None, help="use this running backend")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint for the started backend")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--side", default="auto", choices=("auto", "right", "left"))
+    ap.add_argument("--box", type=_parse_box, default=None, help="hand box X0,Y0,X1,Y1")
+    ap.add_argument("--focal", type=float, default=0.0, help="focal length in pixels")
+    ap.add_argument("--samples", type=int, default=16, help="Cycles samples of the render")
+    ap.add_argument("--no-shape-keys", action="store_true", help="bake the shape into the mesh")
+    ap.add_argument(
+        "--correctives", default="AUTO", choices=("AUTO", "ON", "OFF"), help="pose correctives"
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = BlendOptions(
+        side=args.side,
+        use_box=args.box is not None,
+        box=args.box or (0.0, 0.0, 0.0, 0.0),
+        focal=args.focal,
+        shape_keys=not args.no_shape_keys,
+        correctives=args.correctives,
+    )
+    try:
+        info = run_blend(
+            args.image,
+            args.out,
+            args.render,
+            backend_url=args.backend_url,
+            options=options,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            samples=args.samples,
+        )
+    except (
+        BackendError,
+        backend_process.BackendStartError,
+        RuntimeError,
+        ValueError,
+        OSError,
+    ) as e:
+        print(f"hamr blend: error: {e}", file=sys.stderr)
+        return 2
+    for note in info["notes"]:
+        print(f"hamr blend: {note}", file=sys.stderr)
+    print(f"wrote {info['blend']} ({info['hands']} hand{'s' if info['hands'] != 1 else ''})")
+    if info["render"]:
+        print(f"wrote {info['render']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The HAMR sidebar tab in the 3D viewport, the scene's HAMR settings and the preferences.
+
+Panels (View3D > Sidebar > HAMR): Backend (last known status, check / start / stop), Image
+(file or Blender image, box, focal, import), Video (file, smoothing, keyframe), Hand (side, shape
+keys, pose correctives, camera) and, for the active HAMR hand, its shape sliders and Align
+Camera. Drawing never talks to the backend: the status is the one the last operator saw.
+
+Preferences: the backend URL, how to start it (command or a Python / virtual environment with
+HAMR installed, optional checkpoint), a token, the start timeout. Imports bpy.
+"""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    EnumProperty,
+    FloatProperty,
+    FloatVectorProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from . import backend_process, operators
+from .client import DEFAULT_URL
+from .rig import find_hand_armature, hand_mesh
+
+
+class HAMR_Preferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    backend_url: StringProperty(
+        name="Backend URL",
+        description="Where the HAMR backend (`hamr serve`) listens",
+        default=DEFAULT_URL,
+    )
+    start_command: StringProperty(
+        name="Start Command",
+        description="Command that serves HAMR (--host and --port are added from the URL)",
+        default=backend_process.DEFAULT_COMMAND,
+    )
+    python_path: StringProperty(
+        name="Python",
+        description=(
+            "Optional: the Python interpreter or virtual environment folder where HAMR is "
+            "installed; when set, the backend runs as `PYTHON -m backend.cli serve`"
+        ),
+        subtype="FILE_PATH",
+        default="",
+    )
+    checkpoint: StringProperty(
+        name="Checkpoint",
+        description="Optional: a HAMR checkpoint for the backend (default: the shipped one)",
+        subtype="FILE_PATH",
+        default="",
+    )
+    token: StringProperty(
+        name="Token",
+        description="Bearer token, if the backend was started with --token",
+        subtype="PASSWORD",
+        default="",
+    )
+    start_timeout: FloatProperty(
+        name="Start Timeout (s)",
+        description="How long to wait for a started backend to load its model",
+        default=backend_process.DEFAULT_START_TIMEOUT_S,
+        min=5.0,
+    )
+
+    def draw(self, context):
+        layout = self.layout
+        layout.prop(self, "backend_url")
+        layout.prop(self, "token")
+        box = layout.box()
+        box.label(text="Starting the backend from Blender")
+        box.prop(self, "start_command")
+        box.prop(self, "python_path")
+        box.prop(self, "checkpoint")
+        box.prop(self, "start_timeout")
+
+
+class HAMR_SceneSettings(bpy.types.PropertyGroup):
+    """What the panel remembers between clicks (scene.hamr)."""
+
+    image_path: StringProperty(name="Image", subtype="FILE_PATH", default="")
+    image: PointerProperty(
+        name="Blender Image", type=bpy.types.Image, description="Use an image already in Blender"
+    )
+    video_path: StringProperty(name="Video", subtype="FILE_PATH", default="")
+    side: EnumProperty(name="Side", items=operators.SIDE_ITEMS, default="auto")
+    use_box: BoolProperty(name="Hand Box", default=False)
+    box: FloatVectorProperty(name="Box", size=4, default=(0,) * 4)
+    focal: FloatProperty(name="Focal (px)", default=0.0, min=0.0)
+    shape_keys: BoolProperty(name="Shape Keys", default=True)
+    correctives: EnumProperty(
+        name="Pose Correctives", items=operators.CORRECTIVE_ITEMS, default="AUTO"
+    )
+    smoothing: FloatProperty(name="Smoothing", default=0.5, min=0.0, max=1.0)
+    align_camera: BoolProperty(name="Align Camera", default=True)
+
+
+def _pass_options(op, s: HAMR_SceneSettings) -> None:
+    op.side = s.side
+    op.shape_keys = s.shape_keys
+    op.correctives = s.correctives
+    op.align_camera = s.align_camera
+    op.focal = s.focal
+
+
+class _HamrPanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "HAMR"
+
+
+class HAMR_PT_main(_HamrPanel, bpy.types.Panel):
+    bl_label = "HAMR Hands"
+
+    def draw(self, context):
+        layout = self.layout
+        status = operators.STATUS
+        row = layout.row()
+        row.label(text=f"Backend: {status['text']}", icon="CHECKMARK" if status["ok"] else "INFO")
+        row = layout.row(align=True)
+        row.operator("hamr.check_backend", icon="FILE_REFRESH")
+        if backend_process.BACKEND.running:
+            row.operator("hamr.stop_backend", icon="CANCEL")
+        else:
+            row.operator("hamr.start_backend", icon="PLAY")
+
+
+class HAMR_PT_image(_HamrPanel, bpy.types.Panel):
+    bl_label = "Image"
+    bl_parent_id = "HAMR_PT_main"
+
+    def draw(self, context):
+        s = context.scene.hamr
+        layout = self.layout
+        layout.prop(s, "image_path")
+        layout.prop_search(s, "image", bpy.data, "images")
+        row = layout.row(align=True)
+        row.prop(s, "use_box")
+        sub = row.row(align=True)
+        sub.enabled = s.use_box
+        sub.prop(s, "box", text="")
+        layout.prop(s, "focal")
+        op = layout.operator("hamr.import_image", icon="IMPORT")
+        _pass_options(op, s)
+        op.filepath = s.image_path
+        op.image_name = s.image.name if s.image is not None else ""
+        op.use_box = s.use_box
+        op.box = s.box
+
+
+class HAMR_PT_video(_HamrPanel, bpy.types.Panel):
+    bl_label = "Video"
+    bl_parent_id = "HAMR_PT_main"
+
+    def draw(self, context):
+        s = context.scene.hamr
+        layout = self.layout
+        layout.prop(s, "video_path")
+        layout.prop(s, "smoothing", slider=True)
+        op = layout.operator("hamr.keyframe_video", icon="RENDER_ANIMATION")
+        _pass_options(op, s)
+        op.filepath = s.video_path
+        op.smoothing = s.smoothing
+
+
+class HAMR_PT_hand(_HamrPanel, bpy.types.Panel):
+    bl_label = "Hand Options"
+    bl_parent_id = "HAMR_PT_main"
+
+    def draw(self, context):
+        s = context.scene.hamr
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(s, "side")
+        layout.prop(s, "shape_keys")
+        layout.prop(s, "correctives")
+        layout.prop(s, "align_camera")
+
+
+class HAMR_PT_active(_HamrPanel, bpy.types.Panel):
+    bl_label = "Active Hand"
+    bl_parent_id = "HAMR_PT_main"
+
+    @classmethod
+    def poll(cls, context):
+        return find_hand_armature(context.active_object) is not None
+
+    def draw(self, context):
+        arm = find_hand_armature(context.active_object)
+        layout = self.layout
+        layout.label(text=arm.name, icon="ARMATURE_DATA")
+        layout.operator("hamr.align_camera", icon="CAMERA_DATA")
+        mesh = hand_mesh(arm)
+        keys = mesh.data.shape_keys if mesh is not None else None
+        if keys is not None and keys.key_blocks.get("beta_00") is not None:
+            col = layout.column(align=True)
+            col.label(text="Shape (β); the joints follow:")
+            col.prop(arm, "hamr_betas", text="")
+        else:
+            layout.label(text="Shape baked into the mesh (no shape keys)", icon="INFO")
+
+
+classes = (
+    HAMR_Preferences,
+    HAMR_SceneSettings,
+    HAMR_PT_main,
+    HAMR_PT_image,
+    HAMR_PT_video,
+    HAMR_PT_hand,
+    HAMR_PT_active,
+)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.hamr = PointerProperty(type=HAMR_SceneSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.hamr
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

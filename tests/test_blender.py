@@ -1,0 +1,299 @@
+"""The Blender extension in real headless Blender (bpy 5.0), against the real backend server.
+
+Each test runs one script of tests/blender_scripts in its own bpy subprocess (so the XDG and
+BLENDER_USER_RESOURCES folders below are set before bpy starts, user preferences are never
+touched, and a crash cannot take pytest down); the script prints ``HAMR_RESULT {json}`` and the
+assertions live here. The backend is one `hamr serve` per session on a free port, with the
+conftest checkpoint (the shipped one, or a tiny random network of the real format).
+
+Undo: headless bpy has no window to undo in (``bpy.ops.ed.undo.poll()`` is False in background
+mode), so the single-undo-step property is checked through the operators' bl_options and the
+failure tests (a failed or cancelled import leaves every data-block and scene setting as it was).
+The modal (timer) path of hamr.keyframe_video needs an event loop; its parts (VideoJob, keying)
+are tested here, the blocking path runs the same code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLE_BOX, free_port
+
+# bpy is only located here, never imported: importing it would write Blender's user folders
+pytestmark = [
+    pytest.mark.bpy,
+    pytest.mark.skipif(
+        importlib.util.find_spec("bpy") is None, reason="needs Blender as a Python module (bpy)"
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent / "blender_scripts"
+BOX_TEXT = ",".join(str(v) for v in SAMPLE_BOX)
+
+
+@pytest.fixture(scope="session")
+def bpy_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for bpy subprocesses: fresh config, cache and user-resource folders."""
+    root = tmp_path_factory.mktemp("blender_user")
+    env = dict(os.environ)
+    for name in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "BLENDER_USER_RESOURCES"):
+        folder = root / name.lower()
+        folder.mkdir()
+        env[name] = str(folder)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    for name in ("HAMR_TOKEN", "HAMR_CHECKPOINT", "PYTEST_CURRENT_TEST"):
+        env.pop(name, None)
+    return env
+
+
+def run_bpy(script: str, *args: object, env: dict[str, str], timeout: float = 300) -> dict:
+    """Run a bpy script, return its HAMR_RESULT dict (fail with its output otherwise)."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=SCRIPTS,
+        timeout=timeout,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("HAMR_RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        pytest.fail(f"{script} failed (exit {proc.returncode}):\n{tail}")
+    return json.loads(lines[-1][len("HAMR_RESULT ") :])
+
+
+@pytest.fixture(scope="session")
+def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The extension built and validated by Blender's own tool (tools/package_extension.py)."""
+    from tools.package_extension import build
+
+    return build(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def server(checkpoint: Path, bpy_env: dict[str, str]):
+    """A real `hamr serve` on a free loopback port."""
+    from hamr_blender.client import HamrClient
+
+    port = free_port()
+    log = open(Path(bpy_env["XDG_CACHE_HOME"]) / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)]
+        + ["--checkpoint", str(checkpoint)],
+        cwd=ROOT,
+        env=bpy_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    client = HamrClient(url)
+    deadline = time.monotonic() + 120
+    while not client.is_ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.close()
+            pytest.fail(
+                "the backend did not start:\n" + Path(log.name).read_text(errors="replace")[-3000:]
+            )
+        time.sleep(0.25)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+# ------------------------------------------------------------------------------ packaging
+def test_extension_builds_validates_installs_and_registers(
+    extension_zip: Path, bpy_env: dict[str, str]
+) -> None:
+    import zipfile
+
+    names = zipfile.ZipFile(extension_zip).namelist()
+    assert "blender_manifest.toml" in names and "__init__.py" in names and "rig.py" in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    out = run_bpy("install_check.py", extension_zip, env=bpy_env)
+    assert out["enabled"] and all(out["operators"].values()), out["operators"]
+    assert out["panel_category"] == "HAMR" and out["panel_space"] == "VIEW_3D"
+    assert "HAMR_PT_main" in out["panels"]
+    assert out["prefs"]["backend_url"] == "http://127.0.0.1:8734"
+    assert out["prefs"]["start_command"] == "hamr serve"
+    assert out["scene_settings"] == "auto" and out["object_betas"]
+    assert out["user_dir"].startswith(bpy_env["BLENDER_USER_RESOURCES"])
+    assert not out["torch_imported"] and not out["backend_imported"]
+    assert set(out["drawn_operators"]) == {
+        "hamr.check_backend", "hamr.start_backend", "hamr.import_image",
+        "hamr.keyframe_video", "hamr.align_camera",
+    }  # fmt: skip
+    assert out["drawn_props"] >= 10
+    assert {"backend_url", "token", "start_command", "python_path"} <= set(out["prefs_drawn"])
+    assert not any(out["after_disable"].values()), out["after_disable"]
+
+
+# ------------------------------------------------------------------------------ rig exactness
+def test_rig_equals_hand_model_both_sides_with_correctives(bpy_env: dict[str, str]) -> None:
+    out = run_bpy("rig_exactness.py", 7, env=bpy_env)
+    for side, r in out["sides"].items():
+        assert max(r["max_err_m"]) < 1e-4, (side, r["max_err_m"])
+        assert r["max_err_after_set_betas_m"] < 1e-4, side
+        assert r["corrective_size_m"] > 1e-3  # the injected correctives really move vertices
+        assert r["bones"] == 21 and r["deform_bones"] == 16
+        assert r["vertex_groups"] == [
+            "wrist", "index1", "index2", "index3", "middle1", "middle2", "middle3",
+            "pinky1", "pinky2", "pinky3", "ring1", "ring2", "ring3", "thumb1", "thumb2", "thumb3",
+        ]  # fmt: skip
+        assert {"thumb4", "index4", "middle4", "ring4", "pinky4"} <= set(r["bone_names"])
+        assert r["beta_keys"] == [f"beta_{i:02d}" for i in range(10)]
+        assert r["shape_keys"] == 1 + 10 + 135 and r["drivers"] == 135
+        assert r["driver_errors"] == 0 and r["simple_expressions"]
+        assert r["modifiers"] == ["ARMATURE"] and r["materials"] >= 1
+    opts = out["options"]
+    assert all(o["max_err_m"] < 1e-4 for o in opts.values()), opts
+    assert opts["auto"]["shape_keys"] == 11 and "no pose correctives" in opts["auto"]["notes"][0]
+    assert opts["off"]["shape_keys"] == 11 and opts["baked"]["shape_keys"] == 0
+    assert out["build_s"]["auto"] < 2.0 and out["build_s"]["correctives_on"] < 3.0
+    assert out["leftover_timing_objects"] == []
+
+
+def test_camera_alignment_video_keying_and_failure_safety(bpy_env: dict[str, str]) -> None:
+    out = run_bpy("camera_video.py", 3, env=bpy_env)
+    cam = out["camera"]
+    assert cam["hands"] == 2 and max(cam["max_px_err"]) < 0.5, cam["max_px_err"]
+    assert cam["first_hand_at_cursor"] < 1e-6 and cam["camera_follows_hand"] < 1e-5
+    assert cam["resolution"] == [334, 512] and cam["type"] == "PERSP"
+    assert cam["sensor_fit"] == "HORIZONTAL" and cam["show_background"]
+    assert cam["background"][0].endswith("photo.png") and cam["stored_prediction"] == "left"
+    vid = out["video"]
+    assert vid["raw_min_consecutive_dot"] < 0  # the track does flip sign without the fix
+    assert vid["min_consecutive_dot"] > 0.9 and vid["max_overshoot_rad"] < 1e-3
+    assert vid["key_counts"] == [vid["expected_frames"]] and vid["fcurves"] == 3 + 16 * 4
+    assert vid["first_last_key"] == vid["expected_first_last"]
+    assert vid["mesh_err_at_frame_m"] < 1e-4
+    fail = out["failure"]
+    assert "injected" in fail["error"] and fail["created_before_error"] > 0 and fail["unchanged"]
+
+
+# ------------------------------------------------------------------------------ with the server
+def test_import_image_through_server(
+    extension_zip: Path, server: str, sample_photo: Path, bpy_env: dict[str, str]
+) -> None:
+    out = run_bpy("import_server.py", extension_zip, server, sample_photo, BOX_TEXT, env=bpy_env)
+    assert out["check"] == ["FINISHED"] and out["result"] == ["FINISHED"]
+    assert out["bl_options"] == ["REGISTER", "UNDO"]
+    assert "HAMR Camera" in out["new_objects"]
+    for hand in out["hands"] + out["packed_hands"] + [out["align_check"]]:
+        assert hand["mesh_err_m"] < 1e-4, hand
+        assert hand["px_err"] < 0.5, hand
+        assert hand["resolution"] == hand["image"]
+        K = np.array(hand["K"])
+        assert np.isclose(hand["lens"], K[0, 0] * 36.0 / hand["image"][0], rtol=1e-5)
+    assert out["hands"] and out["packed_hands"] and out["packed_result"] == ["FINISHED"]
+    assert out["camera_background"] and out["align"] == ["FINISHED"]
+    # the shape slider moves the joints with the shape keys (the hand stays exact)
+    assert out["betas_check"]["mesh_err_m"] < 1e-4 and out["betas_check"]["px_err"] > 0.5
+    assert out["generated_result"] == ["FINISHED"]
+    assert "image file not found" in out["missing_error"] and out["missing_unchanged"]
+
+
+def test_backend_down_then_started_and_stopped_from_blender(
+    extension_zip: Path,
+    checkpoint: Path,
+    sample_photo: Path,
+    hand_video,
+    bpy_env: dict[str, str],
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    free = f"http://127.0.0.1:{free_port()}"
+    out = run_bpy(
+        "backend_ops.py",
+        extension_zip,
+        closed,
+        free,
+        sample_photo,
+        hand_video.path,
+        checkpoint,
+        env=bpy_env,
+    )
+    for op in ("check", "import", "video"):
+        assert out[op]["result"] == ["CANCELLED"], out[op]
+        assert "Cannot reach the HAMR backend" in out[op]["error"] and closed in out[op]["error"]
+    assert out["stop_nothing"]["result"] == ["CANCELLED"]
+    assert "was not found" in out["start_missing"]["error"]
+    assert out["unchanged"]
+    assert out["start"]["result"] == ["FINISHED"], out["start"]
+    assert out["running"] and out["check_up"]["result"] == ["FINISHED"]
+    assert out["stop"]["result"] == ["FINISHED"] and out["exit_code"] is not None
+    assert not out["running_after"]
+
+
+def test_keyframe_video_through_server_and_cancel(
+    extension_zip: Path, server: str, hand_video, bpy_env: dict[str, str]
+) -> None:
+    out = run_bpy("video_server.py", extension_zip, server, hand_video.path, env=bpy_env)
+    assert out["result"] == ["FINISHED"] and out["checks"], out
+    assert len(out["checks"]) == len(out["tracks"])
+    for check in out["checks"]:
+        assert check["key_counts"] == [check["frames"]] and check["frames"] >= 2
+        assert check["fcurves"] == 3 + 16 * 4 and check["first_key"] == 1.0
+        assert check["min_dot"] >= 0.0
+        assert check["mesh_err_m"] < 1e-4
+    assert out["camera"] == "HAMR Camera" and out["clip_background"] == ["MOVIE_CLIP"]
+    assert any(n.endswith("Video Origin") for n in out["new_objects"])
+    assert out["job2_state"] == "cancelled" and out["backend_job_state"] == "cancelled"
+    assert out["unchanged_after_cancel"]
+
+
+def test_hamr_blend_headless_scene_and_render(
+    server: str, sample_photo: Path, bpy_env: dict[str, str], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    blend, png = tmp_path / "scene.blend", tmp_path / "render.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "hamr_blend.py"), str(sample_photo)]
+        + ["--out", str(blend), "--render", str(png), "--backend-url", server]
+        + ["--box", BOX_TEXT, "--samples", "8"],
+        capture_output=True,
+        text=True,
+        env=bpy_env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert blend.stat().st_size > 0 and "wrote" in proc.stdout
+    photo = np.asarray(Image.open(sample_photo).convert("RGB"), dtype=np.int16)
+    render = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    assert render.shape == photo.shape
+    diff = np.abs(render - photo).max(axis=-1)
+    assert (diff > 30).mean() > 0.005  # the hand is drawn...
+    assert (diff <= 3).mean() > 0.5  # ...over the photo, which shows everywhere else
+    out = run_bpy("check_blend.py", blend, env=bpy_env)
+    assert out["hands"] == 1 and out["camera_background"] and out["scene_camera"]
+    assert out["shape_keys"] >= 11
+
+
+def test_hamr_blend_reports_errors(bpy_env: dict[str, str], tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "hamr_blend.py"), str(tmp_path / "none.jpg")]
+        + ["--out", str(tmp_path / "x.blend"), "--backend-url", "http://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        env=bpy_env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "hamr blend: error: image not found" in proc.stderr
+    assert not (tmp_path / "x.blend").exists()
