@@ -1,13 +1,141 @@
-"""The `hamr` command line. Subcommands are added as the backend grows (DESIGN.md: predict, video,
-serve, blend). Heavy imports happen inside each subcommand so `hamr --help` stays fast."""
+"""The `hamr` command line (DESIGN.md "Command line"): demo, info, predict, video, serve, blend.
+
+    hamr predict IMAGE [--side auto|left|right] [--box X0,Y0,X1,Y1 ...] [--focal PX]
+                       [--json OUT.json] [--overlay OUT.png] [--checkpoint PATH] [--device cpu|cuda]
+    hamr video VIDEO   [--json OUT.json] [--overlay-video OUT.mp4] [same options] [--smoothing S]
+    hamr serve         [--host 127.0.0.1] [--port 8734] [--token T] [--checkpoint PATH] ...
+    hamr blend IMAGE   --out SCENE.blend [--render OUT.png] ...   (hamr_blender.headless, bpy)
+
+Bad input (a missing file, an unreadable image, a bad option, a missing checkpoint) prints one
+line `hamr: error: ...` on stderr and exits with code 2, never a traceback. The option parsers
+and checks at the top (`parse_boxes`, `check_box`, ...) are shared with the HTTP server and the
+video pipeline, so every entry point accepts and refuses the same things.
+
+Heavy imports (torch, the network, OpenCV, FastAPI) happen inside each subcommand so `hamr --help`
+stays fast and this module stays importable anywhere. Never imports the training package; bpy only
+inside `blend`, which hands over to the extension's headless import (DESIGN.md: the one place the
+backend runs bpy).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+if TYPE_CHECKING:
+    from backend.inference import Predictor
+
+SIDES = ("auto", "right", "left")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8734
+DEFAULT_SMOOTHING = 0.5
+T = TypeVar("T")
 
 
+class OptionError(ValueError):
+    """A bad option value (box, side, focal, smoothing); the message says what to fix."""
+
+
+# ----------------------------------------------------------------------------- shared options
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """'X0,Y0,X1,Y1' (image pixels) -> (x0, y0, x1, y1). Raises OptionError."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise OptionError(f"box must be four numbers X0,Y0,X1,Y1, got {text!r}")
+    x0, y0, x1, y1 = values
+    if not (x1 > x0 and y1 > y0):
+        raise OptionError(f"box {text!r} is empty: need X1 > X0 and Y1 > Y0")
+    return values
+
+
+def parse_boxes(values: list[str] | None) -> list[tuple[float, float, float, float]]:
+    """Repeated box options, each 'X0,Y0,X1,Y1' or several joined by ';' -> boxes."""
+    return [parse_box(part) for v in values or [] for part in v.split(";") if part.strip()]
+
+
+def check_box(box: tuple[float, ...], width: int, height: int) -> None:
+    """Raise OptionError unless `box` (x0, y0, x1, y1) is non-empty and overlaps the image."""
+    x0, y0, x1, y1 = box
+    if not (x1 > x0 and y1 > y0) or x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise OptionError(f"box {list(box)} is empty or outside the {width}x{height} image")
+
+
+def check_side(side: str) -> str:
+    if side not in SIDES:
+        raise OptionError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
+    return side
+
+
+def parse_focal(value: str | float | None) -> float | None:
+    """Focal length in pixels (positive, finite) or None."""
+    if value is None or value == "":
+        return None
+    try:
+        focal = float(value)
+    except ValueError:
+        raise OptionError(f"focal must be a number of pixels, got {value!r}") from None
+    if not (math.isfinite(focal) and focal > 0):
+        raise OptionError(f"focal must be a positive number of pixels, got {value!r}")
+    return focal
+
+
+def parse_smoothing(value: str | float | None) -> float:
+    """Smoothing strength in [0, 1] (DEFAULT_SMOOTHING when None)."""
+    if value is None or value == "":
+        return DEFAULT_SMOOTHING
+    try:
+        strength = float(value)
+    except ValueError:
+        raise OptionError(f"smoothing must be a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= strength <= 1.0:
+        raise OptionError(f"smoothing must be between 0 and 1, got {value!r}")
+    return strength
+
+
+def resolve_checkpoint(path: str | None) -> Path:
+    """The checkpoint to load: `path`, else $HAMR_CHECKPOINT, else the shipped one; must exist."""
+    from backend.inference import DEFAULT_CHECKPOINT
+
+    resolved = Path(path or os.environ.get("HAMR_CHECKPOINT") or DEFAULT_CHECKPOINT)
+    if not resolved.is_file():
+        raise OptionError(
+            f"checkpoint not found: {resolved} (pass --checkpoint PATH or set HAMR_CHECKPOINT)"
+        )
+    return resolved
+
+
+def _existing_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise OptionError(f"{what} not found: {path}")
+    return p
+
+
+def _write_json(data: dict[str, Any], out: str | None) -> None:
+    text = json.dumps(data, indent=1)
+    if out:
+        Path(out).write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def _load_predictor(args: argparse.Namespace) -> Predictor:
+    from backend.inference import Predictor
+
+    return Predictor(resolve_checkpoint(args.checkpoint), args.device, mano_dir=args.mano_dir)
+
+
+# ----------------------------------------------------------------------------- subcommands
 def _cmd_demo(args: argparse.Namespace) -> int:
     from backend.demo import main as demo_main
 
@@ -26,9 +154,141 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    image_path = _existing_file(args.image, "image")
+    boxes = parse_boxes(args.box)
+    focal = parse_focal(args.focal)
+    from backend.inference import HandRequest, load_image, overlay
+
+    image, exif_f35 = load_image(image_path)
+    height, width = image.shape[:2]
+    for box in boxes:
+        check_box(box, width, height)
+    predictor = _load_predictor(args)
+    hands = [HandRequest(box, args.side) for box in boxes] or None
+    prediction = predictor.predict(image, hands, focal=focal, exif_f35_mm=exif_f35, side=args.side)
+    if not prediction["hands"]:
+        print("hamr: no hand found (pass --box X0,Y0,X1,Y1 to point at one)", file=sys.stderr)
+    if args.overlay:
+        from backend.render import save_png
+
+        save_png(args.overlay, overlay(predictor, image, prediction))
+    _write_json(prediction, args.json)
+    return 0
+
+
+def _cmd_video(args: argparse.Namespace) -> int:
+    video_path = _existing_file(args.video, "video")
+    boxes = parse_boxes(args.box)
+    focal = parse_focal(args.focal)
+    smoothing = parse_smoothing(args.smoothing)
+    from tqdm import tqdm
+
+    from backend.video import probe_video, process_video, write_overlay_video
+
+    probe_video(video_path)  # fail fast on an unreadable clip, before loading the model
+    predictor = _load_predictor(args)
+
+    def run_with_bar(desc: str, work: Callable[[Callable[[int, int], None]], T]) -> T:
+        """work(progress) with a tqdm bar on stderr that progress(done, total) moves."""
+        with tqdm(desc=desc, unit="frame", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            return work(progress)
+
+    result = run_with_bar(
+        "hands",
+        lambda progress: process_video(
+            predictor,
+            video_path,
+            boxes=boxes or None,
+            side=args.side,
+            focal=focal,
+            smoothing=smoothing,
+            progress_cb=progress,
+        ),
+    )
+    if args.overlay_video:
+        run_with_bar(
+            "overlay",
+            lambda progress: write_overlay_video(
+                predictor, video_path, result, args.overlay_video, progress
+            ),
+        )
+    _write_json(result, args.json)
+    return 0
+
+
+def _cmd_blend(argv: list[str]) -> int:
+    """`hamr blend ...`: hand over to the extension's headless import (it parses its own
+    options, prints its own errors and starts its own `hamr serve`); needs bpy."""
+    try:
+        import bpy  # noqa: F401
+    except ImportError:
+        raise OptionError(
+            "hamr blend needs Blender as a Python module (bpy 5.0 on Python 3.11: "
+            "pip install bpy==5.0.1)"
+        ) from None
+    from hamr_blender.headless import main as blend_main
+
+    return blend_main(argv)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from backend.server import check_bind, create_app
+
+    check_bind(args.host, args.token)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OptionError("device 'cuda' requested but no CUDA device is available")
+    import uvicorn
+
+    app = create_app(
+        checkpoint=checkpoint,
+        device=args.device,
+        token=args.token,
+        max_upload_mb=args.max_upload_mb,
+        mano_dir=args.mano_dir,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`hamr: error: ...`, exit code 2), like the commands'."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"hamr: error: {message}\n")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, help="HAMR checkpoint (default: shipped one)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--mano-dir", default=None, help="folder with the official MANO files")
+
+
+def _add_hand_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--side", choices=SIDES, default="auto", help="hand side (default: auto)")
+    p.add_argument(
+        "--box",
+        action="append",
+        metavar="X0,Y0,X1,Y1",
+        help="hand box in image pixels; repeat for several hands (default: detect hands)",
+    )
+    p.add_argument("--focal", default=None, metavar="PX", help="full-image focal length, pixels")
+    _add_model_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="hamr", description="HAMR hand mesh recovery backend")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="hamr", description="HAMR hand mesh recovery backend")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("demo", help="render the embedded hand model in several poses and shapes")
     p.add_argument("--out", default="docs/images", help="output folder")
     p.set_defaults(func=_cmd_demo)
@@ -36,14 +296,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hand-model", choices=("open", "mano"), default="open")
     p.add_argument("--mano-dir", default=None, help="folder with MANO_RIGHT.pkl / MANO_LEFT.pkl")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("predict", help="hands in one photo -> hamr.prediction/1 JSON")
+    p.add_argument("image", help="photo (JPEG, PNG, ...)")
+    _add_hand_options(p)
+    p.add_argument(
+        "--json", default=None, metavar="OUT.json", help="write JSON here (default: stdout)"
+    )
+    p.add_argument("--overlay", default=None, metavar="OUT.png", help="write an overlay picture")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("video", help="tracked, smoothed hands in a clip -> hamr.video/1 JSON")
+    p.add_argument("video", help="video file (anything OpenCV decodes: mp4, avi, mov, ...)")
+    _add_hand_options(p)
+    p.add_argument(
+        "--json", default=None, metavar="OUT.json", help="write JSON here (default: stdout)"
+    )
+    p.add_argument("--overlay-video", default=None, metavar="OUT.mp4", help="write an overlay clip")
+    p.add_argument(
+        "--smoothing",
+        default=None,
+        metavar="S",
+        help=f"temporal smoothing strength 0..1, 0 = off (default {DEFAULT_SMOOTHING})",
+    )
+    p.set_defaults(func=_cmd_video)
+
+    # `blend` is dispatched in main() before parsing: its options belong to hamr_blender.headless
+    sub.add_parser(
+        "blend", help="the Blender import of a photo, headless (IMAGE --out SCENE.blend ...)"
+    )
+
+    p = sub.add_parser("serve", help="run the local HTTP service for Blender")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("HAMR_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' (default $HAMR_TOKEN); needed off loopback",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload (default 50)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_serve)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["blend"]:
+            return _cmd_blend(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError) as e:  # InputError, OptionError, CheckpointError are ValueErrors
         print(f"hamr: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,380 @@
+"""From a video to tracked, smoothed hands: `hamr.video/1` (DESIGN.md "Prediction JSON").
+
+`process_video` reads the clip with OpenCV (fps from the file) and, frame by frame:
+
+1. detection, on the first frame (the user's boxes there when given, else `detect.find_hands`),
+   whenever a track was lost, and every `redetect_every` frames while no hand is tracked;
+   detections are matched to the tracks by box overlap (IoU > MATCH_IOU, same side), so a
+   re-found hand keeps its id, and new hands get the next id;
+2. tracking: each track's box for the next frame is the tight box of its predicted 2D keypoints
+   grown on every side by TRACK_MARGIN of its longer side (as training crops hands), clipped to
+   the image; a track whose score stays below `min_score` for `patience` frames is lost; of two
+   tracks that collapse onto one hand (IoU > DUPLICATE_IOU) the weaker is dropped;
+3. the network, through `Predictor.predict` with the tracked boxes and each track's fixed side,
+   so every frame gets exactly the camera placement of a single photo (the K of the first frame,
+   from --focal or the default field of view, is kept for the whole clip).
+
+Then, per track (`finalize_tracks`):
+
+4. one shape: β is the score-weighted mean of the track's per-frame β; each frame's joints are
+   recomputed with it and its translation refitted (`inference.solve_translation`) to the frame's
+   2D keypoints, so the hand keeps its place in the image;
+5. smoothing (`smoothing.smooth_track`): a One-Euro filter on the joint rotations as unit
+   quaternions and on the translation, timed by the frame times;
+6. joints3d_cam and keypoints2d are recomputed from the smoothed parameters, so keypoints2d is
+   still exactly joints3d_cam projected with K.
+
+Each hand dict is a `hamr.prediction/1` hand plus "track" (a small int, stable across frames);
+"score" is the frame's own confidence and "cam_weak" the network's raw crop camera of that frame.
+`write_overlay_video` draws the result over the clip (mp4v). Cancellation: a threading.Event,
+checked between frames, makes `process_video` raise `VideoCancelled`.
+
+Imports numpy, torch, OpenCV and the backend; never bpy or the training package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from backend.cli import check_box, check_side, parse_focal, parse_smoothing
+from backend.detect import find_hands, iou
+from backend.inference import (
+    HandRequest,
+    InputError,
+    Predictor,
+    default_focal,
+    overlay,
+    solve_translation,
+)
+from backend.smoothing import smooth_track
+
+SCHEMA = "hamr.video/1"
+TRACK_MARGIN = 0.1  # keypoint box growth on each side, fraction of its longer side (training's)
+MIN_BOX_SIDE = 16.0  # pixels: a tracked box is at least this wide and tall
+MATCH_IOU = 0.3  # a detection continues a track when their boxes overlap more than this
+DUPLICATE_IOU = 0.5  # two tracks overlapping more than this follow one hand: keep the better
+DEFAULT_FPS = 30.0  # when the file does not say
+
+ProgressCallback = Callable[[int, int], None]  # (frames done, frames total)
+
+
+class VideoCancelled(Exception):
+    """`process_video` stopped because its cancel event was set."""
+
+
+@dataclass
+class VideoInfo:
+    """What the container says about a clip."""
+
+    fps: float
+    frame_count: int  # as the container reports it (may be approximate; 0 when unknown)
+    width: int
+    height: int
+
+
+@dataclass
+class Track:
+    """One hand followed through the clip."""
+
+    id: int
+    side: str  # "right" / "left"; "auto" only until its first prediction
+    box_xyxy: tuple[float, float, float, float]
+    low_frames: int = 0  # consecutive frames with a score below min_score
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Open a clip and decode its first frame; raises InputError when that fails."""
+    with open_capture(path) as cap:
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise InputError(f"cannot decode the video {Path(path).name}: no frame could be read")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+    return VideoInfo(float(fps), max(count, 0), frame.shape[1], frame.shape[0])
+
+
+@contextlib.contextmanager
+def open_capture(path: str | os.PathLike) -> Iterator[cv2.VideoCapture]:
+    """cv2.VideoCapture of a file, released on exit; raises InputError if it cannot be opened."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such video file: {path}")
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise InputError(f"cannot decode the video {path.name}: not a readable video file")
+        yield cap
+    finally:
+        cap.release()
+
+
+def read_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """The clip's frames as (H, W, 3) uint8 RGB, in order."""
+    with open_capture(path) as cap:
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                return
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def keypoint_box(
+    keypoints2d: np.ndarray, width: int, height: int
+) -> tuple[float, float, float, float]:
+    """(21, 2) pixels -> the tracked box: tight keypoint box grown by TRACK_MARGIN of its longer
+    side on every side, at least MIN_BOX_SIDE, clipped to the image."""
+    lo, hi = keypoints2d.min(0), keypoints2d.max(0)
+    half = np.maximum((hi - lo) / 2 + TRACK_MARGIN * (hi - lo).max(), MIN_BOX_SIDE / 2)
+    centre = (lo + hi) / 2
+    x0, y0 = np.maximum(centre - half, 0.0)
+    x1, y1 = np.minimum(centre + half, (width, height))
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def match_detections(
+    tracks: list[Track], detections: list[HandRequest]
+) -> tuple[dict[int, HandRequest], list[HandRequest]]:
+    """Greedy matching by IoU (best pairs first, same side or an undecided one, IoU > MATCH_IOU).
+    Returns ({track id: its detection}, unmatched detections)."""
+    pairs = sorted(
+        (
+            (iou(t.box_xyxy, d.box_xyxy), ti, di)
+            for ti, t in enumerate(tracks)
+            for di, d in enumerate(detections)
+            if "auto" in (t.side, d.side) or t.side == d.side
+        ),
+        reverse=True,
+    )
+    matched: dict[int, HandRequest] = {}
+    used: set[int] = set()
+    for overlap, ti, di in pairs:
+        if overlap <= MATCH_IOU:
+            break
+        if tracks[ti].id in matched or di in used:
+            continue
+        matched[tracks[ti].id] = detections[di]
+        used.add(di)
+    return matched, [d for i, d in enumerate(detections) if i not in used]
+
+
+class HandTracker:
+    """The per-frame tracking state machine of `process_video` (steps 1-2 of the module doc)."""
+
+    def __init__(
+        self, max_hands: int, min_score: float, patience: int, redetect_every: int
+    ) -> None:
+        self.max_hands = max_hands
+        self.min_score = min_score
+        self.patience = patience
+        self.redetect_every = redetect_every
+        self.tracks: list[Track] = []  # tracks followed into the next frame
+        self.lost: list[Track] = []  # tracks lost since the last detection
+        self.next_id = 0
+        self.frames_since_detection = redetect_every  # so the first frame runs detection
+
+    def needs_detection(self) -> bool:
+        return bool(self.lost) or (
+            not self.tracks and self.frames_since_detection >= self.redetect_every
+        )
+
+    def add_detections(self, detections: list[HandRequest]) -> None:
+        """Merge a frame's detections: matched tracks (lost ones included) take the detected box,
+        unmatched detections start tracks while there is room; unmatched lost tracks end."""
+        candidates = self.tracks + self.lost
+        matched, new = match_detections(candidates, detections)
+        kept = []
+        for track in candidates:
+            det = matched.get(track.id)
+            if det is not None:
+                track.box_xyxy = tuple(float(v) for v in det.box_xyxy)
+                track.low_frames = 0
+                kept.append(track)
+            elif track in self.tracks:
+                kept.append(track)
+        for det in new:
+            if len(kept) >= self.max_hands:
+                break
+            kept.append(Track(self.next_id, det.side, tuple(float(v) for v in det.box_xyxy)))
+            self.next_id += 1
+        self.tracks, self.lost = sorted(kept, key=lambda t: t.id), []
+        self.frames_since_detection = 0
+
+    def requests(self) -> list[HandRequest]:
+        return [HandRequest(t.box_xyxy, t.side) for t in self.tracks]
+
+    def update(self, hands: list[dict], width: int, height: int) -> list[dict]:
+        """Take the predictions of `requests()` (same order), tag them with track ids, move the
+        boxes, drop duplicates and mark lost tracks. Returns the frame's hands."""
+        self.frames_since_detection += 1
+        for track, hand in zip(self.tracks, hands, strict=True):
+            hand["track"] = track.id
+            track.side = hand["side"]
+            track.box_xyxy = keypoint_box(np.asarray(hand["keypoints2d"]), width, height)
+            track.low_frames = track.low_frames + 1 if hand["score"] < self.min_score else 0
+        keep = list(range(len(hands)))
+        for i in range(len(hands)):
+            for j in range(i + 1, len(hands)):
+                if i in keep and j in keep:
+                    if iou(self.tracks[i].box_xyxy, self.tracks[j].box_xyxy) > DUPLICATE_IOU:
+                        keep.remove(j if hands[j]["score"] <= hands[i]["score"] else i)
+        lost = [t for i, t in enumerate(self.tracks) if i in keep and t.low_frames >= self.patience]
+        self.lost += lost
+        self.tracks = [t for i, t in enumerate(self.tracks) if i in keep and t not in lost]
+        return [hands[i] for i in keep]
+
+
+def process_video(
+    predictor: Predictor,
+    path: str | os.PathLike,
+    *,
+    boxes: list[tuple[float, float, float, float]] | None = None,
+    side: str = "auto",
+    focal: float | None = None,
+    smoothing: float = 0.5,
+    max_hands: int = 2,
+    min_score: float = 0.2,
+    patience: int = 3,
+    redetect_every: int = 15,
+    progress_cb: ProgressCallback | None = None,
+    cancel_event: threading.Event | None = None,
+    frame_lock: threading.Lock | None = None,
+) -> dict[str, Any]:
+    """Track and reconstruct the hands of a clip -> `hamr.video/1` dict (module doc).
+
+    boxes: hand boxes (image pixels) on the first frame instead of detection; side: "auto",
+    "right" or "left" for every hand; focal: full-frame focal length in pixels (default field
+    of view without it); smoothing: strength in [0, 1] (`smoothing.params_for_strength`);
+    max_hands: most hands tracked at once; min_score, patience: a track whose score stays below
+    min_score for `patience` frames is re-detected; redetect_every: frames between detection
+    attempts while no hand is tracked; progress_cb(done, total) after every frame (total is the
+    container's count, corrected at the end); cancel_event: raises VideoCancelled when set
+    (checked between frames); frame_lock: held around each frame's network work, so a server
+    can serve other requests between frames.
+    Raises InputError for an unreadable clip, cli.OptionError for bad options."""
+    check_side(side)
+    focal = parse_focal(focal)
+    smoothing = parse_smoothing(smoothing)
+    info = probe_video(path)
+    for box in boxes or []:
+        check_box(box, info.width, info.height)
+    lock = frame_lock or contextlib.nullcontext()
+    focal = focal or default_focal(info.width, info.height)
+    tracker = HandTracker(max_hands, min_score, patience, redetect_every)
+    frames: list[dict[str, Any]] = []
+    total = info.frame_count
+    for index, image in enumerate(read_frames(path)):
+        if cancel_event is not None and cancel_event.is_set():
+            raise VideoCancelled(f"cancelled at frame {index}")
+        h, w = image.shape[:2]
+        with lock:
+            if index == 0 and boxes:
+                tracker.add_detections([HandRequest(tuple(b), side) for b in boxes])
+            elif tracker.needs_detection():
+                tracker.add_detections(find_hands(predictor, image, side, max_hands))
+            requests = tracker.requests()
+            hands = predictor.predict(image, hands=requests, focal=focal)["hands"]
+        frames.append({"index": index, "hands": tracker.update(hands, w, h)})
+        total = max(total, index + 1)
+        if progress_cb is not None:
+            progress_cb(index + 1, total)
+    if not frames:
+        raise InputError(f"cannot decode the video {Path(path).name}: no frame could be read")
+    if progress_cb is not None and total != len(frames):
+        progress_cb(len(frames), len(frames))
+    with lock:
+        finalize_tracks(predictor, frames, info.fps, smoothing)
+    return {"schema": SCHEMA, "fps": info.fps, "frames": frames}
+
+
+@torch.no_grad()
+def finalize_tracks(
+    predictor: Predictor, frames: list[dict[str, Any]], fps: float, smoothing: float
+) -> None:
+    """Steps 4-6 of the module doc, in place on `frames`' hand dicts."""
+    by_track: dict[int, list[tuple[int, dict]]] = {}
+    for frame in frames:
+        for hand in frame["hands"]:
+            by_track.setdefault(hand["track"], []).append((frame["index"], hand))
+    for items in by_track.values():
+        hands = [h for _, h in items]
+        times = np.array([i / fps for i, _ in items])
+        model = predictor.hands[hands[0]["side"]]
+        device = predictor.device
+        K = torch.tensor(hands[0]["camera"]["K"], dtype=torch.float64)
+        weights = np.array([max(h["score"], 1e-3) for h in hands])
+        betas = np.average([h["betas"] for h in hands], axis=0, weights=weights)  # (10,)
+        betas_t = torch.tensor(betas, dtype=torch.float32, device=device)
+        poses = np.array([h["pose_axis_angle"] for h in hands])  # (N, 16, 3)
+        # step 4: the track's β, each frame's translation refitted to its 2D keypoints
+        kp3d = _keypoints(model, poses, betas_t)  # (N, 21, 3) float64, model frame rotated
+        transl = np.stack(
+            [
+                solve_translation(
+                    torch.from_numpy(kp3d[i]),
+                    torch.tensor(h["keypoints2d"], dtype=torch.float64),
+                    K,
+                    torch.tensor(h["transl"], dtype=torch.float64),
+                ).numpy()
+                for i, h in enumerate(hands)
+            ]
+        )
+        # step 5: smoothing in rotation and translation space
+        poses, transl = smooth_track(times, poses, transl, smoothing)
+        # step 6: the camera identity, recomputed
+        joints = _keypoints(model, poses, betas_t) + transl[:, None]  # (N, 21, 3)
+        uvw = joints @ K.numpy().T
+        uv = uvw[..., :2] / uvw[..., 2:]
+        for i, hand in enumerate(hands):
+            hand.update(
+                pose_axis_angle=poses[i].tolist(),
+                betas=betas.tolist(),
+                transl=transl[i].tolist(),
+                joints3d_cam=joints[i].tolist(),
+                keypoints2d=uv[i].tolist(),
+            )
+
+
+def _keypoints(model: torch.nn.Module, poses: np.ndarray, betas: torch.Tensor) -> np.ndarray:
+    """(N, 16, 3) axis-angle poses with one β (10,) -> (N, 21, 3) float64 keypoints, no transl."""
+    pose_t = torch.tensor(poses, dtype=torch.float32, device=betas.device)
+    out = model(pose_t, betas.expand(len(poses), -1))
+    return out.keypoints.double().cpu().numpy()
+
+
+def write_overlay_video(
+    predictor: Predictor,
+    path: str | os.PathLike,
+    result: dict[str, Any],
+    out_path: str | os.PathLike,
+    progress_cb: ProgressCallback | None = None,
+) -> Path:
+    """Draw `result` (from `process_video` on `path`) over the clip into an mp4v file."""
+    info = probe_video(path)
+    out_path = Path(out_path)
+    writer = cv2.VideoWriter(
+        str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), info.fps, (info.width, info.height)
+    )
+    if not writer.isOpened():
+        raise InputError(f"cannot write the video {out_path}")
+    total = len(result["frames"])
+    try:
+        for frame, image in zip(result["frames"], read_frames(path), strict=False):
+            drawn = overlay(predictor, image, frame)
+            writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+            if progress_cb is not None:
+                progress_cb(frame["index"] + 1, total)
+    finally:
+        writer.release()
+    return out_path

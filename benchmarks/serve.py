@@ -1,0 +1,251 @@
+"""Speed of the HTTP service against direct in-process calls. Prints one JSON object.
+
+    python -m benchmarks.serve [--repeats 15] [--threads N] [--checkpoint PATH] [--frames 60]
+
+For each device (CPU, and CUDA when present), with a real `hamr serve` (uvicorn) subprocess on a
+free loopback port and the same checkpoint loaded in this process:
+
+- photo latency: the median wall time of `POST /v1/predict` (multipart upload, decode, predict,
+  JSON) against a direct `Predictor.predict` on the same decoded image and box; their difference
+  is the server's overhead;
+- throughput: requests per second with 4 concurrent clients (threads with their own connection);
+- video: frames per second of `process_video` in-process, and of a `POST /v1/jobs` upload until
+  its result is fetched, on a synthetic clip panning over the photo (--frames frames, 256x256);
+  both re-detect hands when the network's confidence drops (a random network's always does), so
+  `video_fps_in_process_tracking_only` (min_score 0: never re-detect) is the tracking speed.
+
+Image: the InterHand2.6M sample photo (../shared/samples) with its annotated box when present, else
+a synthetic noise photo. Checkpoint: --checkpoint, else the shipped one, else a random network of
+the default (light) config (speed does not depend on the weights). --threads sets torch's CPU
+threads here and OMP_NUM_THREADS in the server; on a CPU shared with other jobs, 1 thread avoids
+OpenMP threads spin-waiting on each other (many times slower than one thread there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import torch
+
+from backend.inference import DEFAULT_CHECKPOINT, HandRequest, Predictor, load_image
+from backend.video import probe_video, process_video
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT.parent / "shared" / "samples" / "interhand2.6m" / "image29590.jpg"
+SAMPLE_BOX = (32.6, 116.9, 215.6, 234.7)  # annotations_derived.json of the sample
+CLIENTS = 4
+
+
+def benchmark_inputs(workdir: Path, frames: int) -> tuple[bytes, tuple[float, ...], Path]:
+    """(photo bytes, hand box, clip path): the sample photo or a noise photo, and a 256x256 clip
+    panning over it."""
+    if SAMPLE.is_file():
+        photo, box = SAMPLE.read_bytes(), SAMPLE_BOX
+    else:
+        rng = np.random.default_rng(0)
+        noise = rng.integers(0, 255, (512, 334, 3), dtype=np.uint8)
+        photo, box = cv2.imencode(".jpg", noise)[1].tobytes(), SAMPLE_BOX
+    image, _ = load_image(photo)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    clip = workdir / "pan.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30, (256, 256))
+    for i in range(frames):
+        y = int(60 + 60 * np.sin(i / frames * 2 * np.pi))  # pan up and down over the hand
+        writer.write(np.ascontiguousarray(bgr[y : y + 256, 0:256]))
+    writer.release()
+    return photo, box, clip
+
+
+def ensure_checkpoint(path: str | None, workdir: Path) -> Path:
+    if path:
+        return Path(path)
+    if DEFAULT_CHECKPOINT.is_file():
+        return DEFAULT_CHECKPOINT
+    from backend.hand_model.model import hand_model_id
+    from backend.network import HamrConfig, HamrNet
+    from backend.network.checkpoint import save_checkpoint
+
+    out = workdir / "random_light.safetensors"
+    save_checkpoint(out, HamrNet(HamrConfig.light()), hand_model_id=hand_model_id("open"))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(checkpoint: Path, device: str, threads: int | None, cache: Path):
+    port = free_port()
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)]
+    cmd += ["--checkpoint", str(checkpoint), "--device", device, "--log-level", "warning"]
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read()}")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=5).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("server not ready within 180 s")
+        time.sleep(0.2)
+
+
+def median_ms(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_device(
+    device: str,
+    checkpoint: Path,
+    photo: bytes,
+    box: tuple[float, ...],
+    clip: Path,
+    repeats: int,
+    threads: int | None,
+    workdir: Path,
+) -> dict:
+    predictor = Predictor(checkpoint, device)
+    image, exif = load_image(photo)
+    hands = [HandRequest(box, "left")]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def direct() -> None:
+        predictor.predict(image, hands, exif_f35_mm=exif)
+        sync()
+
+    direct_ms = median_ms(direct, repeats)
+    files = {"image": ("photo.jpg", photo, "image/jpeg")}
+    form = {"box": ",".join(map(str, box)), "side": "left"}
+    process, url = start_server(checkpoint, device, threads, workdir / f"cache-{device}")
+    try:
+        with httpx.Client(base_url=url, timeout=300) as client:
+
+            def over_http() -> None:
+                response = client.post("/v1/predict", files=files, data=form)
+                response.raise_for_status()
+
+            http_ms = median_ms(over_http, repeats)
+
+        per_client = max(2, repeats // 2)
+
+        def client_loop(_: int) -> None:
+            with httpx.Client(base_url=url, timeout=300) as c:
+                for _ in range(per_client):
+                    c.post("/v1/predict", files=files, data=form).raise_for_status()
+
+        rates = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(CLIENTS) as pool:
+                list(pool.map(client_loop, range(CLIENTS)))
+            rates.append(CLIENTS * per_client / (time.perf_counter() - t0))
+
+        frames = probe_video(clip).frame_count
+        video_box = [(40.0, 60.0, 220.0, 180.0)]
+        in_process, tracking_only, over_jobs = [], [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            process_video(predictor, clip, boxes=video_box, side="left")
+            in_process.append(frames / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            process_video(predictor, clip, boxes=video_box, side="left", min_score=0.0)
+            tracking_only.append(frames / (time.perf_counter() - t0))
+            with httpx.Client(base_url=url, timeout=300) as client:
+                t0 = time.perf_counter()
+                with open(clip, "rb") as f:
+                    job = client.post(
+                        "/v1/jobs",
+                        files={"video": ("pan.mp4", f, "video/mp4")},
+                        data={"box": ",".join(map(str, video_box[0])), "side": "left"},
+                    )
+                job.raise_for_status()
+                job_id = job.json()["id"]
+                while client.get(f"/v1/jobs/{job_id}").json()["state"] in ("queued", "running"):
+                    time.sleep(0.2)
+                client.get(f"/v1/jobs/{job_id}/result").raise_for_status()
+                over_jobs.append(frames / (time.perf_counter() - t0))
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return {
+        "device": device,
+        "photo_direct_ms": round(direct_ms, 2),
+        "photo_http_ms": round(http_ms, 2),
+        "server_overhead_ms": round(http_ms - direct_ms, 2),
+        "http_requests_per_s_4_clients": round(statistics.median(rates), 2),
+        "video_frames": frames,
+        "video_fps_in_process": round(statistics.median(in_process), 2),
+        "video_fps_in_process_tracking_only": round(statistics.median(tracking_only), 2),
+        "video_fps_http_job": round(statistics.median(over_jobs), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--frames", type=int, default=60, help="frames of the synthetic clip")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory(prefix="hamr-bench-") as tmp:
+        workdir = Path(tmp)
+        checkpoint = ensure_checkpoint(args.checkpoint, workdir)
+        photo, box, clip = benchmark_inputs(workdir, args.frames)
+        results = [
+            run_device(d, checkpoint, photo, box, clip, args.repeats, args.threads, workdir)
+            for d in devices
+        ]
+    print(
+        json.dumps(
+            {
+                "benchmark": "hamr_serve",
+                "checkpoint": checkpoint.name,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                "repeats": args.repeats,
+                "clients": CLIENTS,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

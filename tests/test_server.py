@@ -1,0 +1,510 @@
+"""The HTTP service: a real `hamr serve` (uvicorn) in a subprocess, driven over HTTP with httpx,
+plus FastAPI TestClient checks of the app's pieces.
+
+References: the pinhole projection (camera identity), a direct in-process `Predictor.predict` on
+the same image and box, HTTP semantics (status codes of DESIGN.md "HTTP API"), and the clip's
+known frame count.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from conftest import check_camera_identity, check_prediction, free_port
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from backend.cli import OptionError
+from backend.inference import HandRequest, load_image
+from backend.server import ApiError, check_bind, create_app, decode_image, is_loopback
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "s3cret-token"
+MAX_UPLOAD_MB = 2
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    cache: Path  # the server's XDG_CACHE_HOME
+    first_health_s: float  # time of the first health answer once the port was open
+    first_health_status: int
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, **kwargs)
+
+
+def start_server(checkpoint: Path, env: dict[str, str], *extra: str) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)]
+    cmd += ["--checkpoint", str(checkpoint), "--max-upload-mb", str(MAX_UPLOAD_MB), *extra]
+    process = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:  # wait for the port
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early: {process.stderr.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("server did not open its port within 120 s") from None
+            time.sleep(0.1)
+    t0 = time.perf_counter()
+    first = httpx.get(f"{url}/v1/health", timeout=30)
+    server = Server(url, process, Path(env["XDG_CACHE_HOME"]), time.perf_counter() - t0, 0)
+    server.first_health_status = first.status_code
+    while httpx.get(f"{url}/v1/health", timeout=30).status_code != 200:
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("the model did not load within 120 s")
+        time.sleep(0.1)
+    return server
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    root = tmp_path_factory.mktemp("xdg")
+    for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+        (root / name).mkdir()
+        env[name] = str(root / name)
+    env["OMP_NUM_THREADS"] = "1"  # see conftest: the CPU is shared
+    env.pop("HAMR_TOKEN", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint: Path, server_env: dict[str, str]) -> Iterator[Server]:
+    server = start_server(checkpoint, server_env)
+    yield server
+    stop_server(server)
+    # a clean shutdown (uvicorn exits by re-raising SIGTERM) that left no upload behind
+    log = server.process.stderr.read()
+    assert server.process.returncode in (0, -signal.SIGTERM), log
+    assert "Application shutdown complete" in log and "Traceback" not in log, log
+    assert not list(server.cache.glob("hamr/uploads-*"))
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def photo_bytes(sample_photo: Path) -> bytes:
+    return sample_photo.read_bytes()
+
+
+def box_field(box: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in box)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height (8-bit RGB), with no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"code", "message"} and error["message"]
+    if code is not None:
+        assert error["code"] == code
+
+
+# ----------------------------------------------------------------------------- real server
+
+
+def test_health_answers_at_once_and_reports_the_model(server: Server, http, checkpoint) -> None:
+    assert server.first_health_status in (200, 503)
+    assert server.first_health_s < 1.0
+    health = http.get("/v1/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok" and body["device"] == "cpu"
+    assert body["checkpoint"] == checkpoint.name and body["hand_model"].startswith("open_hand")
+
+
+def test_predict_sample_photo(http, photo_bytes, sample_box, predictor) -> None:
+    response = http.post(
+        "/v1/predict",
+        files={"image": ("photo.jpg", photo_bytes, "image/jpeg")},
+        data={"box": box_field(sample_box), "side": "left"},
+    )
+    assert response.status_code == 200, response.text
+    pred = response.json()
+    check_prediction(pred, 334, 512, hands=1)
+    # the same as a direct in-process call on the same image and box
+    image, exif = load_image(photo_bytes)
+    direct = predictor.predict(image, [HandRequest(sample_box, "left")], exif_f35_mm=exif)
+    np.testing.assert_allclose(
+        pred["hands"][0]["joints3d_cam"], direct["hands"][0]["joints3d_cam"], atol=1e-5
+    )
+
+
+def test_predict_several_boxes_in_one_field(http, photo_bytes, sample_box) -> None:
+    boxes = f"{box_field(sample_box)};150,300,300,450"
+    response = http.post(
+        "/v1/predict",
+        files={"image": ("photo.jpg", photo_bytes, "image/jpeg")},
+        data={"box": boxes, "focal": "800"},
+    )
+    assert response.status_code == 200, response.text
+    pred = response.json()
+    check_prediction(pred, 334, 512, hands=2)
+    assert pred["hands"][0]["camera"]["K"][0][0] == 800.0
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
+def test_predict_converts_grey_alpha_and_16_bit(http, sample_photo, sample_box, mode) -> None:
+    photo = Image.open(sample_photo)
+    if mode == "I;16":
+        grey = np.asarray(photo.convert("L"), dtype=np.uint16) * 257
+        image = Image.fromarray(grey)
+        assert image.mode.startswith("I;16")
+    else:
+        image = photo.convert(mode)
+    response = http.post(
+        "/v1/predict",
+        files={"image": ("photo.png", png_bytes(image), "image/png")},
+        data={"box": box_field(sample_box)},
+    )
+    assert response.status_code == 200, response.text
+    check_prediction(response.json(), 334, 512, hands=1)
+
+
+def test_bad_images(http, photo_bytes, sample_box, server: Server) -> None:
+    box = {"box": box_field(sample_box)}
+
+    def post(content: bytes, name: str = "x.png") -> httpx.Response:
+        return http.post("/v1/predict", files={"image": (name, content, "image/png")}, data=box)
+
+    assert_error(http.post("/v1/predict"), 400, "empty_body")
+    assert_error(post(b""), 400, "empty_image")
+    assert_error(post(b"this is not an image at all"), 400, "bad_image")
+    assert_error(post(photo_bytes[: len(photo_bytes) // 2], "x.jpg"), 400, "bad_image")
+    assert_error(post(png_bytes(Image.new("RGB", (1, 1)))), 400, "bad_image")
+    assert_error(post(png_header_only(100_000, 100_000)), 413, "too_many_pixels")
+    assert_error(post(png_header_only(8000, 6000)), 413, "too_many_pixels")  # > 40 Mpx
+    too_big = b"\x00" * (MAX_UPLOAD_MB * 1024 * 1024 + 1000)
+    assert_error(post(too_big), 413, "too_large")
+    assert_error(
+        http.post("/v1/predict", content=b"{}", headers={"content-type": "text/plain"}), 415
+    )
+    assert http.get("/v1/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"side": "up"}, "side"),
+        ({"box": "1,2,3"}, "four numbers"),
+        ({"box": "10,10,5,50"}, "empty"),
+        ({"box": "1000,1000,1100,1100"}, "outside"),
+        ({"focal": "0"}, "positive"),
+        ({"focal": "wide"}, "number"),
+        ({"colour": "blue"}, "unknown"),
+    ],
+)
+def test_bad_options_are_422(http, photo_bytes, data, message) -> None:
+    response = http.post(
+        "/v1/predict", files={"image": ("photo.jpg", photo_bytes, "image/jpeg")}, data=data
+    )
+    assert_error(response, 422)
+    assert message in response.json()["error"]["message"]
+
+
+def test_unknown_routes_and_jobs_are_404(http) -> None:
+    assert_error(http.get("/v1/nothing"), 404, "not_found")
+    assert_error(http.get("/v1/jobs/0123"), 404, "unknown_job")
+    assert_error(http.get("/v1/jobs/0123/result"), 404, "unknown_job")
+    assert_error(http.delete("/v1/jobs/0123"), 404, "unknown_job")
+    assert_error(http.put("/v1/health"), 405)
+
+
+def test_rig_data(http) -> None:
+    for side in ("right", "left"):
+        response = http.get("/v1/model", params={"side": side})
+        assert response.status_code == 200
+        rig = response.json()
+        assert rig["schema"] == "hamr.rig/1" and rig["side"] == side
+        assert len(rig["joint_names"]) == 16 and rig["v_template"]["shape"][1] == 3
+    assert_error(http.get("/v1/model", params={"side": "middle"}), 422)
+
+
+def test_half_sent_upload_does_not_break_the_server(server: Server, http, photo_bytes) -> None:
+    boundary = "hamrboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo_bytes
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        "POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    port = int(server.url.rsplit(":", 1)[1])
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(head + body[: len(body) // 2])
+            time.sleep(0.2)
+    assert http.get("/v1/health").status_code == 200
+    response = http.post(
+        "/v1/predict",
+        files={"image": ("photo.jpg", photo_bytes, "image/jpeg")},
+        data={"box": "40,120,210,230"},
+    )
+    assert response.status_code == 200
+
+
+def test_concurrent_clients(server: Server, photo_bytes, sample_box) -> None:
+    def request(i: int) -> dict:
+        with server.client() as client:
+            response = client.post(
+                "/v1/predict",
+                files={"image": ("photo.jpg", photo_bytes, "image/jpeg")},
+                data={"box": box_field(sample_box), "side": "left"},
+            )
+            assert response.status_code == 200, response.text
+            return response.json()
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(request, range(8)))
+    first = results[0]["hands"][0]
+    for result in results:
+        check_prediction(result, 334, 512, hands=1)
+        np.testing.assert_allclose(
+            result["hands"][0]["keypoints2d"], first["keypoints2d"], atol=1e-3
+        )
+
+
+def wait_for(http: httpx.Client, job_id: str, states: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = http.get(f"/v1/jobs/{job_id}").json()
+        if status["state"] in states:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+
+
+def test_video_job(http, hand_video) -> None:
+    with open(hand_video.path, "rb") as f:
+        response = http.post(
+            "/v1/jobs",
+            files={"video": ("hand.mp4", f, "video/mp4")},
+            data={"box": box_field(hand_video.boxes[0]), "side": "right", "smoothing": "0.5"},
+        )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    progress = []
+    deadline = time.monotonic() + 120
+    while (status := http.get(f"/v1/jobs/{job_id}").json())["state"] in ("queued", "running"):
+        progress.append(status["progress"])
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert status["state"] == "done", status
+    assert status["progress"] == 1.0 and progress == sorted(progress)
+    assert status["frames_done"] == status["frames_total"] == hand_video.num_frames
+    result = http.get(f"/v1/jobs/{job_id}/result").json()
+    assert result["schema"] == "hamr.video/1" and result["fps"] == pytest.approx(hand_video.fps)
+    assert [f["index"] for f in result["frames"]] == list(range(hand_video.num_frames))
+    tracks = {h["track"] for f in result["frames"] for h in f["hands"]}
+    assert tracks and all(isinstance(t, int) for t in tracks)
+    for frame in result["frames"]:
+        for hand in frame["hands"]:
+            check_camera_identity(hand)
+
+
+@pytest.fixture(scope="module")
+def long_video(hand_video, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic clip looped to 400 frames: long enough to cancel midway."""
+    cap = cv2.VideoCapture(str(hand_video.path))
+    frames = []
+    while (read := cap.read())[0]:
+        frames.append(read[1])
+    cap.release()
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (256, 256))
+    for i in range(400):
+        writer.write(frames[i % len(frames)])
+    writer.release()
+    return path
+
+
+def test_jobs_queue_and_cancel(server: Server, http, long_video, hand_video) -> None:
+    box = box_field(hand_video.boxes[0])
+    # a job on a local file (JSON body), and a second one (an upload) queued behind it
+    first = http.post("/v1/jobs", json={"path": str(long_video), "box": box, "smoothing": 0.2})
+    assert first.status_code == 202, first.text
+    with open(long_video, "rb") as f:
+        second = http.post("/v1/jobs", files={"video": ("long.mp4", f)}, data={"box": box})
+    assert second.status_code == 202, second.text
+    first_id, second_id = first.json()["id"], second.json()["id"]
+    running = wait_for(http, first_id, {"running"})
+    assert http.get(f"/v1/jobs/{second_id}").json()["state"] == "queued"  # one job at a time
+    uploads = list(server.cache.glob(f"hamr/uploads-*/{second_id}/*"))
+    assert len(uploads) == 1
+    # health stays immediate while a job runs
+    t0 = time.perf_counter()
+    assert http.get("/v1/health").status_code == 200
+    assert time.perf_counter() - t0 < 1.0
+    # the queued job is cancelled at once and its upload removed
+    assert http.delete(f"/v1/jobs/{second_id}").json()["state"] == "cancelled"
+    assert not uploads[0].exists()
+    # the running one midway
+    status = wait_for(http, first_id, {"running"})
+    assert 0 < running["frames_total"] == status["frames_total"] == 400
+    while http.get(f"/v1/jobs/{first_id}").json()["frames_done"] < 5:
+        time.sleep(0.02)
+    cancelled = http.delete(f"/v1/jobs/{first_id}").json()
+    assert cancelled["state"] == "cancelled" and cancelled["frames_done"] < 400
+    time.sleep(0.5)
+    final = http.get(f"/v1/jobs/{first_id}").json()
+    assert final["state"] == "cancelled" and final["frames_done"] < 400
+    assert_error(http.get(f"/v1/jobs/{first_id}/result"), 409, "not_done")
+    # DELETE on a finished job forgets it
+    http.delete(f"/v1/jobs/{first_id}")
+    assert_error(http.get(f"/v1/jobs/{first_id}"), 404)
+
+
+def test_bad_jobs(http, hand_video, tmp_path) -> None:
+    bad = http.post("/v1/jobs", files={"video": ("clip.mp4", b"not a video" * 50, "video/mp4")})
+    assert_error(bad, 400, "bad_video")
+    assert_error(http.post("/v1/jobs", json={"path": str(tmp_path / "none.mp4")}), 400)
+    assert_error(http.post("/v1/jobs", json={"path": str(hand_video.path), "speed": 2}), 422)
+    assert_error(http.post("/v1/jobs", json={"path": str(hand_video.path), "smoothing": 3}), 422)
+    assert_error(
+        http.post("/v1/jobs", json={"path": str(hand_video.path), "box": [300, 300, 400, 400]}),
+        422,
+    )
+    assert_error(http.post("/v1/jobs", json=[1, 2]), 400, "bad_json")
+    assert_error(http.post("/v1/jobs", files={"other": ("a", b"1")}), 422, "unknown_field")
+    assert http.get("/v1/health").status_code == 200
+
+
+def test_token_mode(checkpoint, server_env, photo_bytes, sample_box) -> None:
+    server = start_server(checkpoint, server_env, "--token", TOKEN)
+    try:
+        with server.client() as client:
+            assert client.get("/v1/health").status_code == 200  # health needs no token
+            assert_error(client.get("/v1/model"), 401, "unauthorized")
+            wrong = {"Authorization": "Bearer nope"}
+            assert_error(client.get("/v1/model", headers=wrong), 401)
+            files = {"image": ("photo.jpg", photo_bytes, "image/jpeg")}
+            assert_error(client.post("/v1/predict", files=files), 401)
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            assert client.get("/v1/model", headers=auth).status_code == 200
+            response = client.post(
+                "/v1/predict", files=files, data={"box": box_field(sample_box)}, headers=auth
+            )
+            assert response.status_code == 200
+    finally:
+        stop_server(server)
+
+
+# ----------------------------------------------------------------------------- app pieces
+
+
+def test_bind_rules() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+    check_bind("127.0.0.1", None)
+    check_bind("0.0.0.0", "token")
+    with pytest.raises(OptionError, match="without --token"):
+        check_bind("0.0.0.0", None)
+
+
+def test_decode_image(photo_bytes) -> None:
+    image, _ = decode_image(photo_bytes, 40e6)
+    assert image.shape == (512, 334, 3) and image.dtype == np.uint8
+    with pytest.raises(ApiError) as err:
+        decode_image(photo_bytes, 1000)
+    assert err.value.status == 413
+    with pytest.raises(ApiError) as err:
+        decode_image(b"GIF89a-broken", 40e6)
+    assert err.value.status == 400
+
+
+def test_app_reports_a_failed_model_load(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    with TestClient(create_app(broken)) as client:
+        deadline = time.monotonic() + 30
+        while (health := client.get("/v1/health")).json()["status"] == "loading":
+            assert health.status_code == 503 and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert "safetensors" in health.json()["error"]["message"]
+        files = {"image": ("a.png", png_bytes(Image.new("RGB", (64, 64))), "image/png")}
+        assert_error(client.post("/v1/predict", files=files), 503, "model_load_failed")
+
+
+def test_app_in_process(checkpoint, tmp_path, monkeypatch, photo_bytes, sample_box) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with TestClient(create_app(checkpoint, token=TOKEN)) as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        deadline = time.monotonic() + 60
+        while client.get("/v1/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert_error(client.get("/v1/jobs/x"), 401)
+        response = client.post(
+            "/v1/predict",
+            files={"image": ("photo.jpg", photo_bytes, "image/jpeg")},
+            data={"box": [box_field(sample_box), "150,300,300,450"]},
+            headers=auth,
+        )
+        assert response.status_code == 200
+        check_prediction(response.json(), 334, 512, hands=2)
+    assert not list(tmp_path.glob("hamr/uploads-*"))  # the upload folder goes with the app
