@@ -295,7 +295,12 @@ def process_video(
         progress_cb(len(frames), len(frames))
     with lock:
         finalize_tracks(predictor, frames, info.fps, smoothing)
-    return {"schema": SCHEMA, "fps": info.fps, "frames": frames}
+    return {
+        "schema": SCHEMA,
+        "fps": info.fps,
+        "image": {"width": info.width, "height": info.height},
+        "frames": frames,
+    }
 
 
 @torch.no_grad()
