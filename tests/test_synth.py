@@ -12,14 +12,7 @@ from backend.network.camera import pixels_to_normalized, weak_project
 from backend.render import project_points
 from training.data.synthetic_folder import SyntheticFolder, decode_mask, encode_mask
 from training.synth.engine import SynthConfig, SyntheticHands
-from training.synth.prior import (
-    LIMITS_DEG,
-    angles_to_pose,
-    axis_angle_to_quat,
-    matrix_to_quat,
-    quat_to_axis_angle,
-    sample_digit_angles,
-)
+from training.synth.prior import LIMITS_DEG, angles_to_pose, sample_digit_angles
 from training.synthesize import batch_generator, synthesize
 
 
@@ -122,7 +115,7 @@ def test_pose_prior_respects_joint_limits():
     assert angles[:, 1:, 0].mean() > 10
 
 
-def test_prior_pose_matches_the_quaternion_composition():
+def test_prior_pose_matches_the_rotation_composition():
     """Joint 1 of each digit composes flex, spread and twist; check against rotation matrices."""
     from smplx.lbs import batch_rodrigues
 
@@ -140,19 +133,6 @@ def test_prior_pose_matches_the_quaternion_composition():
         r = lambda aa: batch_rodrigues(aa[None])[0]  # noqa: E731
         expected = r(flex * np.radians(30)) @ r(spread * np.radians(12)) @ r(twist * np.radians(5))
         torch.testing.assert_close(r(pose[0, j1 - 1]), expected, atol=1e-8, rtol=0)
-
-
-def test_quaternion_helpers_round_trip():
-    g = torch.Generator().manual_seed(1)
-    aa = torch.randn(500, 3, generator=g, dtype=torch.float64)
-    aa = aa / aa.norm(dim=1, keepdim=True) * torch.rand(500, 1, generator=g) * 3.1
-    q = axis_angle_to_quat(aa)
-    torch.testing.assert_close(quat_to_axis_angle(q), aa, atol=1e-9, rtol=0)
-    from smplx.lbs import batch_rodrigues
-
-    torch.testing.assert_close(
-        matrix_to_quat(batch_rodrigues(aa)).abs(), q.abs(), atol=1e-7, rtol=0
-    )
 
 
 def test_mask_encoding_round_trip():

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from backend.crop import CROP_SCALE, CROP_SIZE, crop_intrinsics, crop_to_box, square_crop
 from backend.hand_model.model import HandModel, load_hand_arrays, mirror_points, mirror_pose
+from backend.network.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 from backend.render import composite, project_points, rasterize, shade
 
 from .appearance import (
@@ -43,7 +44,7 @@ from .appearance import (
     sample_skin,
     test_backgrounds,
 )
-from .prior import angles_to_pose, matrix_to_quat, quat_to_axis_angle, sample_digit_angles
+from .prior import angles_to_pose, sample_digit_angles
 
 VIRTUAL_IMAGE = (640, 480)  # width, height of the virtual full image the crop is taken from
 
@@ -86,17 +87,6 @@ def _canonical_views(device) -> Tensor:
     return torch.tensor(cols, dtype=torch.float32, device=device).transpose(1, 2)
 
 
-def _rodrigues(aa: Tensor) -> Tensor:
-    """(n, 3) axis-angle -> (n, 3, 3)."""
-    angle = aa.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-    k = aa / angle
-    kx = torch.zeros(aa.shape[0], 3, 3, device=aa.device, dtype=aa.dtype)
-    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
-    kx = kx - kx.transpose(1, 2)
-    s, c = torch.sin(angle)[..., None], torch.cos(angle)[..., None]
-    return torch.eye(3, device=aa.device, dtype=aa.dtype) + s * kx + (1 - c) * kx @ kx
-
-
 def sample_orientations(n: int, g: torch.Generator, cfg: SynthConfig, device) -> Tensor:
     """(n, 3, 3) global rotations of a right hand, model frame -> camera frame."""
     u = lambda *s: torch.rand(*s, generator=g, device=device)  # noqa: E731
@@ -106,7 +96,7 @@ def sample_orientations(n: int, g: torch.Generator, cfg: SynthConfig, device) ->
     q = torch.randn(n, 4, generator=g, device=device)
     uniform = _quat_to_matrix(q / q.norm(dim=1, keepdim=True))
     base = _canonical_views(device)[(mode - 1).clamp(min=0)]
-    jitter = _rodrigues(
+    jitter = axis_angle_to_matrix(
         torch.randn(n, 3, generator=g, device=device) * math.radians(cfg.view_jitter_deg)
     )
     # in-plane roll: any angle half the time, upright-ish otherwise; egocentric stays upright
@@ -114,7 +104,7 @@ def sample_orientations(n: int, g: torch.Generator, cfg: SynthConfig, device) ->
     roll = torch.where(mode == 4, (u(n) * 2 - 1) * math.pi / 6, roll)
     z = torch.zeros(n, 3, device=device)
     z[:, 2] = roll
-    canonical = _rodrigues(z) @ jitter @ base
+    canonical = axis_angle_to_matrix(z) @ jitter @ base
     return torch.where((mode == 0)[:, None, None], uniform, canonical)
 
 
@@ -209,7 +199,7 @@ class SyntheticHands:
         betas = (torch.randn(n, 10, generator=g, device=dev) * cfg.beta_std).clamp(-3, 3)
         finger_pose = angles_to_pose(sample_digit_angles(n, g, dev), self.rest_joints, "right")
         rot = sample_orientations(n, g, cfg, dev)
-        global_aa = quat_to_axis_angle(matrix_to_quat(rot))
+        global_aa = matrix_to_axis_angle(rot)
         pose = torch.cat([global_aa[:, None], finger_pose], dim=1)  # (n, 16, 3)
         out = self.model(pose, betas)
         verts, kp3d = out.vertices, out.keypoints  # model output, no translation
@@ -236,7 +226,7 @@ class SyntheticHands:
             [0.1, 0.3, 0.35], device=dev
         )
         wrist = self.rest_joints[0]
-        arm = (self.arm_verts - wrist) @ _rodrigues(bend).transpose(1, 2)  # (n, A, 3)
+        arm = (self.arm_verts - wrist) @ axis_angle_to_matrix(bend).transpose(1, 2)  # (n, A, 3)
         arm_cam = arm @ rot.transpose(1, 2) + out.joints[:, :1] + transl[:, None]
         show_arm = u(n) < 0.85
         kp3d_cam = kp3d + transl[:, None]

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from backend.hand_model.poses import DIGIT_JOINTS, DIGITS, NAMED_POSES, digit_axes
+from backend.network.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
 # (min, max) degrees for flex1, flex2, flex3, spread, twist; fingers: MCP, PIP, DIP.
 LIMITS_DEG: dict[str, tuple[tuple[float, float], ...]] = {
@@ -154,7 +155,7 @@ def sample_digit_angles(
 def angles_to_pose(angles_deg: Tensor, rest_joints: Tensor, side: str = "right") -> Tensor:
     """(n, 5, 5) digit angles -> (n, 15, 3) axis-angle of joints 1..15 (MANO order minus root).
 
-    First joint: R = R_flex @ R_spread @ R_twist, composed with quaternions; the others flex only.
+    First joint: R = R_flex @ R_spread @ R_twist; the others flex only.
     """
     n = angles_deg.shape[0]
     rad = torch.deg2rad(angles_deg)
@@ -165,98 +166,12 @@ def angles_to_pose(angles_deg: Tensor, rest_joints: Tensor, side: str = "right")
         j1, j2, j3 = DIGIT_JOINTS[digit]
         bone = rest_joints[j2] - rest_joints[j1]
         twist = (bone / bone.norm()).to(angles_deg)
-        q = quat_mul(
-            quat_mul(
-                axis_angle_to_quat(flex * rad[:, k, 0:1]),
-                axis_angle_to_quat(spread * rad[:, k, 3:4]),
-            ),
-            axis_angle_to_quat(twist * rad[:, k, 4:5]),
-        )
-        out[:, j1] = quat_to_axis_angle(q)
+        r = (
+            axis_angle_to_matrix(flex * rad[:, k, 0:1])
+            @ axis_angle_to_matrix(spread * rad[:, k, 3:4])
+            @ axis_angle_to_matrix(twist * rad[:, k, 4:5])
+        )  # (n, 3, 3)
+        out[:, j1] = matrix_to_axis_angle(r)
         out[:, j2] = flex * rad[:, k, 1:2]
         out[:, j3] = flex * rad[:, k, 2:3]
     return out[:, 1:]
-
-
-def axis_angle_to_quat(aa: Tensor) -> Tensor:
-    """(..., 3) axis-angle -> (..., 4) unit quaternion (w, x, y, z)."""
-    angle = aa.norm(dim=-1, keepdim=True)
-    half = angle / 2
-    # sin(half)/angle, with its limit 1/2 at zero
-    k = torch.where(angle > 1e-8, torch.sin(half) / angle.clamp(min=1e-8), 0.5 - angle**2 / 48)
-    return torch.cat([torch.cos(half), aa * k], dim=-1)
-
-
-def quat_mul(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product (..., 4) x (..., 4): the rotation b, then a."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )
-
-
-def quat_to_axis_angle(q: Tensor) -> Tensor:
-    """(..., 4) unit quaternion -> (..., 3) axis-angle with angle in [0, pi]."""
-    q = torch.where(q[..., :1] < 0, -q, q)  # the short way round
-    v = q[..., 1:]
-    s = v.norm(dim=-1, keepdim=True)
-    angle = 2 * torch.atan2(s, q[..., :1])
-    k = torch.where(s > 1e-8, angle / s.clamp(min=1e-8), 2.0 + s**2 / 3)
-    return v * k
-
-
-def matrix_to_quat(m: Tensor) -> Tensor:
-    """(..., 3, 3) rotation matrices -> (..., 4) unit quaternions (w, x, y, z), any angle."""
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    # the four candidate |components|; take the largest for stability (Shepperd's method)
-    cand = torch.stack(
-        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
-    )
-    best = cand.argmax(dim=-1, keepdim=True)
-    r = torch.sqrt(cand.clamp(min=1e-12)) / 2  # (..., 4) |w|, |x|, |y|, |z| estimates
-    w = torch.stack(
-        [
-            r[..., 0],
-            (m[..., 2, 1] - m[..., 1, 2]) / (4 * r[..., 0]),
-            (m[..., 0, 2] - m[..., 2, 0]) / (4 * r[..., 0]),
-            (m[..., 1, 0] - m[..., 0, 1]) / (4 * r[..., 0]),
-        ],
-        dim=-1,
-    )
-    x = torch.stack(
-        [
-            (m[..., 2, 1] - m[..., 1, 2]) / (4 * r[..., 1]),
-            r[..., 1],
-            (m[..., 0, 1] + m[..., 1, 0]) / (4 * r[..., 1]),
-            (m[..., 0, 2] + m[..., 2, 0]) / (4 * r[..., 1]),
-        ],
-        dim=-1,
-    )
-    y = torch.stack(
-        [
-            (m[..., 0, 2] - m[..., 2, 0]) / (4 * r[..., 2]),
-            (m[..., 0, 1] + m[..., 1, 0]) / (4 * r[..., 2]),
-            r[..., 2],
-            (m[..., 1, 2] + m[..., 2, 1]) / (4 * r[..., 2]),
-        ],
-        dim=-1,
-    )
-    z = torch.stack(
-        [
-            (m[..., 1, 0] - m[..., 0, 1]) / (4 * r[..., 3]),
-            (m[..., 0, 2] + m[..., 2, 0]) / (4 * r[..., 3]),
-            (m[..., 1, 2] + m[..., 2, 1]) / (4 * r[..., 3]),
-            r[..., 3],
-        ],
-        dim=-1,
-    )
-    q = torch.stack([w, x, y, z], dim=-2)  # (..., 4 candidates, 4)
-    q = torch.gather(q, -2, best[..., None].expand(*best.shape[:-1], 1, 4)).squeeze(-2)
-    return q / q.norm(dim=-1, keepdim=True)
