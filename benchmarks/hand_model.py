@@ -15,30 +15,13 @@ import io
 import json
 import platform
 import statistics
-import time
 from functools import partial
 
 import smplx
 import torch
 
 from backend.hand_model.model import OPEN_HAND_DIR, HandModel
-
-
-def _median_ms(fn, repeats: int, device: torch.device) -> float:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(3):  # warm-up
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+from benchmarks.timing import median_ms
 
 
 def run(repeats: int, batches: list[int]) -> dict:
@@ -61,8 +44,8 @@ def run(repeats: int, batches: list[int]) -> dict:
                 run_raw = partial(raw, betas=betas, global_orient=pose[:, 0], hand_pose=hand_pose)
                 run_ours = partial(ours, pose, betas)
                 for _ in range(3):
-                    t_raw.append(_median_ms(run_raw, repeats, device))
-                    t_ours.append(_median_ms(run_ours, repeats, device))
+                    t_raw.append(median_ms(run_raw, repeats, device))
+                    t_ours.append(median_ms(run_ours, repeats, device))
             r, o = statistics.median(t_raw), statistics.median(t_ours)
             results.append(
                 {

@@ -16,33 +16,14 @@ import argparse
 import json
 import math
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
 from backend.render import icosphere, project_points, rasterize, shade, soft_silhouette
+from benchmarks.timing import median_ms
 
 COVERAGE = 0.4  # fraction of the frame covered by the sphere's silhouette
 SPHERE_DEPTH = 4.0  # camera-to-centre distance, in sphere radii
-
-
-def _median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(2):  # warm-up
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def _scene(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,8 +66,8 @@ def run(repeats: int, sizes: list[int], threads: int) -> dict:
                 "soft_silhouette": soft,
                 "soft_silhouette_backward": soft_backward,
             }
-            median_ms = {
-                name: round(_median_ms(fn, repeats, device), 2) for name, fn in cases.items()
+            timings = {
+                name: round(median_ms(fn, repeats, device), 2) for name, fn in cases.items()
             }
             coverage = float(raster().mask.float().mean())
             results.append(
@@ -94,7 +75,7 @@ def run(repeats: int, sizes: list[int], threads: int) -> dict:
                     "device": device.type,
                     "size": size,
                     "coverage": round(coverage, 3),
-                    "median_ms": median_ms,
+                    "median_ms": timings,
                 }
             )
     return {

@@ -10,27 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 from backend.render import project_points, rasterize, shade
+from benchmarks.timing import median_ms
 from training.synth.engine import SynthConfig, SyntheticHands
-
-
-def _time(fn, repeats: int, device: torch.device) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _bench_device(dev: torch.device, batch: int, repeats: int) -> dict:
@@ -45,8 +30,8 @@ def _bench_device(dev: torch.device, batch: int, repeats: int) -> dict:
         frags = rasterize(torch.cat([pix, verts[..., 2:]], -1), engine.faces, 256, 256)
         shade(frags, verts, engine.faces, albedo)
 
-    t_full = _time(lambda: engine.sample(batch, g), repeats, dev)
-    t_render = _time(render_only, repeats, dev)
+    t_full = median_ms(lambda: engine.sample(batch, g), repeats, dev, warmup=1) / 1e3
+    t_render = median_ms(render_only, repeats, dev, warmup=1) / 1e3
     return {
         "device": dev.type,
         "batch": batch,
