@@ -281,7 +281,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
                 "step": step,
                 "time_s": round(time.perf_counter() - t0, 2),
                 "lr": sched.get_last_lr()[0],
-                "total": float(total),
+                "total": float(total.detach()),
                 "grad_norm": float(grad_norm),
                 **{k: float(v) for k, v in terms.items()},
             }
