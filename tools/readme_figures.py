@@ -1,0 +1,71 @@
+"""Regenerate the README's detection figure: `python -m tools.readme_figures`.
+
+Runs `hamr predict` (no box: the project's own detector, side auto) with the shipped checkpoint on
+every photo in ../shared/samples/wild_*, draws the predicted meshes and skeletons over them, and
+writes a grid to docs/images/wild_detections.png. Prints one JSON line per photo (hands found,
+their sides, scores and boxes, seconds taken).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from backend.inference import Predictor, load_image, overlay
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "samples"
+TILE = 400
+
+
+def main() -> None:
+    photos = sorted(p for d in SAMPLES.glob("wild_*") for p in d.glob("*.jpg"))
+    if not photos:
+        raise SystemExit(f"no photos under {SAMPLES}/wild_*")
+    predictor = Predictor()
+    tiles = []
+    for path in photos:
+        image, f35 = load_image(path)
+        t0 = time.perf_counter()
+        prediction = predictor.predict(image, exif_f35_mm=f35)
+        seconds = time.perf_counter() - t0
+        hands = prediction["hands"]
+        print(
+            json.dumps(
+                {
+                    "photo": f"{path.parent.name}/{path.name}",
+                    "hands": len(hands),
+                    "found": [
+                        {
+                            "side": h["side"],
+                            "score": h["score"],
+                            "box": [round(v) for v in h["box_xyxy"]],
+                        }
+                        for h in hands
+                    ],
+                    "seconds": round(seconds, 1),
+                }
+            )
+        )
+        pic = Image.fromarray(overlay(predictor, image, prediction))
+        pic.thumbnail((TILE, TILE))
+        tile = Image.new("RGB", (TILE, TILE), (30, 30, 30))
+        tile.paste(pic, ((TILE - pic.width) // 2, (TILE - pic.height) // 2))
+        tiles.append(np.asarray(tile))
+    cols = 3
+    rows = (len(tiles) + cols - 1) // cols
+    tiles += [np.zeros_like(tiles[0])] * (rows * cols - len(tiles))
+    grid = np.concatenate(
+        [np.concatenate(tiles[r * cols : (r + 1) * cols], axis=1) for r in range(rows)], axis=0
+    )
+    out = REPO / "docs" / "images" / "wild_detections.png"
+    Image.fromarray(grid).save(out)
+    print(json.dumps({"wrote": str(out.relative_to(REPO))}))
+
+
+if __name__ == "__main__":
+    main()
