@@ -9,6 +9,8 @@ Imports torch and numpy only.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -70,10 +72,22 @@ def crop_image(
     Bilinear sampling at the crop's pixel centres (area-averaged first when shrinking by more
     than 2x, to avoid aliasing); outside the image is black. `flip` mirrors the crop left-right
     (left hands go in as right hands)."""
-    img = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
     cx, cy, side = (float(x) for x in crop)
     h, w = image.shape[:2]
     shrink = int(side / size)
+    # work on the part of the image the crop touches (plus a margin for the filters), its origin
+    # on the box filter's grid, so a crop costs its own area, not the whole photo's
+    cell = max(shrink, 1)
+    x0 = max(0, math.floor(cx - side / 2) - 2 * cell)
+    y0 = max(0, math.floor(cy - side / 2) - 2 * cell)
+    x0, y0 = x0 - x0 % cell, y0 - y0 % cell
+    x1 = min(w, math.ceil(cx + side / 2) + 2 * cell)
+    y1 = min(h, math.ceil(cy + side / 2) + 2 * cell)
+    if x1 <= x0 or y1 <= y0:  # entirely outside the image
+        return np.zeros((size, size, 3), dtype=np.uint8)
+    region = np.array(image[y0:y1, x0:x1], dtype=np.float32)
+    img = torch.from_numpy(region).permute(2, 0, 1)[None]
+    cx, cy, h, w = cx - x0, cy - y0, y1 - y0, x1 - x0
     if shrink >= 2:  # box-filter first so that bilinear sampling does not alias
         img = torch.nn.functional.avg_pool2d(img, shrink, ceil_mode=True)
         cx, cy, side, h, w = cx / shrink, cy / shrink, side / shrink, img.shape[2], img.shape[3]

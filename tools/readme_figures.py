@@ -3,7 +3,9 @@
 Runs `hamr predict` (no box: the project's own detector, side auto) with the shipped checkpoint on
 every photo in ../shared/samples/wild_*, draws the predicted meshes and skeletons over them, and
 writes a grid to docs/images/wild_detections.png. Prints one JSON line per photo (hands found,
-their sides, scores and boxes, seconds taken).
+their sides, scores and boxes, seconds taken). Then evaluates the checkpoint on every annotated
+hand of the other sample sets (ground-truth crops, as `training.evaluate --dataset samples`) and
+tiles the overlay crops into docs/images/samples_eval.png.
 """
 
 from __future__ import annotations
@@ -20,6 +22,32 @@ from backend.inference import Predictor, load_image, overlay
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples"
 TILE = 400
+
+
+def _grid(tiles: list[np.ndarray], cols: int) -> np.ndarray:
+    rows = (len(tiles) + cols - 1) // cols
+    tiles = tiles + [np.zeros_like(tiles[0])] * (rows * cols - len(tiles))
+    return np.concatenate(
+        [np.concatenate(tiles[r * cols : (r + 1) * cols], axis=1) for r in range(rows)], axis=0
+    )
+
+
+def samples_figure(predictor: Predictor) -> None:
+    """Overlay crops of every annotated sample hand -> docs/images/samples_eval.png."""
+    import tempfile
+
+    from training.evaluate import SAMPLE_SETS, evaluate_dataset
+
+    tiles = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in SAMPLE_SETS:
+            metrics = evaluate_dataset(predictor.model, name, overlay_dir=Path(tmp) / name)
+            print(json.dumps({"dataset": name, **{k: round(v, 4) for k, v in metrics.items()}}))
+            for png in sorted((Path(tmp) / name).glob("*.png")):
+                tiles.append(np.asarray(Image.open(png).convert("RGB").resize((192, 192))))
+    out = REPO / "docs" / "images" / "samples_eval.png"
+    Image.fromarray(_grid(tiles, 8)).save(out)
+    print(json.dumps({"wrote": str(out.relative_to(REPO))}))
 
 
 def main() -> None:
@@ -56,15 +84,10 @@ def main() -> None:
         tile = Image.new("RGB", (TILE, TILE), (30, 30, 30))
         tile.paste(pic, ((TILE - pic.width) // 2, (TILE - pic.height) // 2))
         tiles.append(np.asarray(tile))
-    cols = 3
-    rows = (len(tiles) + cols - 1) // cols
-    tiles += [np.zeros_like(tiles[0])] * (rows * cols - len(tiles))
-    grid = np.concatenate(
-        [np.concatenate(tiles[r * cols : (r + 1) * cols], axis=1) for r in range(rows)], axis=0
-    )
     out = REPO / "docs" / "images" / "wild_detections.png"
-    Image.fromarray(grid).save(out)
+    Image.fromarray(_grid(tiles, 3)).save(out)
     print(json.dumps({"wrote": str(out.relative_to(REPO))}))
+    samples_figure(predictor)
 
 
 if __name__ == "__main__":
