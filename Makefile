@@ -22,11 +22,14 @@ $(STAMP): pyproject.toml
 
 # The main job: import a hand from a photo into a Blender scene (headless), on the embedded
 # defaults (open hand model, shipped checkpoint). IMAGE=your.jpg [BOX=x0,y0,x1,y1] for your own.
-IMAGE ?= backend/assets/samples/synthetic_hand.jpg
-BOX ?= $(if $(filter backend/assets/samples/synthetic_hand.jpg,$(IMAGE)),170,106,396,353,)
+SAMPLE_IMAGE := backend/assets/samples/synthetic_hand.jpg
+IMAGE ?= $(SAMPLE_IMAGE)
+ifeq ($(IMAGE),$(SAMPLE_IMAGE))
+BOX ?= 170,106,396,353
+endif
 demo: $(STAMP)
 	mkdir -p out/demo
-	$(PY) -m backend.cli blend $(IMAGE) --out out/demo/scene.blend --render out/demo/render.png $(if $(BOX),--box $(BOX),)
+	$(PY) -m backend.cli blend $(IMAGE) --out out/demo/scene.blend --render out/demo/render.png $(if $(BOX),--box $(BOX))
 	$(PY) -m backend.demo --out docs/images
 	@echo "scene: out/demo/scene.blend  render: out/demo/render.png  hand model: docs/images/open_hand.png"
 

@@ -1,9 +1,10 @@
 """Shared fixtures for the CLI, server and video tests.
 
-- `checkpoint`: the shipped checkpoint when it exists, else a tiny random network saved in the real
-  checkpoint format (small widths, so a crop runs in well under a second on a shared CPU; its
-  heat-map head is biased to 0.8 so scores are the size a trained network gives on a hand, and
-  the tracker keeps its tracks);
+- `checkpoint`: a tiny random network saved in the real checkpoint format (small widths, so a
+  crop runs in well under a second on a shared CPU; its heat-map head is biased to 0.8 so scores
+  are the size a trained network gives on a hand, and the detector and tracker keep their hands).
+  The behaviour tests must not depend on how well the shipped network happens to be trained;
+  `tests/test_shipped_checkpoint.py` tests the shipped one itself;
 - `predictor`: one `Predictor` on that checkpoint for the session;
 - `xdg_env`: an environment whose XDG_* folders are fresh temporary ones (server uploads);
 - `free_port()`: a free TCP port on 127.0.0.1; `check_prediction`, `check_camera_identity`: the
@@ -45,10 +46,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from backend.inference import DEFAULT_CHECKPOINT
-
-    if DEFAULT_CHECKPOINT.is_file():
-        return DEFAULT_CHECKPOINT
     from backend.hand_model.model import hand_model_id
     from backend.network import HamrConfig, HamrNet
     from backend.network.checkpoint import save_checkpoint

@@ -4,7 +4,7 @@ Each test runs one script of tests/blender_scripts in its own bpy subprocess (so
 BLENDER_USER_RESOURCES folders below are set before bpy starts, user preferences are never
 touched, and a crash cannot take pytest down); the script prints ``HAMR_RESULT {json}`` and the
 assertions live here. The backend is one `hamr serve` per session on a free port, with the
-conftest checkpoint (the shipped one, or a tiny random network of the real format).
+conftest checkpoint (a tiny random network of the real format).
 
 Undo: headless bpy has no window to undo in (``bpy.ops.ed.undo.poll()`` is False in background
 mode), so the single-undo-step property is checked through the operators' bl_options and the

@@ -1,0 +1,55 @@
+"""The checkpoint the repository ships: it loads from the file alone, matches the embedded hand
+model, carries its training record, and predicts a hand with the exact camera identity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.hand_model.model import hand_model_id
+from backend.inference import DEFAULT_CHECKPOINT, HandRequest, Predictor, load_image
+from backend.network.checkpoint import read_checkpoint_header
+
+RECORD = DEFAULT_CHECKPOINT.parent / "hamr_light_training"
+BUNDLED_PHOTO = Path(__file__).resolve().parents[1] / "backend" / "assets" / "samples"
+
+
+def test_shipped_checkpoint_header_and_record():
+    header = read_checkpoint_header(DEFAULT_CHECKPOINT)
+    assert header["hand_model_id"] == hand_model_id("open")
+    meta = header["metadata"]
+    assert meta["step"] == meta["train_config"]["steps"]
+    assert (RECORD / "metrics.csv").exists() and (RECORD / "loss_curve.png").exists()
+    recorded = json.loads((RECORD / "eval_synthetic_test.json").read_text())["synthetic-test"]
+    assert recorded["count"] == 256 and np.isfinite(recorded["pa_mpjpe_mm"])
+    assert DEFAULT_CHECKPOINT.stat().st_size < 100 * 2**20
+
+
+def test_shipped_checkpoint_predicts_the_bundled_photo():
+    predictor = Predictor()  # the default: the shipped checkpoint
+    image, _ = load_image(BUNDLED_PHOTO / "synthetic_hand.jpg")
+    pred = predictor.predict(image, [HandRequest((170, 106, 396, 353), "right")])
+    hand = pred["hands"][0]
+    k = torch.tensor(hand["camera"]["K"])
+    j = torch.tensor(hand["joints3d_cam"])
+    uv = j @ k.T
+    np.testing.assert_allclose((uv[:, :2] / uv[:, 2:]).numpy(), hand["keypoints2d"], atol=1e-3)
+    # the hand lands in its box and in front of the camera at a plausible distance
+    kp = np.asarray(hand["keypoints2d"])
+    assert (kp[:, 0] > 100).all() and (kp[:, 0] < 470).all()
+    assert (kp[:, 1] > 40).all() and (kp[:, 1] < 420).all()
+    assert 0.1 < hand["transl"][2] < 3.0
+
+
+def test_a_checkpoint_of_another_hand_model_is_refused(tmp_path):
+    from backend.network.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    model, _ = load_checkpoint(DEFAULT_CHECKPOINT)
+    path = tmp_path / "other.safetensors"
+    save_checkpoint(path, model, hand_model_id="mano-official-000000000000")
+    with pytest.raises(CheckpointError, match="hand model"):
+        load_checkpoint(path)
