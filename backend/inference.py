@@ -5,7 +5,7 @@ into a `hamr.prediction/1` dict (DESIGN.md). Steps, each a function below:
 
 1. hands: the user's boxes (`--box`), or `detect.find_hands` (the project's own detector);
 2. side: `right` / `left` as asked, or `auto`: the crop and its mirror image both go through the
-   network, and the side whose heat-maps peak higher wins (`side_scores`);
+   network, and the side whose heat-maps peak higher wins;
 3. crop (backend.crop, as in training), left crops mirrored into right hands, the network;
 4. camera: K from `--focal`, else the EXIF 35 mm-equivalent focal length, else a 60 degree
    horizontal field of view on the longer image side (`default_focal`); the crop's weak camera
@@ -190,37 +190,31 @@ class Predictor:
         crop = square_crop(torch.tensor(box_xyxy, dtype=torch.float64))
         return crop_image(image, tuple(crop.tolist()), CROP_SIZE, flip=flip), crop
 
-    def side_scores(self, image: np.ndarray, box_xyxy) -> dict[str, float]:
-        """Heat-map confidence of the crop read as a right hand and, mirrored, as a left hand."""
-        right, _ = self.crops_for(image, box_xyxy, flip=False)
-        left, _ = self.crops_for(image, box_xyxy, flip=True)
-        conf = self.heatmap_confidence(self.run_crops(np.stack([right, left])))
-        return {"right": float(conf[0]), "left": float(conf[1])}
-
     def _predict_hand(self, image: np.ndarray, req: HandRequest, K: np.ndarray) -> dict:
         x0, y0, x1, y1 = (float(v) for v in req.box_xyxy)
         h, w = image.shape[:2]
         if not (x1 > x0 and y1 > y0) or x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
             raise InputError(f"box {req.box_xyxy} is empty or outside the {w}x{h} image")
-        side = req.side
-        if side == "auto":
-            scores = self.side_scores(image, req.box_xyxy)
-            side = max(scores, key=scores.get)
+        # `auto`: one batch holds the crop read as a right hand and, mirrored, as a left hand;
+        # the side whose heat-maps peak higher wins and its output is used as it is
+        sides = ("right", "left") if req.side == "auto" else (req.side,)
+        crops = [self.crops_for(image, req.box_xyxy, flip=s == "left") for s in sides]
+        out = self.run_crops(np.stack([rgb for rgb, _ in crops]))
+        confs = self.heatmap_confidence(out)
+        best = int(torch.argmax(confs))
+        side, crop, conf = sides[best], crops[best][1], float(confs[best])
         flip = side == "left"
-        crop_rgb, crop = self.crops_for(image, req.box_xyxy, flip)
-        out = self.run_crops(crop_rgb[None])
-        conf = float(self.heatmap_confidence(out)[0])
         dev = self.device
         Kt = torch.as_tensor(K, dtype=torch.float32, device=dev)
         # crop pixels of the network's 2D keypoints, back in the (unflipped) image
-        kp_crop = normalized_to_pixels(out.keypoints2d[0], CROP_SIZE)  # (21, 2)
-        cam = out.cam.clone()
+        kp_crop = normalized_to_pixels(out.keypoints2d[best], CROP_SIZE)  # (21, 2)
+        cam = out.cam[best : best + 1].clone()
         if flip:
             kp_crop[:, 0] = CROP_SIZE - kp_crop[:, 0]
             cam[:, 1] = -cam[:, 1]  # the weak camera of the unflipped crop: tx -> -tx
         crop_t = crop.to(torch.float32).to(dev)
         kp_img = points_from_crop(kp_crop[None], crop_t[None])[0]  # (21, 2)
-        pose, betas = out.pose[0], out.betas[0]
+        pose, betas = out.pose[best], out.betas[best]
         if flip:  # right-hand result -> the left model's parameters
             pose = mirror_pose(pose)
         hand = self.hands[side](pose[None], betas[None])

@@ -91,6 +91,15 @@ def _link(objects: Sequence[bpy.types.Object], collection: bpy.types.Collection)
 
 
 # ------------------------------------------------------------------------------ photo
+def _build_rig(rig: RigData, betas, name: str, options, new: NewData, notes: list[str]):
+    """build_hand_rig with the import options; its notes are added to `notes` once each."""
+    arm_obj, mesh_obj, rig_notes = build_hand_rig(
+        rig, betas, RigOptions(name, options.shape_keys, options.correctives), new
+    )
+    notes.extend(n for n in rig_notes if n not in notes)
+    return arm_obj, mesh_obj
+
+
 def import_prediction(
     context: bpy.types.Context,
     prediction: Prediction,
@@ -118,15 +127,9 @@ def import_prediction(
         if hand.side not in rigs:
             raise SceneBuildError(f"no rig data for the {hand.side} hand")
         name = options.name if len(prediction.hands) == 1 else f"{options.name} {i + 1}"
-        arm_obj, mesh_obj, notes = build_hand_rig(
-            rigs[hand.side],
-            hand.betas,
-            RigOptions(name, options.shape_keys, options.correctives),
-            new,
+        arm_obj, mesh_obj = _build_rig(
+            rigs[hand.side], hand.betas, name, options, new, result.notes
         )
-        for note in notes:
-            if note not in result.notes:
-                result.notes.append(note)
         hand_loc = camera_loc + convert.model_to_blender(hand.transl)
         arm_obj.location = hand_loc.tolist()
         pose_hand(arm_obj, hand.pose_axis_angle)
@@ -386,15 +389,9 @@ def key_video(
     last_frame = start
     for track in tracks:
         name = options.name if len(tracks) == 1 else f"{options.name} {track.track}"
-        arm_obj, mesh_obj, notes = build_hand_rig(
-            rigs[track.side],
-            track.shape_betas,
-            RigOptions(name, options.shape_keys, options.correctives),
-            new,
+        arm_obj, mesh_obj = _build_rig(
+            rigs[track.side], track.shape_betas, name, options, new, result.notes
         )
-        for note in notes:
-            if note not in result.notes:
-                result.notes.append(note)
         arm_obj.parent = origin
         names = json.loads(arm_obj["hamr_rig"])["joint_names"]
         frames, quats, locs = track_keys(
