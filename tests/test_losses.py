@@ -21,6 +21,7 @@ from backend.network.rotation import axis_angle_to_matrix
 from backend.render import rasterize
 from training.losses import (
     LossWeights,
+    articulation_loss,
     betas_prior,
     bone_length_loss,
     camera_loss,
@@ -113,6 +114,42 @@ def test_keypoints3d_loss(hand):
     nan_target[1] = math.nan
     mixed = keypoints3d_loss(noisy, nan_target, torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(mixed, keypoints3d_loss(noisy[:1], target[:1], has_3d[:1]))
+
+
+def test_articulation_loss_separates_fingers_from_orientation(hand):
+    pose = torch.randn(3, 16, 3, generator=gen(20)) * 0.3
+    target = pose_keypoints(hand, pose) + torch.tensor([0.05, -0.1, 0.5])
+    rot = axis_angle_to_matrix(pose[:, 0])
+    has = torch.ones(3)
+    assert articulation_loss(target, rot, target, pose, has) < 1e-7
+    # the same fingers under another global orientation (with that orientation predicted): zero,
+    # while the root-relative camera-frame term sees a large error
+    turned = pose.clone()
+    turned[:, 0] = torch.randn(3, 3, generator=gen(21))
+    pred = pose_keypoints(hand, turned)
+    pred_rot = axis_angle_to_matrix(turned[:, 0])
+    assert articulation_loss(pred, pred_rot, target, pose, has) < 1e-6
+    assert keypoints3d_loss(pred, target, has) > 0.01
+    # other fingers under the right orientation: positive, and it moves the finger joints
+    bent = pose.clone()
+    bent[:, 1:] += 0.3
+    bent_kp = pose_keypoints(hand, bent)
+    assert articulation_loss(bent_kp, rot, target, pose, has) > 0.003
+
+    def of_fingers(fingers: torch.Tensor) -> torch.Tensor:
+        full = torch.cat([pose[:, :1], fingers], dim=1)
+        return articulation_loss(pose_keypoints(hand, full), rot, target, pose, has)
+
+    assert_step_lowers(of_fingers, bent[:, 1:], step=0.05)
+    # the predicted orientation gets no gradient from this term
+    rot_var = rot.clone().requires_grad_(True)
+    assert not articulation_loss(bent_kp, rot_var, target, pose, has).requires_grad
+    # samples without MANO labels count for nothing, even with NaN labels
+    nan_pose, nan_target = pose.clone(), target.clone()
+    nan_pose[2], nan_target[2] = math.nan, math.nan
+    mixed = articulation_loss(bent_kp, rot, nan_target, nan_pose, torch.tensor([1.0, 1.0, 0.0]))
+    first_two = articulation_loss(bent_kp[:2], rot[:2], target[:2], pose[:2], has[:2])
+    torch.testing.assert_close(mixed, first_two)
 
 
 def test_keypoints2d_loss_respects_visibility():
@@ -290,7 +327,8 @@ def test_hamr_loss_combines_the_weighted_terms():
     weights = LossWeights(heatmaps=0.0, intermediate=0.5)
     total, terms = hamr_loss(out, batch, weights)
     assert "heatmaps" not in terms
-    for name in ("keypoints3d", "keypoints2d", "bones", "camera", "params", "silhouette"):
+    names = ("keypoints3d", "keypoints2d", "bones", "camera", "articulation", "params", "silhouette")
+    for name in names:
         assert terms[name] < 1e-6, name
     expected = sum(getattr(weights, k) * v for k, v in terms.items())
     torch.testing.assert_close(total, expected)

@@ -168,6 +168,35 @@ def test_resume_continues_the_run(tmp_path):
         train(cfg, resume=True, log=lambda *a, **k: None)
 
 
+def test_init_from_starts_a_new_run_from_a_checkpoint(tmp_path):
+    """init_from loads the weights (lr 0: they come through unchanged), starts the step count and
+    schedule afresh, keeps the source's record, and refuses a checkpoint of another network."""
+    from backend.network.checkpoint import load_checkpoint, read_checkpoint_header
+    from training.train import TrainConfig, train
+
+    quiet = {"log": lambda *a, **k: None}
+    cfg = TrainConfig.from_toml(_write_cfg(tmp_path, steps=3))
+    first = train(cfg, **quiet) / "last.safetensors"
+    second = TrainConfig.from_toml(_write_cfg(tmp_path, steps=2))
+    second.out_dir, second.init_from, second.lr = str(tmp_path / "stage2"), str(first), 0.0
+    run = train(second, **quiet)
+    a, b = load_checkpoint(first)[0].state_dict(), load_checkpoint(run / "last.safetensors")[0]
+    for name, tensor in b.state_dict().items():
+        if tensor.is_floating_point() and "running" not in name:  # BN statistics still update
+            torch.testing.assert_close(tensor, a[name], rtol=0, atol=0, msg=name)
+    meta = read_checkpoint_header(run / "last.safetensors")["metadata"]
+    assert meta["step"] == 2 and _rows(run)[0]["step"] == 0
+    assert meta["init_from"]["path"] == str(first) and meta["init_from"]["metadata"]["step"] == 3
+    other = TrainConfig.from_toml(_write_cfg(tmp_path, steps=1))
+    other.model = {**other.model, "regressor_hidden": 32}
+    other.out_dir, other.init_from = str(tmp_path / "stage3"), str(first)
+    with pytest.raises(ValueError, match="regressor_hidden"):
+        train(other, **quiet)
+    other.init_from = str(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        train(other, **quiet)
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
     import socket

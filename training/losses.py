@@ -12,7 +12,9 @@ Terms (each a scalar, averaged over the samples and entries that have the label)
    `keypoint_heatmaps`).
 6. Silhouette: L1 between the soft silhouette of the predicted mesh and the ground-truth mask at a
    low resolution (`silhouette_loss`).
-Plus an optional parameter loss against MANO labels (`param_loss`), small priors on pose and shape
+Plus, where MANO labels exist, the articulation term (`articulation_loss`: 3D keypoints in each
+hand's own wrist frame, so finger pose is learnt apart from the global orientation), an optional
+parameter loss against MANO labels (`param_loss`), small priors on pose and shape
 (`pose_prior`, `betas_prior`), and `hamr_loss`, which combines them with `LossWeights`.
 
 Batch contract (a dict of tensors, B samples): image (B, 3, S, S) in [0, 1]; mask (B, S, S) float;
@@ -78,6 +80,7 @@ class LossWeights:
     camera: float = 1.0  # squared error of (log s, s tx, s ty), dimensionless
     heatmaps: float = 1000.0  # per-pixel MSE of heat-maps peaking at 1 (as in HAMR's code)
     silhouette: float = 10.0  # per-pixel L1 between silhouettes in [0, 1]
+    articulation: float = 100.0  # L1 of wrist-frame keypoints, metres (1 cm -> 1), has_mano only
     params: float = 1.0  # MSE of rotation-matrix entries + MSE of betas, against MANO labels
     pose_prior: float = 0.001  # mean |R_j - I|_F^2 of the 15 finger joints
     betas_prior: float = 0.001  # mean beta^2
@@ -109,6 +112,29 @@ def keypoints3d_loss(
     target_rel = target - target.gather(1, index)
     root_ok = valid.gather(1, root)  # the chosen root itself is valid
     return _masked_mean((pred_rel - target_rel).abs(), (valid & root_ok)[..., None])
+
+
+def articulation_loss(
+    pred: Tensor, pred_global: Tensor, target: Tensor, target_pose: Tensor, has_mano: Tensor
+) -> Tensor:
+    """L1 between 3D keypoints expressed in each hand's own wrist frame, metres: mean over the
+    coordinates of samples with has_mano of |R_p^T (p_k - p_0) - R_t^T (t_k - t_0)|, where R_p is
+    the predicted global orientation (detached: this term trains the fingers, not the orientation)
+    and R_t the label's (its pose[:, 0] as a matrix). pred, target (B, 21, 3) in the camera frame;
+    pred_global (B, 3, 3); target_pose (B, 16, 3) axis-angle; has_mano (B,).
+
+    Why: the root-relative `keypoints3d_loss` compares hands in the camera frame, so while the
+    global orientation is still wrong the cheapest way to lower it is a compact, curled hand
+    whatever the image shows. Un-rotating both hands removes that coupling; the term is invariant
+    to any rotation applied to a hand together with its orientation."""
+    valid = has_mano.bool()  # (B,)
+    target = torch.where(valid[:, None, None], target, torch.zeros_like(target))
+    target_pose = torch.where(valid[:, None, None], target_pose, torch.zeros_like(target_pose))
+    target_rot = axis_angle_to_matrix(target_pose[:, 0])  # (B, 3, 3)
+    # row vectors: R^T x for each keypoint x is x @ R
+    pred_local = (pred - pred[:, :1]) @ pred_global.detach()  # (B, 21, 3)
+    target_local = (target - target[:, :1]) @ target_rot
+    return _masked_mean((pred_local - target_local).abs(), valid[:, None, None])
 
 
 def keypoints2d_loss(pred_n: Tensor, target_n: Tensor, visibility: Tensor) -> Tensor:
@@ -364,6 +390,9 @@ def hamr_loss(
             batch["has_mask"],
             silhouette_size,
             silhouette_sigma,
+        ),
+        "articulation": lambda: articulation_loss(
+            output.keypoints3d, output.rotmats[:, 0], kp3d, batch["pose"].float(), has_mano
         ),
         "params": lambda: params_term(output.rotmats, output.betas),
         "pose_prior": lambda: pose_prior(output.rotmats),

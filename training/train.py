@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from backend.hand_model.model import hand_model_id
-from backend.network.checkpoint import load_checkpoint, save_checkpoint
+from backend.network.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint
 from backend.network.config import HamrConfig
 from backend.network.hamr import HamrNet
 
@@ -71,6 +71,10 @@ class TrainConfig:
     # > 0: draw this many synthetic batches once and cycle through them (overfitting a small
     # pool: the smoke test's check that gradients reach everything); 0: fresh data every step
     synth_pool: int = 0
+    # a checkpoint whose weights start this run (fine-tuning, or a second stage of training): the
+    # optimizer, schedule and step start afresh; its header's metadata is kept in this run's
+    # checkpoint under "init_from". "": start from the network's own initialisation
+    init_from: str = ""
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
@@ -229,6 +233,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, cfg))
     start = 0
     state_path = out / "train_state.pt"
+    init_meta = None
+    if cfg.init_from and not resume:  # --resume restores this run's own weights instead
+        init_meta = _init_weights(model, cfg.init_from, device)
+        log(f"initialised from {cfg.init_from} (its step {init_meta.get('step', '?')})")
     if resume:
         if not state_path.exists():
             raise FileNotFoundError(f"--resume: no {state_path}; start without --resume")
@@ -258,6 +266,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         "device": device.type,
         "torch": torch.__version__,
     }
+    if resume:
+        prior = read_checkpoint_header(out / "last.safetensors").get("metadata", {})
+        if "init_from" in prior:
+            meta["init_from"] = prior["init_from"]
+    elif init_meta is not None:
+        meta["init_from"] = {"path": cfg.init_from, "metadata": init_meta}
     progress = _progress(cfg.steps, start, rank == 0)
     t0 = time.perf_counter()
     samples_seen = 0
@@ -311,6 +325,20 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     if world > 1:
         dist.destroy_process_group()
     return out
+
+
+def _init_weights(model: HamrNet, path: str, device: torch.device) -> dict:
+    """Load the weights of checkpoint `path` into `model`; it must be the same network (config and
+    hand model). Returns the checkpoint's metadata."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+    loaded, info = load_checkpoint(path, device)
+    if loaded.config != model.config:
+        theirs, ours = loaded.config.to_dict(), model.config.to_dict()
+        diff = sorted(k for k in ours if theirs[k] != ours[k])
+        raise ValueError(f"init_from: {path} is another network (differs in {diff})")
+    model.load_state_dict(loaded.state_dict())
+    return info.get("metadata", {})
 
 
 def _save(out: Path, model: HamrNet, optim, sched, step: int, meta: dict, rows: list) -> None:
