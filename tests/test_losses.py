@@ -327,7 +327,15 @@ def test_hamr_loss_combines_the_weighted_terms():
     weights = LossWeights(heatmaps=0.0, intermediate=0.5)
     total, terms = hamr_loss(out, batch, weights)
     assert "heatmaps" not in terms
-    names = ("keypoints3d", "keypoints2d", "bones", "camera", "articulation", "params", "silhouette")
+    names = (
+        "keypoints3d",
+        "keypoints2d",
+        "bones",
+        "camera",
+        "articulation",
+        "params",
+        "silhouette",
+    )
     for name in names:
         assert terms[name] < 1e-6, name
     expected = sum(getattr(weights, k) * v for k, v in terms.items())
