@@ -236,6 +236,20 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
 
 
 @pytest.mark.slow
+def test_evaluate_untrained_baseline(tmp_path, capsys):
+    """--untrained evaluates a fresh network (the mean-initialisation baseline): deterministic."""
+    from training.evaluate import main
+
+    runs = []
+    for _ in range(2):
+        assert main(["--untrained", "light", "--count", "2"]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert runs[0]["untrained"] == "light" and runs[0] == runs[1]
+    assert math.isfinite(runs[0]["synthetic-test"]["pa_mpjpe_mm"])
+    with pytest.raises(SystemExit):  # one of --checkpoint / --untrained is required
+        main(["--count", "2"])
+
+
 def test_evaluate_cli_on_a_trained_checkpoint(tmp_path):
     from training.train import TrainConfig, train
 

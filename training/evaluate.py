@@ -164,7 +164,14 @@ SAMPLE_SETS = (
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint")
+    which.add_argument(
+        "--untrained",
+        choices=("light", "paper"),
+        help="a freshly initialised network (torch seed 0) of this preset instead: the baseline of "
+        "predicting (nearly) the mean initialisation",
+    )
     ap.add_argument("--dataset", default="synthetic-test")
     ap.add_argument("--count", type=int, default=256, help="synthetic-test samples")
     ap.add_argument("--limit", type=int, default=None, help="at most this many dataset items")
@@ -175,7 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     from backend.network.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        model, meta = load_checkpoint(args.checkpoint, args.device)
+        if args.untrained:
+            from backend.network.config import HamrConfig
+            from backend.network.hamr import HamrNet
+
+            torch.manual_seed(0)
+            model = HamrNet(getattr(HamrConfig, args.untrained)()).to(args.device).eval()
+        else:
+            model, _ = load_checkpoint(args.checkpoint, args.device)
         if args.dataset == "synthetic-test":
             result = {
                 "synthetic-test": evaluate_synthetic(model, args.count, args.device, args.overlays)
@@ -194,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = json.dumps({"checkpoint": str(args.checkpoint), **result}, indent=1)
+    source = (
+        {"checkpoint": str(args.checkpoint)} if args.checkpoint else {"untrained": args.untrained}
+    )
+    text = json.dumps({**source, **result}, indent=1)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
