@@ -23,7 +23,14 @@ def test_shipped_checkpoint_header_and_record():
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
     assert meta["step"] == meta["train_config"]["steps"]
-    assert (RECORD / "metrics.csv").exists() and (RECORD / "loss_curve.png").exists()
+    # two stages: default_cpu.toml from scratch, then finetune_cpu.toml from its weights
+    assert meta["train_config"]["name"] == "finetune_cpu"
+    stage1 = meta["init_from"]["metadata"]
+    assert stage1["train_config"]["name"] == "default_cpu"
+    assert stage1["step"] == stage1["train_config"]["steps"]
+    for stage in ("", "stage1_"):
+        assert (RECORD / f"{stage}metrics.csv").exists()
+        assert (RECORD / f"{stage}loss_curve.png").exists()
     recorded = json.loads((RECORD / "eval_synthetic_test.json").read_text())["synthetic-test"]
     assert recorded["count"] == 256 and np.isfinite(recorded["pa_mpjpe_mm"])
     assert DEFAULT_CHECKPOINT.stat().st_size < 100 * 2**20
