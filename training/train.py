@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from backend.hand_model.model import hand_model_id
-from backend.network.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint
+from backend.network.checkpoint import load_checkpoint, save_checkpoint
 from backend.network.config import HamrConfig
 from backend.network.hamr import HamrNet
 
@@ -233,21 +233,23 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_at(s, cfg))
     start = 0
     state_path = out / "train_state.pt"
-    init_meta = None
-    if cfg.init_from and not resume:  # --resume restores this run's own weights instead
-        init_meta = _init_weights(model, cfg.init_from, device)
-        log(f"initialised from {cfg.init_from} (its step {init_meta.get('step', '?')})")
-    if resume:
+    init_record = None  # what started this run's weights, kept in every checkpoint's metadata
+    if resume:  # this run's own weights; init_from, if any, was recorded when the run began
         if not state_path.exists():
             raise FileNotFoundError(f"--resume: no {state_path}; start without --resume")
-        loaded, _ = load_checkpoint(out / "last.safetensors", device)
+        loaded, info = load_checkpoint(out / "last.safetensors", device)
         model.load_state_dict(loaded.state_dict())
+        init_record = info.get("metadata", {}).get("init_from")
         state = torch.load(state_path, map_location=device, weights_only=False)
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
         torch.set_rng_state(state["rng_cpu"])
         log(f"resumed from step {start}")
+    elif cfg.init_from:
+        init_meta = _init_weights(model, cfg.init_from, device)
+        init_record = {"path": cfg.init_from, "metadata": init_meta}
+        log(f"initialised from {cfg.init_from} (its step {init_meta.get('step', '?')})")
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -266,12 +268,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         "device": device.type,
         "torch": torch.__version__,
     }
-    if resume:
-        prior = read_checkpoint_header(out / "last.safetensors").get("metadata", {})
-        if "init_from" in prior:
-            meta["init_from"] = prior["init_from"]
-    elif init_meta is not None:
-        meta["init_from"] = {"path": cfg.init_from, "metadata": init_meta}
+    if init_record is not None:
+        meta["init_from"] = init_record
     progress = _progress(cfg.steps, start, rank == 0)
     t0 = time.perf_counter()
     samples_seen = 0
