@@ -27,7 +27,9 @@ from training.losses import (
     camera_loss,
     geometric_loss,
     hamr_loss,
+    heatmap_keypoints_loss,
     heatmap_loss,
+    heatmap_soft_argmax,
     keypoint_heatmaps,
     keypoints2d_loss,
     keypoints3d_loss,
@@ -254,6 +256,38 @@ def test_heatmap_loss():
     wrong = target.clone()
     wrong[:, 5] = 1.0
     assert heatmap_loss([wrong], target, vis) == 0
+
+
+def test_heatmap_soft_argmax_finds_the_peak_of_a_gaussian_and_the_centre_of_a_flat_map():
+    kp = torch.rand(2, 21, 2, generator=gen(7)) * 1.6 - 0.8  # inside the crop, off the border
+    found = heatmap_soft_argmax(keypoint_heatmaps(kp))
+    assert (found - kp).abs().max() < 2e-3  # 2e-3 of the half-crop: 0.06 heat-map pixels
+    # a single hot pixel (row 10, column 40 of 64): its centre, (40.5, 10.5) px -> normalised
+    one = torch.zeros(1, 1, 64, 64)
+    one[0, 0, 10, 40] = 1.0
+    expect = torch.tensor([40.5 / 32 - 1, 10.5 / 32 - 1])
+    assert torch.allclose(heatmap_soft_argmax(one, beta=60.0)[0, 0], expect, atol=1e-4)
+    # an untrained (flat) map: the crop centre
+    assert heatmap_soft_argmax(torch.zeros(1, 3, 64, 64)).abs().max() < 1e-6
+
+
+def test_heatmap_keypoints_loss():
+    kp = torch.rand(2, 21, 2, generator=gen(8)) * 1.6 - 0.8
+    vis = torch.ones(2, 21)
+    target = keypoint_heatmaps(kp, visibility=vis)
+    assert heatmap_keypoints_loss([target, target], kp, vis) < 1e-3
+    # a flat map (the all-zero start of the MSE term) is far off and still has a gradient
+    flat = torch.zeros_like(target)
+    assert heatmap_keypoints_loss([flat], kp, vis) > 0.2
+    assert_step_lowers(lambda h: heatmap_keypoints_loss([h], kp, vis), flat, step=1.0)
+    shifted = keypoint_heatmaps(kp + 0.05, visibility=vis)
+    assert heatmap_keypoints_loss([shifted], kp, vis) == pytest.approx(0.05, abs=2e-3)
+    assert_step_lowers(lambda h: heatmap_keypoints_loss([h], kp, vis), shifted, step=1e-1)
+    vis[:, 5] = 0  # the map of an invisible keypoint costs nothing
+    wrong = target.clone()
+    wrong[:, 5] = 0.0
+    wrong[:, 5, 0, 0] = 1.0
+    assert heatmap_keypoints_loss([wrong], kp, vis) < 1e-3
 
 
 # ---------------------------------------------------------------- silhouette
