@@ -22,13 +22,20 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    assert meta["step"] == meta["train_config"]["steps"]
-    # two stages: default_cpu.toml from scratch, then finetune_cpu.toml from its weights
-    assert meta["train_config"]["name"] == "finetune_cpu"
-    stage1 = meta["init_from"]["metadata"]
+    # three stages: default_cpu.toml from scratch, finetune_cpu.toml from its weights, then
+    # refine_cpu.toml from those; the last one stopped on its time limit, the others ran out
+    assert meta["train_config"]["name"] == "refine_cpu"
+    assert 0 < meta["step"] <= meta["train_config"]["steps"]
+    assert meta["step"] * meta["train_config"]["batch_size"] / meta["wall_time_s"] == (
+        pytest.approx(meta["samples_per_s"], rel=0.01)
+    )
+    stage2 = meta["init_from"]["metadata"]
+    assert stage2["train_config"]["name"] == "finetune_cpu"
+    assert stage2["step"] == stage2["train_config"]["steps"]
+    stage1 = stage2["init_from"]["metadata"]
     assert stage1["train_config"]["name"] == "default_cpu"
     assert stage1["step"] == stage1["train_config"]["steps"]
-    for stage in ("", "stage1_"):
+    for stage in ("", "stage1_", "stage2_"):
         assert (RECORD / f"{stage}metrics.csv").exists()
         assert (RECORD / f"{stage}loss_curve.png").exists()
     recorded = json.loads((RECORD / "eval_synthetic_test.json").read_text())["synthetic-test"]
