@@ -284,8 +284,8 @@ def heatmap_soft_argmax(heatmaps: Tensor, beta: float = HEATMAP_SOFTARGMAX_BETA)
     toward the nearest centre."""
     b, k, h, w = heatmaps.shape
     prob = torch.softmax(beta * heatmaps.float().reshape(b, k, h * w), dim=-1).reshape(b, k, h, w)
-    u = (torch.arange(w, device=heatmaps.device, dtype=prob.dtype) + 0.5) * (2.0 / w) - 1.0
-    v = (torch.arange(h, device=heatmaps.device, dtype=prob.dtype) + 0.5) * (2.0 / h) - 1.0
+    u = pixels_to_normalized(torch.arange(w, device=prob.device, dtype=prob.dtype) + 0.5, w)
+    v = pixels_to_normalized(torch.arange(h, device=prob.device, dtype=prob.dtype) + 0.5, h)
     return torch.stack([(prob.sum(-2) * u).sum(-1), (prob.sum(-1) * v).sum(-1)], dim=-1)
 
 
