@@ -155,6 +155,7 @@ def test_resume_continues_the_run(tmp_path):
     cfg = TrainConfig.from_toml(_write_cfg(tmp_path, steps=6))
     run = train(cfg, log=lambda *a, **k: None)
     rows = _rows(run)
+    first = read_checkpoint_header(run / "last.safetensors")["metadata"]
     cfg.steps = 9
     train(cfg, resume=True, log=lambda *a, **k: None)
     rows2 = _rows(run)
@@ -162,6 +163,15 @@ def test_resume_continues_the_run(tmp_path):
     assert rows2[: len(rows)] == rows
     header = read_checkpoint_header(run / "last.safetensors")
     assert header["metadata"]["step"] == 9
+    # wall time, samples and throughput cover both invocations; the CSV's clock keeps running
+    meta = header["metadata"]
+    assert meta["resumed_at"] == [6] and "resumed_at" not in first
+    assert meta["samples_seen"] == 9 * cfg.batch_size
+    assert meta["wall_time_s"] > first["wall_time_s"]
+    assert meta["samples_per_s"] == pytest.approx(
+        meta["samples_seen"] / meta["wall_time_s"], rel=0.02
+    )
+    assert rows2[len(rows)]["time_s"] >= rows[-1]["time_s"]
     assert header["metadata"]["train_config"]["name"] == "tiny"
     with pytest.raises(FileNotFoundError, match="--resume"):
         cfg.out_dir = str(tmp_path / "elsewhere")

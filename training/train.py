@@ -234,17 +234,23 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     start = 0
     state_path = out / "train_state.pt"
     init_record = None  # what started this run's weights, kept in every checkpoint's metadata
+    prior_wall_s, prior_samples, resumed_at = 0.0, 0, []  # earlier invocations of this run
     if resume:  # this run's own weights; init_from, if any, was recorded when the run began
         if not state_path.exists():
             raise FileNotFoundError(f"--resume: no {state_path}; start without --resume")
         loaded, info = load_checkpoint(out / "last.safetensors", device)
         model.load_state_dict(loaded.state_dict())
-        init_record = info.get("metadata", {}).get("init_from")
+        previous = info.get("metadata", {})
+        init_record = previous.get("init_from")
+        prior_wall_s = float(previous.get("wall_time_s", 0.0))
+        prior_samples = int(previous.get("samples_seen", previous.get("step", 0) * cfg.batch_size))
+        resumed_at = list(previous.get("resumed_at", []))
         state = torch.load(state_path, map_location=device, weights_only=False)
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
         torch.set_rng_state(state["rng_cpu"])
+        resumed_at.append(start)
         log(f"resumed from step {start}")
     elif cfg.init_from:
         init_meta = _init_weights(model, cfg.init_from, device)
@@ -270,6 +276,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     }
     if init_record is not None:
         meta["init_from"] = init_record
+    if resumed_at:
+        meta["resumed_at"] = resumed_at  # steps where --resume continued the run
     progress = _progress(cfg.steps, start, rank == 0)
     t0 = time.perf_counter()
     samples_seen = 0
@@ -291,7 +299,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             row = {
                 "step": step,
-                "time_s": round(time.perf_counter() - t0, 2),
+                "time_s": round(prior_wall_s + time.perf_counter() - t0, 2),
                 "lr": sched.get_last_lr()[0],
                 "total": float(total.detach()),
                 "grad_norm": float(grad_norm),
@@ -305,11 +313,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         done = step == cfg.steps - 1
         over_time = cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60
         if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or done or over_time):
-            elapsed = time.perf_counter() - t0
+            # wall time and throughput of the whole run, over every --resume
+            elapsed = prior_wall_s + time.perf_counter() - t0
+            seen = prior_samples + samples_seen
             meta.update(
                 step=step + 1,
                 wall_time_s=round(elapsed, 1),
-                samples_per_s=round(samples_seen / max(elapsed, 1e-9), 2),
+                samples_seen=seen,
+                samples_per_s=round(seen / max(elapsed, 1e-9), 2),
             )
             _save(out, model, optim, sched, step + 1, meta, rows)
         if cfg.eval_every and rank == 0 and (step + 1) % cfg.eval_every == 0 and not done:
