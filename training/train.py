@@ -243,7 +243,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         previous = info.get("metadata", {})
         init_record = previous.get("init_from")
         prior_wall_s = float(previous.get("wall_time_s", 0.0))
-        prior_samples = int(previous.get("samples_seen", previous.get("step", 0) * cfg.batch_size))
+        # checkpoints written before samples_seen was recorded: every rank drew batch_size a step
+        legacy = previous.get("step", 0) * cfg.batch_size * previous.get("world_size", 1)
+        prior_samples = int(previous.get("samples_seen", legacy))
         resumed_at = list(previous.get("resumed_at", []))
         state = torch.load(state_path, map_location=device, weights_only=False)
         optim.load_state_dict(state["optim"])
