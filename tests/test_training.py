@@ -209,40 +209,42 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
+    """Two ranks train, stop together on the time limit (the ranks agree on it through an
+    all-reduce, or one would wait forever for the other), then resume to the end."""
     import socket
 
-    cfg = _write_cfg(tmp_path, steps=4, batch=1)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with socket.socket() as sock:  # a free port for the rendezvous (0 would reach the workers)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            "-m",
-            "training.train",
-            "--config",
-            str(cfg),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     from backend.network.checkpoint import load_checkpoint
 
+    cfg = _write_cfg(tmp_path, steps=4, batch=1)
+    limited = tmp_path / "limited.toml"  # the same run, with a limit every rank passes at once
+    limited.write_text(
+        cfg.read_text().replace("num_workers = 0", "num_workers = 0\ntime_limit_min = 1e-6")
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def torchrun(config: Path, *extra: str) -> None:
+        with socket.socket() as sock:  # a free port for the rendezvous (0 would reach workers)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+            + ["--master_addr", "127.0.0.1", "--master_port", str(port)]
+            + ["-m", "training.train", "--config", str(config), *extra],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    torchrun(limited)
     _, info = load_checkpoint(tmp_path / "run" / "last.safetensors")
-    assert info["metadata"]["world_size"] == 2
+    assert info["metadata"]["world_size"] == 2 and info["metadata"]["step"] == 1
+    torchrun(cfg, "--resume")
+    _, info = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert info["metadata"]["step"] == 4 and info["metadata"]["resumed_at"] == [1]
+    assert info["metadata"]["samples_seen"] == 4 * 2  # batch 1 on each of 2 ranks
 
 
 @pytest.mark.slow
@@ -322,3 +324,32 @@ def test_bad_training_configs_are_refused(tmp_path):
         cfg.hamr_config()
     with pytest.raises(ValueError):
         TrainConfig(model_preset="huge").hamr_config()
+
+
+def test_every_shipped_training_config_is_valid():
+    """Each TOML in training/configs builds its network, losses and synthetic engine settings,
+    names known datasets and devices, and starts (init_from) from a file in the repository or
+    from another config's run folder, so a chain of stages can be replayed from a fresh clone."""
+    import dataclasses
+
+    from training.data.mix import DATASET_NAMES
+    from training.losses import LossWeights
+    from training.train import TrainConfig
+
+    configs = sorted((REPO / "training" / "configs").glob("*.toml"))
+    assert len(configs) >= 7
+    parsed = {p.stem: TrainConfig.from_toml(p) for p in configs}
+    run_outputs = {f"{c.out_dir}/last.safetensors" for c in parsed.values()}
+    for stem, cfg in parsed.items():
+        assert cfg.name == stem, f"{stem}.toml names its run {cfg.name!r}"
+        cfg.hamr_config()
+        LossWeights(**cfg.loss)
+        SynthConfig(**cfg.synth)
+        assert cfg.device in ("auto", "cpu", "cuda")
+        assert 0 <= cfg.warmup_steps < cfg.steps and cfg.batch_size > 0 and cfg.lr > 0
+        for entry in cfg.data:
+            assert entry["spec"].partition(":")[0] in (*DATASET_NAMES, "synthetic"), entry
+        if cfg.init_from:
+            assert cfg.init_from in run_outputs or (REPO / cfg.init_from).is_file(), stem
+            assert cfg.init_from != f"{cfg.out_dir}/last.safetensors", f"{stem} starts from itself"
+        assert dataclasses.asdict(cfg)  # serialisable into checkpoint metadata

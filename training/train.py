@@ -216,6 +216,29 @@ def _plot_curve(rows: list[dict], path: Path) -> None:
     img.save(path)
 
 
+def train_step(
+    net: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    weights: LossWeights,
+    optim: torch.optim.Optimizer,
+    grad_clip: float,
+    bf16: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One optimisation step on a batch: forward (bf16 autocast if asked, on the batch's
+    device), the weighted HAMR loss in float32, backward, global-norm clip, optimizer step.
+    Returns (total loss, {term: value}, gradient norm before clipping)."""
+    net.train()
+    device_type = batch["image"].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        output = net(batch["image"])
+    total, terms = hamr_loss(output, batch, weights)
+    optim.zero_grad(set_to_none=True)
+    total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    optim.step()
+    return total, terms, grad_norm
+
+
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     """Run the training loop; returns the run folder."""
     rank, world, local_rank = _dist_info()
@@ -286,15 +309,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     step = start
     use_bf16 = cfg.bf16 and device.type == "cuda"
     for step in range(start, cfg.steps):
-        net.train()
         batch = source.batch(step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            output = net(batch["image"])
-        total, terms = hamr_loss(output, batch, weights)
-        optim.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optim.step()
+        total, terms, grad_norm = train_step(net, batch, weights, optim, cfg.grad_clip, use_bf16)
         sched.step()
         samples_seen += cfg.batch_size * world
         progress.update(1)
@@ -313,7 +329,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
                 for k, v in row.items():
                     writer.add_scalar(f"train/{k}", v, step)
         done = step == cfg.steps - 1
-        over_time = cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60
+        over_time = bool(cfg.time_limit_min) and time.perf_counter() - t0 > cfg.time_limit_min * 60
+        if world > 1 and cfg.time_limit_min:
+            # every rank must stop after the same step, or the others wait forever in all-reduce
+            flag = torch.tensor([float(over_time)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over_time = bool(flag.item())
         if rank == 0 and ((step + 1) % cfg.ckpt_every == 0 or done or over_time):
             # wall time and throughput of the whole run, over every --resume
             elapsed = prior_wall_s + time.perf_counter() - t0

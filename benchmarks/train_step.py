@@ -1,0 +1,123 @@
+"""Training speed: whole optimisation steps per second, per training config. Prints one JSON object.
+
+    python -m benchmarks.train_step [--configs A.toml,B.toml] [--repeats 5] [--budget-min 20]
+
+Each config runs on the device training.train would give it ("auto": CUDA when present, else the
+CPU; a "cuda" config is skipped, with the reason, on a machine without one), at its batch size
+(--batch overrides) and precision (bf16 autocast on CUDA when the config asks). Timed, as medians
+over --repeats after two warm-up runs:
+
+- step: what training.train does per step: draw a fresh synthetic batch on the device, forward,
+  the config's weighted loss, backward, clip, AdamW;
+- model_step (the baseline): the same step on one batch drawn beforehand, no data generation;
+- data: drawing a batch alone.
+
+step / model_step is what drawing data on the fly costs. --budget-min adds the number of steps
+that fit in that many minutes, to size `steps` for a run on a time budget (a lent GPU session):
+`python -m training.train --config C.toml --steps N`. Weights are the network's initialisation
+(speed does not depend on them); the optimizer state is reset for every config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from benchmarks.timing import median_ms
+from training.losses import LossWeights
+from training.train import BatchSource, TrainConfig, _device, train_step
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = ",".join(
+    str(Path("training/configs") / name)
+    for name in ("polish_cpu.toml", "gpu_light.toml", "paper_gpu.toml")
+)
+
+
+def bench_config(path: Path, repeats: int, batch: int | None, budget_min: float | None) -> dict:
+    cfg = TrainConfig.from_toml(path)
+    if batch:
+        cfg.batch_size = batch
+    row: dict = {"config": cfg.name, "preset": cfg.model_preset, "batch": cfg.batch_size}
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        return {**row, "skipped": "the config asks for CUDA and this machine has none"}
+    if any(d["spec"] != "synthetic" for d in cfg.data):
+        return {**row, "skipped": "the config mixes in datasets from disk; only synthetic is timed"}
+    device = _device(cfg.device, 0)
+    from backend.network import HamrNet
+
+    torch.manual_seed(0)
+    net = HamrNet(cfg.hamr_config()).to(device)
+    weights = LossWeights(**cfg.loss)
+    optim = torch.optim.AdamW(net.parameters(), lr=1e-6, weight_decay=cfg.weight_decay)
+    source = BatchSource(cfg, device, 0, 1)
+    bf16 = cfg.bf16 and device.type == "cuda"
+    counter = iter(range(10**9))
+    fixed = source.batch(10**6)
+
+    def step() -> None:
+        train_step(net, source.batch(next(counter)), weights, optim, cfg.grad_clip, bf16)
+
+    def model_step() -> None:
+        train_step(net, fixed, weights, optim, cfg.grad_clip, bf16)
+
+    def data() -> None:
+        source.batch(next(counter))
+
+    step_ms = median_ms(step, repeats, device)
+    model_ms = median_ms(model_step, repeats, device)
+    data_ms = median_ms(data, repeats, device)
+    row.update(
+        device=device.type,
+        bf16=bf16,
+        params=sum(p.numel() for p in net.parameters()),
+        step_ms=round(step_ms, 1),
+        model_step_ms=round(model_ms, 1),
+        data_ms=round(data_ms, 1),
+        samples_per_s=round(cfg.batch_size / step_ms * 1e3, 2),
+        step_over_model_step=round(step_ms / model_ms, 3),
+    )
+    if budget_min:
+        row["steps_in_budget"] = int(budget_min * 60e3 / step_ms)
+    return row
+
+
+def run(configs: list[str], repeats: int, batch: int | None, budget_min: float | None) -> dict:
+    results = []
+    for name in configs:
+        path = Path(name)
+        if not path.is_absolute() and not path.exists():
+            path = REPO / path
+        results.append(bench_config(path, repeats, batch, budget_min))
+    return {
+        "benchmark": "hamr_train_step",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "repeats": repeats,
+        "budget_min": budget_min,
+        "results": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated TOML paths")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=None, help="override every config's batch")
+    parser.add_argument("--budget-min", type=float, default=None, help="minutes to size a run for")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(args.configs.split(","), args.repeats, args.batch, args.budget_min)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
