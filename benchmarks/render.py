@@ -66,9 +66,7 @@ def run(repeats: int, sizes: list[int], threads: int) -> dict:
                 "soft_silhouette": soft,
                 "soft_silhouette_backward": soft_backward,
             }
-            timings = {
-                name: round(median_ms(fn, repeats, device), 2) for name, fn in cases.items()
-            }
+            timings = {name: round(median_ms(fn, repeats, device), 2) for name, fn in cases.items()}
             coverage = float(raster().mask.float().mean())
             results.append(
                 {
