@@ -21,12 +21,14 @@ that fit in that many minutes, to size `steps` for a run on a time budget (a len
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 from pathlib import Path
 
 import torch
 
+from backend.network import HamrNet
 from benchmarks.timing import median_ms
 from training.losses import LossWeights
 from training.train import BatchSource, TrainConfig, _device, train_step
@@ -48,15 +50,13 @@ def bench_config(path: Path, repeats: int, batch: int | None, budget_min: float 
     if any(d["spec"] != "synthetic" for d in cfg.data):
         return {**row, "skipped": "the config mixes in datasets from disk; only synthetic is timed"}
     device = _device(cfg.device, 0)
-    from backend.network import HamrNet
-
     torch.manual_seed(0)
     net = HamrNet(cfg.hamr_config()).to(device)
     weights = LossWeights(**cfg.loss)
     optim = torch.optim.AdamW(net.parameters(), lr=1e-6, weight_decay=cfg.weight_decay)
     source = BatchSource(cfg, device, 0, 1)
     bf16 = cfg.bf16 and device.type == "cuda"
-    counter = iter(range(10**9))
+    counter = itertools.count()
     fixed = source.batch(10**6)
 
     def step() -> None:
