@@ -216,10 +216,6 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
     from backend.network.checkpoint import load_checkpoint
 
     cfg = _write_cfg(tmp_path, steps=4, batch=1)
-    limited = tmp_path / "limited.toml"  # the same run, with a limit every rank passes at once
-    limited.write_text(
-        cfg.read_text().replace("num_workers = 0", "num_workers = 0\ntime_limit_min = 1e-6")
-    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def torchrun(config: Path, *extra: str) -> None:
@@ -238,7 +234,7 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
 
-    torchrun(limited)
+    torchrun(cfg, "--time-limit-min", "1e-6")  # a limit every rank passes at once
     _, info = load_checkpoint(tmp_path / "run" / "last.safetensors")
     assert info["metadata"]["world_size"] == 2 and info["metadata"]["step"] == 1
     torchrun(cfg, "--resume")
@@ -324,6 +320,13 @@ def test_bad_training_configs_are_refused(tmp_path):
         cfg.hamr_config()
     with pytest.raises(ValueError):
         TrainConfig(model_preset="huge").hamr_config()
+
+    from training.train import main
+
+    ok = _write_cfg(tmp_path, steps=1)
+    assert main(["--config", str(ok), "--time-limit-min", "-1"]) == 2
+    assert main(["--config", str(tmp_path / "missing.toml")]) == 2
+    assert not (tmp_path / "run").exists()  # nothing was started
 
 
 def test_every_shipped_training_config_is_valid():

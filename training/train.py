@@ -448,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue the run in out_dir")
     ap.add_argument("--out-dir", default=None, help="override out_dir")
     ap.add_argument("--steps", type=int, default=None, help="override steps")
+    ap.add_argument(
+        "--time-limit-min",
+        type=float,
+        default=None,
+        help="override time_limit_min (this invocation's limit; 0: none)",
+    )
     args = ap.parse_args(argv)
     try:
         cfg = TrainConfig.from_toml(args.config)
@@ -455,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg.out_dir = args.out_dir
         if args.steps:
             cfg.steps = args.steps
+        if args.time_limit_min is not None:
+            if args.time_limit_min < 0:
+                raise ValueError("--time-limit-min must be >= 0")
+            cfg.time_limit_min = args.time_limit_min
         out = train(cfg, resume=args.resume)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
