@@ -132,7 +132,12 @@ def _write_json(data: dict[str, Any], out: str | None) -> None:
 def _load_predictor(args: argparse.Namespace) -> Predictor:
     from backend.inference import Predictor
 
-    return Predictor(resolve_checkpoint(args.checkpoint), args.device, mano_dir=args.mano_dir)
+    return Predictor(
+        resolve_checkpoint(args.checkpoint),
+        args.device,
+        mano_dir=args.mano_dir,
+        detector=args.detector,
+    )
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -255,6 +260,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         max_upload_mb=args.max_upload_mb,
         mano_dir=args.mano_dir,
+        detector=args.detector,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -272,6 +278,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="HAMR checkpoint (default: shipped one)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--mano-dir", default=None, help="folder with the official MANO files")
+    p.add_argument(
+        "--detector",
+        choices=("auto", "mediapipe", "hamr"),
+        default="auto",
+        help="what finds hands when no --box is given: MediaPipe Hands, the network itself, or "
+        "auto (MediaPipe when installed and it finds a hand, else the network; default)",
+    )
 
 
 def _add_hand_options(p: argparse.ArgumentParser) -> None:

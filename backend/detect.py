@@ -1,6 +1,11 @@
-"""Find hands in a photo without a user box, with the network itself as the detector.
+"""Find hands in a photo without a user box.
 
-Method (documented in the README):
+`detect_hands` picks the detector (`DETECTORS`):
+- "mediapipe": MediaPipe Hands (`backend.detect_mediapipe`), when the package is installed;
+- "hamr": the network itself (`find_hands`, below);
+- "auto" (the default): MediaPipe when it is installed and finds a hand, else the network.
+
+The network as a detector (`find_hands`; documented in the README):
 1. proposals: connected blobs of skin-like colour (YCrCb box of Chai & Ngan 1999, widened)
    and a coarse grid of square windows at three scales (1/4, 2/5 and 3/5 of the shorter side);
 2. scoring: each proposal's crop goes through the network as a right hand and, mirrored, as a
@@ -21,6 +26,7 @@ import torch
 from backend.crop import CROP_SIZE, points_from_crop
 from backend.network.camera import normalized_to_pixels
 
+DETECTORS = ("auto", "mediapipe", "hamr")
 WINDOW_SCALES = (0.25, 0.4, 0.6)
 MIN_SCORE = 0.3
 NMS_IOU = 0.3
@@ -130,3 +136,44 @@ def find_hands(
     return [
         HandRequest(box_xyxy=b, side=s if side == "auto" else side, score=sc) for sc, s, b in found
     ]
+
+
+def detect_hands(
+    predictor,
+    image: np.ndarray,
+    side: str = "auto",
+    max_hands: int = 4,
+    detector: str | None = None,
+) -> tuple[list, str]:
+    """(HandRequests for the hands found, best first; the detector that found them).
+
+    detector: one of DETECTORS; None means the predictor's own setting (`Predictor.detector`).
+    side: "auto" takes each hand's side from the detector; "right" / "left" forces it.
+    Raises InputError for an unknown detector, or "mediapipe" when it is not installed."""
+    from backend import detect_mediapipe
+    from backend.inference import HandRequest, InputError
+
+    detector = detector or getattr(predictor, "detector", "auto")
+    check_detector(detector)
+    if detector != "hamr" and detect_mediapipe.available():
+        found = detect_mediapipe.detect(image, max_hands)
+        if found or detector == "mediapipe":
+            hands = [
+                HandRequest(d["box_xyxy"], d["side"] if side == "auto" else side, d["score"])
+                for d in found
+            ]
+            return hands, "mediapipe"
+    elif detector == "mediapipe":
+        raise InputError(
+            "detector 'mediapipe' needs the mediapipe package (make setup installs it; by hand: "
+            "pip install --no-deps mediapipe==0.10.21 and the 'detect' extra)"
+        )
+    return find_hands(predictor, image, side, max_hands), "hamr"
+
+
+def check_detector(detector: str) -> str:
+    from backend.inference import InputError
+
+    if detector not in DETECTORS:
+        raise InputError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    return detector

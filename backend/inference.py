@@ -3,9 +3,11 @@
 `Predictor` holds one loaded network (the shipped checkpoint by default) and turns an RGB image
 into a `hamr.prediction/1` dict (DESIGN.md). Steps, each a function below:
 
-1. hands: the user's boxes (`--box`), or `detect.find_hands` (the project's own detector);
-2. side: `right` / `left` as asked, or `auto`: the crop and its mirror image both go through the
-   network, and the side whose heat-maps peak higher wins;
+1. hands: the user's boxes (`--box`), or `detect.detect_hands` (MediaPipe Hands or the network
+   as the detector; each found hand comes with its side);
+2. side: `right` / `left` as asked or as the detector found it; for a user's box with `auto`,
+   the crop and its mirror image both go through the network, and the side whose heat-maps peak
+   higher wins;
 3. crop (backend.crop, as in training), left crops mirrored into right hands, the network;
 4. camera: K from `--focal`, else the EXIF 35 mm-equivalent focal length, else a 60 degree
    horizontal field of view on the longer image side (`default_focal`); the crop's weak camera
@@ -130,7 +132,11 @@ class Predictor:
         checkpoint: str | os.PathLike | None = None,
         device: str = "cpu",
         mano_dir: str | os.PathLike | None = None,
+        detector: str = "auto",
     ) -> None:
+        from backend.detect import check_detector
+
+        self.detector = check_detector(detector)  # finds hands when no box is given
         self.checkpoint = Path(checkpoint or os.environ.get("HAMR_CHECKPOINT", DEFAULT_CHECKPOINT))
         if device == "cuda" and not torch.cuda.is_available():
             raise InputError("device 'cuda' requested but no CUDA device is available")
@@ -164,17 +170,21 @@ class Predictor:
         focal: float | None = None,
         exif_f35_mm: float | None = None,
         side: str = "auto",
+        detector: str | None = None,
     ) -> dict:
-        """(H, W, 3) uint8 RGB -> prediction dict (`hamr.prediction/1`)."""
+        """(H, W, 3) uint8 RGB -> prediction dict (`hamr.prediction/1`). Without `hands`, the
+        hands are found by `detector` (None: this predictor's own setting)."""
         if side not in ("auto", "right", "left"):
             raise InputError(f"side must be auto, right or left, got {side!r}")
         if focal is not None and not (focal > 0 and math.isfinite(focal)):
             raise InputError(f"focal must be a positive number of pixels, got {focal}")
         h, w = image.shape[:2]
         if hands is None:
-            from backend.detect import find_hands
+            from backend.detect import detect_hands
 
-            hands = find_hands(self, image, side=side)
+            hands, detector = detect_hands(self, image, side=side, detector=detector)
+        else:
+            detector = None  # the boxes were given
         f = focal or default_focal(w, h, exif_f35_mm)
         K = intrinsics(w, h, f)
         results = [self._predict_hand(image, req, K) for req in hands]
@@ -182,6 +192,7 @@ class Predictor:
             "schema": SCHEMA,
             "image": {"width": w, "height": h},
             "model": {"checkpoint": self.checkpoint.name, "hand_model": self.hand_model_id},
+            "detector": detector,
             "hands": results,
         }
 

@@ -2,14 +2,15 @@
 
 Endpoints (DESIGN.md "HTTP API"); every error is JSON {"error": {"code", "message"}}:
 
-    GET    /v1/health            200 {"status": "ok", "device", "checkpoint", "hand_model"};
+    GET    /v1/health            200 {"status": "ok", "device", "checkpoint", "hand_model",
+                                 "detector"};
                                  503 {"status": "loading"} until the model is loaded
                                  (503 {"status": "failed", "error"} if loading failed)
     GET    /v1/model?side=       hamr.rig/1 of the hand model in use (backend.rig), cached
     POST   /v1/predict           multipart: image (file), side, box (repeatable or
-                                 'x0,y0,x1,y1;...'), focal -> hamr.prediction/1
+                                 'x0,y0,x1,y1;...'), focal, detector -> hamr.prediction/1
     POST   /v1/jobs              multipart video (file), or JSON / form with path (a local file);
-                                 options side, box, focal, smoothing -> 202 {"id"}
+                                 options side, box, focal, smoothing, detector -> 202 {"id"}
     GET    /v1/jobs/{id}         {"id", "state": queued|running|done|failed|cancelled, "progress"
                                  0..1, "frames_done", "frames_total", "error"?}
     GET    /v1/jobs/{id}/result  hamr.video/1 (409 until the job is done)
@@ -18,8 +19,8 @@ Endpoints (DESIGN.md "HTTP API"); every error is JSON {"error": {"code", "messag
 
 Statuses: 400 unreadable input (not an image, truncated, too small, empty, undecodable video),
 401 missing or wrong token, 404 unknown job or route, 409 result not ready, 413 too large
-(upload bytes or pixels), 415 not multipart, 422 bad options (side, box, focal, smoothing, unknown
-fields), 429 too many jobs, 503 not ready.
+(upload bytes or pixels), 415 not multipart, 422 bad options (side, box, focal, smoothing,
+detector, unknown fields), 429 too many jobs, 503 not ready.
 
 How it runs (STYLE.md, FastAPI/LitServe habits): the model loads once, in a background thread that
 the lifespan starts, so health answers at once; request parsing is async, and every blocking step
@@ -68,6 +69,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend import detect_mediapipe
 from backend.cli import (
     OptionError,
     check_box,
@@ -76,6 +78,7 @@ from backend.cli import (
     parse_focal,
     parse_smoothing,
 )
+from backend.detect import DETECTORS
 from backend.inference import HandRequest, InputError, Predictor, load_image
 from backend.rig import rig_data
 from backend.video import VideoCancelled, probe_video, process_video
@@ -83,8 +86,8 @@ from backend.video import VideoCancelled, probe_video, process_video
 log = logging.getLogger("hamr.server")
 
 HEALTH_PATH = "/v1/health"
-PREDICT_FIELDS = frozenset({"image", "side", "box", "focal"})
-JOB_FIELDS = frozenset({"video", "path", "side", "box", "focal", "smoothing"})
+PREDICT_FIELDS = frozenset({"image", "side", "box", "focal", "detector"})
+JOB_FIELDS = frozenset({"video", "path", "side", "box", "focal", "smoothing", "detector"})
 MAX_ACTIVE_JOBS = 16  # queued + running; more is 429
 KEEP_FINISHED_JOBS = 32  # finished jobs (and their results) kept for GET, oldest forgotten first
 T = TypeVar("T")
@@ -255,14 +258,29 @@ class HandOptions:
     side: str
     boxes: list[tuple[float, float, float, float]]
     focal: float | None
+    detector: str | None = None  # None: the server's --detector
 
 
 def parse_hand_options(fields: Mapping[str, list[Any]]) -> HandOptions:
-    """side / box / focal fields -> HandOptions; raises OptionError (422)."""
+    """side / box / focal / detector fields -> HandOptions; raises OptionError (422)."""
     side = check_side(_single(fields, "side") or "auto")
     return HandOptions(
-        side, parse_boxes(_text_values(fields, "box")), parse_focal(_single(fields, "focal"))
+        side,
+        parse_boxes(_text_values(fields, "box")),
+        parse_focal(_single(fields, "focal")),
+        check_detector_option(_single(fields, "detector")),
     )
+
+
+def check_detector_option(detector: str | None) -> str | None:
+    """A request's detector field: None (the server's own setting) or one that can run here."""
+    if not detector:
+        return None
+    if detector not in DETECTORS:
+        raise OptionError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    if detector == "mediapipe" and not detect_mediapipe.available():
+        raise OptionError("detector 'mediapipe' is not installed on this server")
+    return detector
 
 
 # ----------------------------------------------------------------------------- decode, predict
@@ -301,7 +319,12 @@ def predict_image(
     hands = [HandRequest(box, options.side) for box in options.boxes] or None
     with lock:
         return predictor.predict(
-            image, hands, focal=options.focal, exif_f35_mm=exif_f35, side=options.side
+            image,
+            hands,
+            focal=options.focal,
+            exif_f35_mm=exif_f35,
+            side=options.side,
+            detector=options.detector,
         )
 
 
@@ -472,8 +495,10 @@ class ServerState:
         checkpoint: str | os.PathLike | None,
         device: str,
         mano_dir: str | os.PathLike | None,
+        detector: str = "auto",
     ) -> None:
         self.checkpoint, self.device, self.mano_dir = checkpoint, device, mano_dir
+        self.detector = detector
         self.predictor: Predictor | None = None
         self.load_error: str | None = None
         self.model_lock = threading.Lock()
@@ -491,7 +516,9 @@ class ServerState:
         """Load the model (runs in a background thread started by the lifespan)."""
         try:
             started = time.perf_counter()
-            self.predictor = Predictor(self.checkpoint, self.device, mano_dir=self.mano_dir)
+            self.predictor = Predictor(
+                self.checkpoint, self.device, mano_dir=self.mano_dir, detector=self.detector
+            )
             log.info(
                 "model %s loaded on %s in %.1f s",
                 self.predictor.checkpoint.name,
@@ -535,11 +562,13 @@ def create_app(
     max_upload_mb: float = 50,
     max_pixels: float = 40e6,
     mano_dir: str | os.PathLike | None = None,
+    detector: str = "auto",
 ) -> FastAPI:
     """The FastAPI app. checkpoint: None for $HAMR_CHECKPOINT or the shipped one; token: require
     it as a bearer token on every endpoint but health; max_upload_mb: largest request body;
-    max_pixels: largest image or video frame (width x height)."""
-    state = ServerState(checkpoint, device, mano_dir)
+    max_pixels: largest image or video frame (width x height); detector: what finds hands when a
+    request gives no box (`backend.detect.DETECTORS`), unless the request's own field says."""
+    state = ServerState(checkpoint, device, mano_dir, detector)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -597,6 +626,7 @@ def create_app(
                 "device": str(predictor.device),
                 "checkpoint": predictor.checkpoint.name,
                 "hand_model": predictor.hand_model_id,
+                "detector": predictor.detector,
             }
         )
 
@@ -668,6 +698,7 @@ async def submit_job(jobs: JobManager, fields: Mapping[str, list[Any]], max_pixe
         "side": hand.side,
         "focal": hand.focal,
         "smoothing": parse_smoothing(_single(fields, "smoothing")),
+        "detector": hand.detector,
     }
     job_id = uuid.uuid4().hex
     upload_dir = jobs.upload_root / job_id  # created only for an uploaded clip

@@ -2,7 +2,7 @@
 
 `process_video` reads the clip with OpenCV (fps from the file) and, frame by frame:
 
-1. detection, on the first frame (the user's boxes there when given, else `detect.find_hands`),
+1. detection, on the first frame (the user's boxes there when given, else `detect.detect_hands`),
    whenever a track was lost, and every `redetect_every` frames while no hand is tracked;
    detections are matched to the tracks by box overlap (IoU > MATCH_IOU, same side), so a
    re-found hand keeps its id, and new hands get the next id;
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from backend.cli import check_box, check_side, parse_focal, parse_smoothing
-from backend.detect import find_hands, iou
+from backend.detect import detect_hands, iou
 from backend.inference import (
     HandRequest,
     InputError,
@@ -247,6 +247,7 @@ def process_video(
     min_score: float = 0.2,
     patience: int = 3,
     redetect_every: int = 15,
+    detector: str | None = None,
     progress_cb: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
     frame_lock: threading.Lock | None = None,
@@ -258,7 +259,8 @@ def process_video(
     of view without it); smoothing: strength in [0, 1] (`smoothing.params_for_strength`);
     max_hands: most hands tracked at once; min_score, patience: a track whose score stays below
     min_score for `patience` frames is re-detected; redetect_every: frames between detection
-    attempts while no hand is tracked; progress_cb(done, total) after every frame (total is the
+    attempts while no hand is tracked; detector: what finds hands (`backend.detect.DETECTORS`;
+    None: the predictor's own setting); progress_cb(done, total) after every frame (total is the
     container's count, corrected at the end); cancel_event: raises VideoCancelled when set
     (checked between frames); frame_lock: held around each frame's network work, so a server
     can serve other requests between frames.
@@ -282,7 +284,7 @@ def process_video(
             if index == 0 and boxes:
                 tracker.add_detections([HandRequest(tuple(b), side) for b in boxes])
             elif tracker.needs_detection():
-                tracker.add_detections(find_hands(predictor, image, side, max_hands))
+                tracker.add_detections(detect_hands(predictor, image, side, max_hands, detector)[0])
             requests = tracker.requests()
             hands = predictor.predict(image, hands=requests, focal=focal)["hands"]
         frames.append({"index": index, "hands": tracker.update(hands, w, h)})

@@ -103,6 +103,7 @@ def check_prediction(pred: dict, width: int, height: int, hands: int) -> None:
     assert pred["schema"] == "hamr.prediction/1"
     assert pred["image"] == {"width": width, "height": height}
     assert set(pred["model"]) == {"checkpoint", "hand_model"}
+    assert pred["detector"] in (None, "mediapipe", "hamr")  # None: the boxes were given
     assert len(pred["hands"]) == hands
     for hand in pred["hands"]:
         assert hand["side"] in ("left", "right") and 0 <= hand["score"] <= 1

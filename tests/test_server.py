@@ -168,6 +168,7 @@ def test_health_answers_at_once_and_reports_the_model(server: Server, http, chec
     body = health.json()
     assert body["status"] == "ok" and body["device"] == "cpu"
     assert body["checkpoint"] == checkpoint.name and body["hand_model"].startswith("open_hand")
+    assert body["detector"] == "auto"
 
 
 def test_predict_sample_photo(http, photo_bytes, sample_box, predictor) -> None:
@@ -249,6 +250,7 @@ def test_bad_images(http, photo_bytes, sample_box, server: Server) -> None:
         ({"focal": "0"}, "positive"),
         ({"focal": "wide"}, "number"),
         ({"colour": "blue"}, "unknown"),
+        ({"detector": "yolo"}, "detector"),
     ],
 )
 def test_bad_options_are_422(http, photo_bytes, data, message) -> None:

@@ -20,7 +20,7 @@ from conftest import check_camera_identity
 from scipy.spatial.transform import Rotation
 
 from backend.cli import OptionError
-from backend.detect import find_hands
+from backend.detect import detect_hands
 from backend.inference import HandRequest, InputError
 from backend.smoothing import (
     OneEuroFilter,
@@ -340,9 +340,9 @@ def test_video_two_hands_keep_their_ids(predictor, hand_video, tmp_path: Path) -
 def test_video_detects_hands_without_boxes(predictor, hand_video) -> None:
     result = process_video(predictor, hand_video.path, max_hands=1, min_score=0.0)
     assert len(result["frames"]) == hand_video.num_frames
-    # the first frame gets what the detector finds there (the tiny test network finds a hand),
-    # and a hand found is tracked with one id from then on
-    found = find_hands(predictor, _frames(hand_video.path)[0], "auto", max_hands=1)
+    # the first frame gets what the detector finds there (MediaPipe, or the tiny test network,
+    # which finds a hand), and a hand found is tracked with one id from then on
+    found, _ = detect_hands(predictor, _frames(hand_video.path)[0], "auto", max_hands=1)
     first = result["frames"][0]["hands"]
     assert [h["box_xyxy"] for h in first] == [pytest.approx(h.box_xyxy, abs=0.01) for h in found]
     tracks = {h["track"] for f in result["frames"] for h in f["hands"]}
