@@ -270,8 +270,11 @@ class HamrClient:
         box: Iterable[float] | None = None,
         focal: float | None = None,
         timeout: float = 120.0,
+        detector: str | None = None,
     ) -> dict:
-        """POST /v1/predict with an image (path or encoded bytes) -> ``hamr.prediction/1``."""
+        """POST /v1/predict with an image (path or encoded bytes) -> ``hamr.prediction/1``.
+        detector: what finds the hands without a box ("auto", "mediapipe", "hamr"; None: the
+        backend's own setting)."""
         if isinstance(image, (bytes, bytearray)):
             source: Any = bytes(image)
             name = filename or "image.png"
@@ -285,6 +288,8 @@ class HamrClient:
             fields["box"] = ",".join(f"{float(v):g}" for v in box)
         if focal:
             fields["focal"] = f"{float(focal):g}"
+        if detector:
+            fields["detector"] = detector
         body = _Multipart(fields, {"image": (name, source)})
         return self.request(
             "POST", "/v1/predict", body=body, content_type=body.content_type, timeout=timeout
@@ -298,6 +303,7 @@ class HamrClient:
         smoothing: float | None = None,
         focal: float | None = None,
         timeout: float = 600.0,
+        detector: str | None = None,
     ) -> str:
         """POST /v1/jobs -> the job id. `upload` streams the file; otherwise only its path is
         sent (the backend must then run on this machine and read the file itself). smoothing:
@@ -310,6 +316,8 @@ class HamrClient:
             fields["smoothing"] = f"{float(smoothing):g}"
         if focal:
             fields["focal"] = f"{float(focal):g}"
+        if detector:
+            fields["detector"] = detector
         if upload:
             body = _Multipart(fields, {"video": (os.path.basename(path), path)})
         else:
@@ -368,13 +376,14 @@ class VideoJob:
         smoothing: float | None = None,
         focal: float | None = None,
         poll_interval: float = 0.5,
+        detector: str | None = None,
     ) -> None:
         import threading
 
         self.client = client
         self.video_path = os.fspath(video_path)
         self.upload = (not is_loopback(client.url)) if upload is None else upload
-        self.options = {"side": side, "smoothing": smoothing, "focal": focal}
+        self.options = {"side": side, "smoothing": smoothing, "focal": focal, "detector": detector}
         self.poll_interval = poll_interval
         self.state = "submitting"
         self.progress = 0.0

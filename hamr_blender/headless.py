@@ -39,6 +39,7 @@ class BlendOptions:
     """The import options (the attributes `operators.import_image` reads)."""
 
     side: str = "auto"
+    detector: str = "auto"
     use_box: bool = False
     box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     focal: float = 0.0
@@ -204,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--side", default="auto", choices=("auto", "right", "left"))
     ap.add_argument("--box", type=_parse_box, default=None, help="hand box X0,Y0,X1,Y1")
+    ap.add_argument(
+        "--detector",
+        default="auto",
+        choices=("auto", "mediapipe", "hamr"),
+        help="what finds hands without --box (default auto: MediaPipe if installed, else the net)",
+    )
     ap.add_argument("--focal", type=float, default=0.0, help="focal length in pixels")
     ap.add_argument("--samples", type=int, default=16, help="Cycles samples of the render")
     ap.add_argument("--no-shape-keys", action="store_true", help="bake the shape into the mesh")
@@ -217,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = BlendOptions(
         side=args.side,
+        detector=args.detector,
         use_box=args.box is not None,
         box=args.box or (0.0, 0.0, 0.0, 0.0),
         focal=args.focal,

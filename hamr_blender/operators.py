@@ -35,6 +35,11 @@ SIDE_ITEMS = (
     ("right", "Right", "Every hand is a right hand"),
     ("left", "Left", "Every hand is a left hand"),
 )
+DETECTOR_ITEMS = (
+    ("auto", "Auto", "MediaPipe Hands when the backend has it and finds a hand, else the network"),
+    ("mediapipe", "MediaPipe", "MediaPipe Hands finds the hands (installed with the backend)"),
+    ("hamr", "Network", "The HAMR network itself finds the hands"),
+)
 CORRECTIVE_ITEMS = (
     ("AUTO", "Auto", "Create pose correctives when the hand model has any (non-zero)"),
     ("ON", "On", "Always create the 135 driven pose-corrective shape keys"),
@@ -300,14 +305,19 @@ def import_image(
     location=None,
 ) -> scene.ImportResult:
     """The import behind hamr.import_image (also used by `hamr blend`): predict, fetch the rigs,
-    build. `op_like` holds the options (side, use_box, box, focal, shape_keys, correctives,
-    align_camera); client: the backend (default: the preferences'). Raises one of
+    build. `op_like` holds the options (side, use_box, box, detector, focal, shape_keys,
+    correctives, align_camera); client: the backend (default: the preferences'). Raises one of
     DOMAIN_ERRORS; leaves nothing behind on failure."""
     upload, name, source = _image_upload(context, filepath, image_name)
     client = client or client_for(context, timeout=30.0)
     box = tuple(op_like.box) if op_like.use_box else None
     doc = client.predict(
-        upload, filename=name, side=op_like.side, box=box, focal=op_like.focal or None
+        upload,
+        filename=name,
+        side=op_like.side,
+        box=box,
+        focal=op_like.focal or None,
+        detector=None if box else op_like.detector,
     )
     prediction = parse_prediction(doc)
     rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
@@ -332,6 +342,12 @@ class _HandOptions:
     """Options shared by the import operators (a mixin of bpy properties)."""
 
     side: EnumProperty(name="Side", items=SIDE_ITEMS, default="auto")
+    detector: EnumProperty(
+        name="Detector",
+        items=DETECTOR_ITEMS,
+        default="auto",
+        description="What finds the hands when no box is given",
+    )
     shape_keys: BoolProperty(
         name="Shape Keys", description="The hand's shape as β shape keys", default=True
     )
@@ -435,7 +451,12 @@ class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
         self._path = path
         self._started = time.monotonic()
         self._job = VideoJob(
-            client, path, side=self.side, smoothing=self.smoothing, focal=self.focal or None
+            client,
+            path,
+            side=self.side,
+            smoothing=self.smoothing,
+            focal=self.focal or None,
+            detector=self.detector,
         ).start()
         if bpy.app.background or context.window is None:
             while not self._job.finished:

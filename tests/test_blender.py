@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE_BOX, free_port
+from tests.conftest import SAMPLE_BOX, SAMPLES, free_port
 
 # bpy is only located here, never imported: importing it would write Blender's user folders
 pytestmark = [
@@ -283,6 +283,31 @@ def test_hamr_blend_headless_scene_and_render(
     out = run_bpy("check_blend.py", blend, env=bpy_env)
     assert out["hands"] == 1 and out["camera_background"] and out["scene_camera"]
     assert out["shape_keys"] >= 11
+
+
+def test_hamr_blend_finds_the_hands_of_a_photo_without_a_box(
+    server: str, bpy_env: dict[str, str], tmp_path: Path
+) -> None:
+    """No box: the backend's MediaPipe detector finds both hands of a real photo, and the scene
+    gets one rigged hand for each."""
+    from backend import detect_mediapipe
+
+    photo = SAMPLES / "wild_hamer" / "test5.jpg"
+    if not photo.is_file() or not detect_mediapipe.available():
+        pytest.skip("needs ../shared/samples and mediapipe")
+    blend = tmp_path / "scene.blend"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "hamr_blend.py"), str(photo)]
+        + ["--out", str(blend), "--backend-url", server, "--detector", "mediapipe"],
+        capture_output=True,
+        text=True,
+        env=bpy_env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = run_bpy("check_blend.py", blend, env=bpy_env)
+    assert out["hands"] == 2 and out["scene_camera"]
 
 
 def test_hamr_blend_reports_errors(bpy_env: dict[str, str], tmp_path: Path) -> None:
