@@ -171,6 +171,16 @@ def detect_hands(
     return find_hands(predictor, image, side, max_hands), "hamr"
 
 
+def resolve_detector(predictor, detector: str | None = None) -> str:
+    """The detector `detect_hands` tries first: "mediapipe" or "hamr" (None: the predictor's)."""
+    from backend import detect_mediapipe
+
+    detector = check_detector(detector or getattr(predictor, "detector", "auto"))
+    if detector == "hamr" or not detect_mediapipe.available():
+        return "hamr"
+    return "mediapipe"
+
+
 def check_detector(detector: str) -> str:
     from backend.inference import InputError
 

@@ -84,15 +84,20 @@ def detect(image: np.ndarray, max_hands: int = 4) -> list[dict]:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
     h, w = image.shape[:2]
+    # MediaPipe projects its landmarks correctly only for square inputs (it warns otherwise):
+    # pad to a square at the bottom / right, which leaves pixel coordinates unchanged
+    side = max(h, w)
+    square = np.zeros((side, side, 3), np.uint8)
+    square[:h, :w] = image
     with _lock:  # one MediaPipe graph per process; it is not safe to call from two threads
         solution, first = _solution(int(max_hands))
         with _stderr_to_devnull() if first else contextlib.nullcontext():
-            result = solution.process(np.ascontiguousarray(image))
+            result = solution.process(square)
     hands = []
     for landmarks, handedness in zip(
         result.multi_hand_landmarks or [], result.multi_handedness or [], strict=True
     ):
-        pts = np.array([[p.x * w, p.y * h] for p in landmarks.landmark], dtype=np.float64)
+        pts = np.array([[p.x * side, p.y * side] for p in landmarks.landmark], np.float64)
         lo = np.clip(pts.min(0), 0, [w, h])
         hi = np.clip(pts.max(0), 0, [w, h])
         if (hi - lo).min() < MIN_BOX:

@@ -3,7 +3,8 @@
 `process_video` reads the clip with OpenCV (fps from the file) and, frame by frame:
 
 1. detection, on the first frame (the user's boxes there when given, else `detect.detect_hands`),
-   whenever a track was lost, and every `redetect_every` frames while no hand is tracked;
+   whenever a track was lost, and every `redetect_every` frames while no hand is tracked; when
+   the detector is MediaPipe (and no boxes were given), on every frame;
    detections are matched to the tracks by box overlap (IoU > MATCH_IOU, same side), so a
    re-found hand keeps its id, and new hands get the next id;
 2. tracking: each track's box for the next frame is the tight box of its predicted 2D keypoints
@@ -48,7 +49,7 @@ import numpy as np
 import torch
 
 from backend.cli import check_box, check_side, parse_focal, parse_smoothing
-from backend.detect import detect_hands, iou
+from backend.detect import detect_hands, iou, resolve_detector
 from backend.inference import (
     HandRequest,
     InputError,
@@ -235,6 +236,25 @@ class HandTracker:
         return [hands[i] for i in keep]
 
 
+def mediapipe_detections(
+    image: np.ndarray, side: str, max_hands: int, tracker: HandTracker
+) -> list[HandRequest]:
+    """MediaPipe's hands in one frame as detections for `tracker`. A detection over a track
+    (IoU > MATCH_IOU) takes that track's side, so a flicker of MediaPipe's handedness label
+    never splits one hand into two tracks."""
+    from backend import detect_mediapipe
+
+    found = []
+    for d in detect_mediapipe.detect(image, max_hands):
+        det_side = d["side"] if side == "auto" else side
+        overlaps = [(iou(t.box_xyxy, d["box_xyxy"]), t) for t in tracker.tracks + tracker.lost]
+        best = max(overlaps, key=lambda p: p[0], default=(0.0, None))
+        if best[0] > MATCH_IOU and best[1].side != "auto":
+            det_side = best[1].side
+        found.append(HandRequest(d["box_xyxy"], det_side, d["score"]))
+    return found
+
+
 def process_video(
     predictor: Predictor,
     path: str | os.PathLike,
@@ -272,6 +292,9 @@ def process_video(
     for box in boxes or []:
         check_box(box, info.width, info.height)
     lock = frame_lock or contextlib.nullcontext()
+    # MediaPipe is cheap enough to run on every frame: with it, each track takes the box
+    # MediaPipe finds for it (a frame where it finds none falls back to the steps above)
+    per_frame = not boxes and resolve_detector(predictor, detector) == "mediapipe"
     focal = focal or default_focal(info.width, info.height)
     tracker = HandTracker(max_hands, min_score, patience, redetect_every)
     frames: list[dict[str, Any]] = []
@@ -281,8 +304,11 @@ def process_video(
             raise VideoCancelled(f"cancelled at frame {index}")
         h, w = image.shape[:2]
         with lock:
+            found = mediapipe_detections(image, side, max_hands, tracker) if per_frame else []
             if index == 0 and boxes:
                 tracker.add_detections([HandRequest(tuple(b), side) for b in boxes])
+            elif found:
+                tracker.add_detections(found)
             elif tracker.needs_detection():
                 tracker.add_detections(detect_hands(predictor, image, side, max_hands, detector)[0])
             requests = tracker.requests()

@@ -155,3 +155,39 @@ def test_cli_detector_option(checkpoint, capsys) -> None:
     code = main(["predict", str(WILD), "--checkpoint", str(checkpoint), "--detector", "hamr"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["detector"] == "hamr"
+
+
+def test_video_tracks_take_mediapipe_boxes_on_every_frame(predictor, tmp_path) -> None:
+    """A clip panning across a real photo (a known shift per frame): both hands are tracked with
+    one id and one side each, and their boxes follow the pan."""
+    import cv2
+
+    from backend.video import process_video
+
+    if not WILD.is_file():
+        pytest.skip(f"sample photos not available ({SAMPLES})")
+    photo = _rgb(WILD)
+    shift, frames, size = 12, 8, 900
+    path = tmp_path / "pan.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (size, size))
+    for i in range(frames):
+        x0 = 150 + shift * i  # the window moves right, so the hands move left in the frame
+        writer.write(cv2.cvtColor(photo[250 : 250 + size, x0 : x0 + size], cv2.COLOR_RGB2BGR))
+    writer.release()
+    result = process_video(predictor, path, max_hands=2, min_score=0.0, smoothing=0.0)
+    assert len(result["frames"]) == frames
+    tracks: dict[int, list] = {}
+    for frame in result["frames"]:
+        assert len(frame["hands"]) == 2
+        for hand in frame["hands"]:
+            tracks.setdefault(hand["track"], []).append((frame["index"], hand))
+    assert sorted(tracks) == [0, 1]
+    sides = {t: {h["side"] for _, h in seq} for t, seq in tracks.items()}
+    assert sorted(next(iter(s)) for s in sides.values()) == ["left", "right"]
+    assert all(len(s) == 1 for s in sides.values())
+    for seq in tracks.values():
+        first = np.asarray(seq[0][1]["box_xyxy"])
+        width = first[2] - first[0]
+        for index, hand in seq:
+            expected = first - [shift * index, 0, shift * index, 0]
+            assert np.abs(np.asarray(hand["box_xyxy"]) - expected).max() < 0.08 * width, index
