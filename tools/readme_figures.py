@@ -1,8 +1,9 @@
 """Regenerate the README's detection figure: `python -m tools.readme_figures`.
 
-Runs `hamr predict` (no box: the project's own detector, side auto) with the shipped checkpoint on
-every photo in ../shared/samples/wild_*, draws the predicted meshes and skeletons over them, and
-writes a grid to docs/images/wild_detections.png. Prints one JSON line per photo (hands found,
+Runs `hamr predict` (no box: the default detector, `auto`, i.e. MediaPipe Hands when installed and
+it finds a hand, else the network; side auto) with the shipped checkpoint on every photo in
+../shared/samples/wild_*, draws the predicted meshes and skeletons over them, and writes a grid to
+docs/images/wild_detections.png. Prints one JSON line per photo (the detector used, hands found,
 their sides, scores and boxes, seconds taken). Then evaluates the checkpoint on every annotated
 hand of the other sample sets (ground-truth crops, as `training.evaluate --dataset samples`) and
 tiles the overlay crops into docs/images/samples_eval.png.
@@ -66,6 +67,7 @@ def main() -> None:
             json.dumps(
                 {
                     "photo": f"{path.parent.name}/{path.name}",
+                    "detector": prediction["detector"],
                     "hands": len(hands),
                     "found": [
                         {
