@@ -137,6 +137,7 @@ def _load_predictor(args: argparse.Namespace) -> Predictor:
         args.device,
         mano_dir=args.mano_dir,
         detector=args.detector,
+        refine=args.refine,
     )
 
 
@@ -261,6 +262,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         mano_dir=args.mano_dir,
         detector=args.detector,
+        refine=args.refine,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
@@ -284,6 +286,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="what finds hands when no --box is given: MediaPipe Hands, the network itself, or "
         "auto (MediaPipe when installed and it finds a hand, else the network; default)",
+    )
+    p.add_argument(
+        "--refine",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto (default): fit each hand to MediaPipe's 2D landmarks where it finds them "
+        "(photos; not video); off: the network's hand as it is",
     )
 
 

@@ -159,7 +159,12 @@ def detect_hands(
         found = detect_mediapipe.detect(image, max_hands)
         if found or detector == "mediapipe":
             hands = [
-                HandRequest(d["box_xyxy"], d["side"] if side == "auto" else side, d["score"])
+                HandRequest(
+                    d["box_xyxy"],
+                    d["side"] if side == "auto" else side,
+                    d["score"],
+                    landmarks=d["keypoints2d"],
+                )
                 for d in found
             ]
             return hands, "mediapipe"

@@ -122,6 +122,34 @@ class HandRequest:
     box_xyxy: tuple[float, float, float, float]
     side: str = "auto"
     score: float = 1.0  # detector confidence when the box came from detection
+    landmarks: np.ndarray | None = None  # (21, 2) image pixels, when the detector gave them
+
+
+REFINE_MODES = ("auto", "off")
+LANDMARK_MATCH_IOU = 0.3  # a MediaPipe hand gives its landmarks to a box it overlaps this much
+
+
+def hand_landmarks(image: np.ndarray, hands: list[HandRequest]) -> list[np.ndarray | None]:
+    """MediaPipe's 21 landmarks for each requested hand: the detector's own when it gave them,
+    else those of the MediaPipe hand that best overlaps the box (IoU > LANDMARK_MATCH_IOU), run
+    once on the whole image; None where there are none (or MediaPipe is not installed)."""
+    from backend import detect_mediapipe
+    from backend.detect import iou
+
+    out: list[np.ndarray | None] = [h.landmarks for h in hands]
+    if all(p is not None for p in out) or not detect_mediapipe.available():
+        return out
+    found = detect_mediapipe.detect(image, max(2, len(hands)))
+    used: set[int] = set()
+    for i, req in enumerate(hands):
+        if out[i] is not None:
+            continue
+        overlaps = [(iou(req.box_xyxy, d["box_xyxy"]), k) for k, d in enumerate(found)]
+        best = max((o for o in overlaps if o[1] not in used), default=(0.0, -1))
+        if best[0] > LANDMARK_MATCH_IOU:
+            used.add(best[1])
+            out[i] = found[best[1]]["keypoints2d"]
+    return out
 
 
 class Predictor:
@@ -133,10 +161,14 @@ class Predictor:
         device: str = "cpu",
         mano_dir: str | os.PathLike | None = None,
         detector: str = "auto",
+        refine: str = "auto",
     ) -> None:
         from backend.detect import check_detector
 
         self.detector = check_detector(detector)  # finds hands when no box is given
+        if refine not in REFINE_MODES:
+            raise InputError(f"refine must be one of {', '.join(REFINE_MODES)}, got {refine!r}")
+        self.refine = refine  # "auto": fit each hand to MediaPipe's landmarks when there are any
         self.checkpoint = Path(checkpoint or os.environ.get("HAMR_CHECKPOINT", DEFAULT_CHECKPOINT))
         if device == "cuda" and not torch.cuda.is_available():
             raise InputError("device 'cuda' requested but no CUDA device is available")
@@ -171,9 +203,12 @@ class Predictor:
         exif_f35_mm: float | None = None,
         side: str = "auto",
         detector: str | None = None,
+        refine: bool | None = None,
     ) -> dict:
         """(H, W, 3) uint8 RGB -> prediction dict (`hamr.prediction/1`). Without `hands`, the
-        hands are found by `detector` (None: this predictor's own setting)."""
+        hands are found by `detector` (None: this predictor's own setting). refine: fit each hand
+        to MediaPipe's landmarks where it has them (`refine_hand`; None: this predictor's
+        setting)."""
         if side not in ("auto", "right", "left"):
             raise InputError(f"side must be auto, right or left, got {side!r}")
         if focal is not None and not (focal > 0 and math.isfinite(focal)):
@@ -188,6 +223,11 @@ class Predictor:
         f = focal or default_focal(w, h, exif_f35_mm)
         K = intrinsics(w, h, f)
         results = [self._predict_hand(image, req, K) for req in hands]
+        if self.refine == "auto" if refine is None else refine:
+            landmarks = hand_landmarks(image, hands)
+            for hand, points in zip(results, landmarks, strict=True):
+                if points is not None:
+                    self.refine_hand(hand, points)
         return {
             "schema": SCHEMA,
             "image": {"width": w, "height": h},
@@ -248,7 +288,39 @@ class Predictor:
             "transl": transl.tolist(),
             "joints3d_cam": joints.tolist(),
             "keypoints2d": uv.tolist(),
+            "fit": None,  # set by refine_hand
         }
+
+    def refine_hand(self, hand: dict, landmarks: np.ndarray) -> dict:
+        """Fit a predicted hand (a `hamr.prediction/1` hand dict, changed in place) to 2D
+        landmarks (21, 2) in image pixels (`backend.fit`); its "fit" records the landmark RMS
+        error in pixels before and after."""
+        from backend.fit import fit_to_landmarks
+
+        x0, y0, x1, y1 = hand["box_xyxy"]
+        fitted = fit_to_landmarks(
+            self.hands[hand["side"]],
+            hand["side"],
+            hand["pose_axis_angle"],
+            hand["betas"],
+            hand["transl"],
+            hand["camera"]["K"],
+            landmarks,
+            max(x1 - x0, y1 - y0),
+        )
+        hand.update(
+            pose_axis_angle=fitted["pose"].tolist(),
+            betas=fitted["betas"].tolist(),
+            transl=fitted["transl"].tolist(),
+            joints3d_cam=fitted["joints"].tolist(),
+            keypoints2d=fitted["keypoints2d"].tolist(),
+            fit={
+                "landmarks": "mediapipe",
+                "rms_px_before": round(fitted["rms_px_before"], 2),
+                "rms_px_after": round(fitted["rms_px_after"], 2),
+            },
+        )
+        return hand
 
     def vertices_cam(self, hand: dict) -> np.ndarray:
         """(V, 3) camera-frame vertices of a predicted hand (for overlays and checks)."""

@@ -3,7 +3,7 @@
 Endpoints (DESIGN.md "HTTP API"); every error is JSON {"error": {"code", "message"}}:
 
     GET    /v1/health            200 {"status": "ok", "device", "checkpoint", "hand_model",
-                                 "detector"};
+                                 "detector", "refine"};
                                  503 {"status": "loading"} until the model is loaded
                                  (503 {"status": "failed", "error"} if loading failed)
     GET    /v1/model?side=       hamr.rig/1 of the hand model in use (backend.rig), cached
@@ -496,9 +496,10 @@ class ServerState:
         device: str,
         mano_dir: str | os.PathLike | None,
         detector: str = "auto",
+        refine: str = "auto",
     ) -> None:
         self.checkpoint, self.device, self.mano_dir = checkpoint, device, mano_dir
-        self.detector = detector
+        self.detector, self.refine = detector, refine
         self.predictor: Predictor | None = None
         self.load_error: str | None = None
         self.model_lock = threading.Lock()
@@ -517,7 +518,11 @@ class ServerState:
         try:
             started = time.perf_counter()
             self.predictor = Predictor(
-                self.checkpoint, self.device, mano_dir=self.mano_dir, detector=self.detector
+                self.checkpoint,
+                self.device,
+                mano_dir=self.mano_dir,
+                detector=self.detector,
+                refine=self.refine,
             )
             log.info(
                 "model %s loaded on %s in %.1f s",
@@ -563,12 +568,14 @@ def create_app(
     max_pixels: float = 40e6,
     mano_dir: str | os.PathLike | None = None,
     detector: str = "auto",
+    refine: str = "auto",
 ) -> FastAPI:
     """The FastAPI app. checkpoint: None for $HAMR_CHECKPOINT or the shipped one; token: require
     it as a bearer token on every endpoint but health; max_upload_mb: largest request body;
     max_pixels: largest image or video frame (width x height); detector: what finds hands when a
-    request gives no box (`backend.detect.DETECTORS`), unless the request's own field says."""
-    state = ServerState(checkpoint, device, mano_dir, detector)
+    request gives no box (`backend.detect.DETECTORS`), unless the request's own field says;
+    refine: "auto" fits photo predictions to MediaPipe's landmarks where it finds them, or "off"."""
+    state = ServerState(checkpoint, device, mano_dir, detector, refine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -627,6 +634,7 @@ def create_app(
                 "checkpoint": predictor.checkpoint.name,
                 "hand_model": predictor.hand_model_id,
                 "detector": predictor.detector,
+                "refine": predictor.refine,
             }
         )
 

@@ -312,7 +312,7 @@ def process_video(
             elif tracker.needs_detection():
                 tracker.add_detections(detect_hands(predictor, image, side, max_hands, detector)[0])
             requests = tracker.requests()
-            hands = predictor.predict(image, hands=requests, focal=focal)["hands"]
+            hands = predictor.predict(image, hands=requests, focal=focal, refine=False)["hands"]
         frames.append({"index": index, "hands": tracker.update(hands, w, h)})
         total = max(total, index + 1)
         if progress_cb is not None:

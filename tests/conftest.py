@@ -111,6 +111,8 @@ def check_prediction(pred: dict, width: int, height: int, hands: int) -> None:
         assert len(hand["betas"]) == 10 and len(hand["cam_weak"]) == 3
         assert len(hand["box_xyxy"]) == 4 and len(hand["transl"]) == 3
         check_camera_identity(hand)
+        fit = hand["fit"]  # None, or the fit to MediaPipe's landmarks
+        assert fit is None or fit["rms_px_after"] <= fit["rms_px_before"]
 
 
 def free_port() -> int:

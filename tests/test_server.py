@@ -168,7 +168,7 @@ def test_health_answers_at_once_and_reports_the_model(server: Server, http, chec
     body = health.json()
     assert body["status"] == "ok" and body["device"] == "cpu"
     assert body["checkpoint"] == checkpoint.name and body["hand_model"].startswith("open_hand")
-    assert body["detector"] == "auto"
+    assert body["detector"] == "auto" and body["refine"] == "auto"
 
 
 def test_predict_sample_photo(http, photo_bytes, sample_box, predictor) -> None:
