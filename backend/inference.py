@@ -6,8 +6,8 @@ into a `hamr.prediction/1` dict (DESIGN.md). Steps, each a function below:
 1. hands: the user's boxes (`--box`), or `detect.detect_hands` (MediaPipe Hands or the network
    as the detector; each found hand comes with its side);
 2. side: `right` / `left` as asked or as the detector found it; for a user's box with `auto`,
-   the crop and its mirror image both go through the network, and the side whose heat-maps peak
-   higher wins;
+   the handedness of the MediaPipe hand that overlaps it, else the crop and its mirror image both
+   go through the network, and the side whose heat-maps peak higher wins;
 3. crop (backend.crop, as in training), left crops mirrored into right hands, the network;
 4. camera: K from `--focal`, else the EXIF 35 mm-equivalent focal length, else a 60 degree
    horizontal field of view on the longer image side (`default_focal`); the crop's weak camera
@@ -129,26 +129,28 @@ REFINE_MODES = ("auto", "off")
 LANDMARK_MATCH_IOU = 0.3  # a MediaPipe hand gives its landmarks to a box it overlaps this much
 
 
-def hand_landmarks(image: np.ndarray, hands: list[HandRequest]) -> list[np.ndarray | None]:
-    """MediaPipe's 21 landmarks for each requested hand: the detector's own when it gave them,
-    else those of the MediaPipe hand that best overlaps the box (IoU > LANDMARK_MATCH_IOU), run
-    once on the whole image; None where there are none (or MediaPipe is not installed)."""
+def with_mediapipe(image: np.ndarray, hands: list[HandRequest]) -> list[HandRequest]:
+    """The requests, each given MediaPipe's landmarks (and, where its side is "auto", MediaPipe's
+    handedness) from the MediaPipe hand that best overlaps its box (IoU > LANDMARK_MATCH_IOU).
+    MediaPipe runs once on the whole image, and only for requests without landmarks; a request
+    it does not match is returned as it is (so are all, when MediaPipe is not installed)."""
     from backend import detect_mediapipe
     from backend.detect import iou
 
-    out: list[np.ndarray | None] = [h.landmarks for h in hands]
-    if all(p is not None for p in out) or not detect_mediapipe.available():
-        return out
+    if all(h.landmarks is not None for h in hands) or not detect_mediapipe.available():
+        return list(hands)
     found = detect_mediapipe.detect(image, max(2, len(hands)))
     used: set[int] = set()
-    for i, req in enumerate(hands):
-        if out[i] is not None:
-            continue
+    out = []
+    for req in hands:
         overlaps = [(iou(req.box_xyxy, d["box_xyxy"]), k) for k, d in enumerate(found)]
         best = max((o for o in overlaps if o[1] not in used), default=(0.0, -1))
-        if best[0] > LANDMARK_MATCH_IOU:
+        if req.landmarks is None and best[0] > LANDMARK_MATCH_IOU:
             used.add(best[1])
-            out[i] = found[best[1]]["keypoints2d"]
+            det = found[best[1]]
+            side = det["side"] if req.side == "auto" else req.side
+            req = HandRequest(req.box_xyxy, side, req.score, det["keypoints2d"])
+        out.append(req)
     return out
 
 
@@ -222,12 +224,14 @@ class Predictor:
             detector = None  # the boxes were given
         f = focal or default_focal(w, h, exif_f35_mm)
         K = intrinsics(w, h, f)
+        refine = self.refine == "auto" if refine is None else refine
+        if refine or any(h.side == "auto" for h in hands):
+            hands = with_mediapipe(image, hands)  # landmarks to refine on; handedness for auto
         results = [self._predict_hand(image, req, K) for req in hands]
-        if self.refine == "auto" if refine is None else refine:
-            landmarks = hand_landmarks(image, hands)
-            for hand, points in zip(results, landmarks, strict=True):
-                if points is not None:
-                    self.refine_hand(hand, points)
+        if refine:
+            for hand, req in zip(results, hands, strict=True):
+                if req.landmarks is not None:
+                    self.refine_hand(hand, req.landmarks)
         return {
             "schema": SCHEMA,
             "image": {"width": w, "height": h},

@@ -191,3 +191,19 @@ def test_video_tracks_take_mediapipe_boxes_on_every_frame(predictor, tmp_path) -
         for index, hand in seq:
             expected = first - [shift * index, 0, shift * index, 0]
             assert np.abs(np.asarray(hand["box_xyxy"]) - expected).max() < 0.08 * width, index
+
+
+def test_a_users_box_takes_the_side_of_the_mediapipe_hand_it_overlaps(checkpoint) -> None:
+    if not WILD.is_file():
+        pytest.skip(f"sample photos not available ({SAMPLES})")
+    from backend.inference import HandRequest
+
+    image = _rgb(WILD)
+    found = detect_mediapipe.detect(image)
+    predictor = Predictor(checkpoint, refine="off")
+    boxes = [HandRequest(tuple(d["box_xyxy"]), "auto") for d in reversed(found)]
+    pred = predictor.predict(image, boxes)
+    assert [h["side"] for h in pred["hands"]] == [d["side"] for d in reversed(found)]
+    assert all(h["fit"] is None for h in pred["hands"])  # refine off: sides only
+    forced = predictor.predict(image, [HandRequest(b.box_xyxy, "left") for b in boxes])
+    assert [h["side"] for h in forced["hands"]] == ["left", "left"]
