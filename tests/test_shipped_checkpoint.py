@@ -22,9 +22,8 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # five stages, each started from the previous one's weights (init_from): default_cpu.toml
-    # from scratch, then finetune_cpu, refine_cpu, polish_cpu and extend_cpu; stages 1 and 2 ran
-    # all their steps, the later ones may stop on their time limit
+    # six stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu and settle_cpu
     chain = []
     stage = meta
     while stage is not None:
@@ -35,10 +34,17 @@ def test_shipped_checkpoint_header_and_record():
         )
         stage = (stage.get("init_from") or {}).get("metadata")
     names = [s["train_config"]["name"] for s in reversed(chain)]
-    assert names == ["default_cpu", "finetune_cpu", "refine_cpu", "polish_cpu", "extend_cpu"]
-    for s in chain[-2:]:
+    assert names == [
+        "default_cpu",
+        "finetune_cpu",
+        "refine_cpu",
+        "polish_cpu",
+        "extend_cpu",
+        "settle_cpu",
+    ]
+    for s in chain[:3]:  # the last three stages ran all their steps
         assert s["step"] == s["train_config"]["steps"]
-    for prefix in ("", "stage1_", "stage2_", "stage3_", "stage4_"):
+    for prefix in ("", "stage1_", "stage2_", "stage3_", "stage4_", "stage5_"):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
     recorded = json.loads((RECORD / "eval_synthetic_test.json").read_text())["synthetic-test"]
