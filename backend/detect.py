@@ -153,11 +153,10 @@ def detect_hands(
     from backend import detect_mediapipe
     from backend.inference import HandRequest, InputError
 
-    detector = detector or getattr(predictor, "detector", "auto")
-    check_detector(detector)
-    if detector != "hamr" and detect_mediapipe.available():
+    asked = check_detector(detector or getattr(predictor, "detector", "auto"))
+    if resolve_detector(predictor, asked) == "mediapipe":
         found = detect_mediapipe.detect(image, max_hands)
-        if found or detector == "mediapipe":
+        if found or asked == "mediapipe":
             hands = [
                 HandRequest(
                     d["box_xyxy"],
@@ -168,7 +167,7 @@ def detect_hands(
                 for d in found
             ]
             return hands, "mediapipe"
-    elif detector == "mediapipe":
+    elif asked == "mediapipe":
         raise InputError(
             "detector 'mediapipe' needs the mediapipe package (make setup installs it; by hand: "
             "pip install --no-deps mediapipe==0.10.21 and the 'detect' extra)"

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from backend.hand_model.anatomy import geometric_loss
+from backend.render import project_points
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,6 @@ class FitSettings:
     depth: float = 10.0  # pull of the hand's distance towards the network's, on log(z / z0)
     iterations: int = 150
     lr: float = 0.03  # Adam step for pose and shape (radians, shape units); translation x 0.05
-
-
-def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """(..., 21, 3) camera-frame points -> (..., 21, 2) pixels through the pinhole K."""
-    uv = points @ K.T
-    return uv[..., :2] / uv[..., 2:].clamp(min=1e-4)
 
 
 def fit_to_landmarks(
@@ -93,7 +88,7 @@ def fit_to_landmarks(
             progress = i / max(1, settings.iterations - 1)
             sigma2 = (settings.sigma_start ** (1 - progress) * settings.sigma**progress) ** 2
             joints = joints_of(pose0 + delta, betas0 + d_betas, t)
-            r2 = ((project(joints, K) - target).norm(dim=-1) / box_side).square()
+            r2 = ((project_points(joints, K) - target).norm(dim=-1) / box_side).square()
             data = (sigma2 * r2 / (r2 + sigma2)).mean() / settings.sigma**2
             loss = (
                 settings.data * data
@@ -106,10 +101,10 @@ def fit_to_landmarks(
             loss.backward()
             optim.step()
     with torch.no_grad():
-        before = project(joints_of(pose0, betas0, t0), K)
+        before = project_points(joints_of(pose0, betas0, t0), K)
         pose1, betas1, t1 = pose0 + delta, betas0 + d_betas, t.detach()
         joints = joints_of(pose1, betas1, t1)
-        after = project(joints, K)
+        after = project_points(joints, K)
     rms = lambda uv: float((uv - target).square().sum(-1).mean().sqrt())  # noqa: E731
     return {
         "pose": pose1.detach(),

@@ -78,7 +78,7 @@ from backend.cli import (
     parse_focal,
     parse_smoothing,
 )
-from backend.detect import DETECTORS
+from backend.detect import check_detector
 from backend.inference import HandRequest, InputError, Predictor, load_image
 from backend.rig import rig_data
 from backend.video import VideoCancelled, probe_video, process_video
@@ -276,8 +276,10 @@ def check_detector_option(detector: str | None) -> str | None:
     """A request's detector field: None (the server's own setting) or one that can run here."""
     if not detector:
         return None
-    if detector not in DETECTORS:
-        raise OptionError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+    try:
+        check_detector(detector)
+    except InputError as exc:
+        raise OptionError(str(exc)) from None
     if detector == "mediapipe" and not detect_mediapipe.available():
         raise OptionError("detector 'mediapipe' is not installed on this server")
     return detector

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from backend.cli import check_box, check_side, parse_focal, parse_smoothing
-from backend.detect import detect_hands, iou, resolve_detector
+from backend.detect import detect_hands, find_hands, iou, resolve_detector
 from backend.inference import (
     HandRequest,
     InputError,
@@ -294,7 +294,8 @@ def process_video(
     lock = frame_lock or contextlib.nullcontext()
     # MediaPipe is cheap enough to run on every frame: with it, each track takes the box
     # MediaPipe finds for it (a frame where it finds none falls back to the steps above)
-    per_frame = not boxes and resolve_detector(predictor, detector) == "mediapipe"
+    asked = detector or getattr(predictor, "detector", "auto")
+    per_frame = not boxes and resolve_detector(predictor, asked) == "mediapipe"
     focal = focal or default_focal(info.width, info.height)
     tracker = HandTracker(max_hands, min_score, patience, redetect_every)
     frames: list[dict[str, Any]] = []
@@ -310,7 +311,12 @@ def process_video(
             elif found:
                 tracker.add_detections(found)
             elif tracker.needs_detection():
-                tracker.add_detections(detect_hands(predictor, image, side, max_hands, detector)[0])
+                if per_frame:  # MediaPipe has just found nothing here: only the network is left
+                    network = asked != "mediapipe"
+                    fallback = find_hands(predictor, image, side, max_hands) if network else []
+                else:
+                    fallback = detect_hands(predictor, image, side, max_hands, asked)[0]
+                tracker.add_detections(fallback)
             requests = tracker.requests()
             hands = predictor.predict(image, hands=requests, focal=focal, refine=False)["hands"]
         frames.append({"index": index, "hands": tracker.update(hands, w, h)})

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from backend import detect_mediapipe
-from backend.fit import project
 from backend.hand_model.poses import named_pose
 from backend.inference import HandRequest, Predictor, load_image
+from backend.render import project_points
 
 from .timing import median_ms
 
@@ -42,7 +42,7 @@ def run(repeats: int) -> dict:
     pose[0] = torch.tensor(hand["pose_axis_angle"][0])
     joints = model(pose[None], None, torch.tensor(hand["transl"])[None]).keypoints[0]
     K = torch.tensor(hand["camera"]["K"], dtype=torch.float32)
-    landmarks = project(joints, K).detach().numpy()
+    landmarks = project_points(joints, K).detach().numpy()
 
     baseline = median_ms(lambda: predictor.predict(image, request), repeats)
     fit = median_ms(lambda: predictor.refine_hand(copy.deepcopy(hand), landmarks), repeats)

@@ -73,6 +73,20 @@ def run_bpy(script: str, *args: object, env: dict[str, str], timeout: float = 30
     return json.loads(lines[-1][len("HAMR_RESULT ") :])
 
 
+def hamr_blend(
+    args: list, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`tools/hamr_blend.py ARGS` (the `hamr blend` command) in a subprocess, output captured."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "hamr_blend.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture(scope="session")
 def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The extension built and validated by Blender's own tool (tools/package_extension.py)."""
@@ -262,15 +276,10 @@ def test_hamr_blend_headless_scene_and_render(
     from PIL import Image
 
     blend, png = tmp_path / "scene.blend", tmp_path / "render.png"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "hamr_blend.py"), str(sample_photo)]
-        + ["--out", str(blend), "--render", str(png), "--backend-url", server]
+    proc = hamr_blend(
+        [sample_photo, "--out", blend, "--render", png, "--backend-url", server]
         + ["--box", BOX_TEXT, "--samples", "8"],
-        capture_output=True,
-        text=True,
-        env=bpy_env,
-        cwd=ROOT,
-        timeout=300,
+        bpy_env,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert blend.stat().st_size > 0 and "wrote" in proc.stdout
@@ -296,14 +305,8 @@ def test_hamr_blend_finds_the_hands_of_a_photo_without_a_box(
     if not photo.is_file() or not detect_mediapipe.available():
         pytest.skip("needs ../shared/samples and mediapipe")
     blend = tmp_path / "scene.blend"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "hamr_blend.py"), str(photo)]
-        + ["--out", str(blend), "--backend-url", server, "--detector", "mediapipe"],
-        capture_output=True,
-        text=True,
-        env=bpy_env,
-        cwd=ROOT,
-        timeout=300,
+    proc = hamr_blend(
+        [photo, "--out", blend, "--backend-url", server, "--detector", "mediapipe"], bpy_env
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = run_bpy("check_blend.py", blend, env=bpy_env)
@@ -311,13 +314,15 @@ def test_hamr_blend_finds_the_hands_of_a_photo_without_a_box(
 
 
 def test_hamr_blend_reports_errors(bpy_env: dict[str, str], tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "hamr_blend.py"), str(tmp_path / "none.jpg")]
-        + ["--out", str(tmp_path / "x.blend"), "--backend-url", "http://127.0.0.1:1"],
-        capture_output=True,
-        text=True,
-        env=bpy_env,
-        cwd=ROOT,
+    proc = hamr_blend(
+        [
+            tmp_path / "none.jpg",
+            "--out",
+            tmp_path / "x.blend",
+            "--backend-url",
+            "http://127.0.0.1:1",
+        ],
+        bpy_env,
         timeout=120,
     )
     assert proc.returncode == 2 and "hamr blend: error: image not found" in proc.stderr

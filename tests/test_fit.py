@@ -15,10 +15,11 @@ import torch
 from conftest import SAMPLES, check_camera_identity
 
 from backend import detect_mediapipe
-from backend.fit import fit_to_landmarks, project
+from backend.fit import fit_to_landmarks
 from backend.hand_model.model import HandModel
 from backend.hand_model.poses import named_pose
 from backend.inference import HandRequest, InputError, Predictor
+from backend.render import project_points
 
 K = np.array([[600.0, 0, 320], [0, 600.0, 240], [0, 0, 1]])
 WILD = SAMPLES / "wild_hamer" / "test5.jpg"
@@ -40,7 +41,7 @@ def _truth(model: HandModel, pose_name: str) -> tuple[torch.Tensor, torch.Tensor
     pose[0] = _rotation([1.0, 0.3, 0.2], 150)  # palm towards the camera, fingers up
     transl = torch.tensor([0.02, -0.01, 0.5])
     joints = model(pose[None], None, transl[None]).keypoints[0]
-    return pose, transl, project(joints, torch.tensor(K, dtype=torch.float32)).numpy()
+    return pose, transl, project_points(joints, torch.tensor(K, dtype=torch.float32)).numpy()
 
 
 def _pa_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,10 +61,8 @@ def test_fit_moves_a_wrong_hand_onto_the_landmarks_and_towards_the_truth(right, 
     fitted = fit_to_landmarks(right, "right", start, betas, transl, K, landmarks, float(box.max()))
     assert fitted["rms_px_after"] < 0.25 * fitted["rms_px_before"], fitted
     # the keypoints2d it returns are its joints projected
-    np.testing.assert_allclose(
-        fitted["keypoints2d"].numpy(), project(fitted["joints"], torch.tensor(K).float()).numpy(),
-        atol=1e-4,
-    )  # fmt: skip
+    projected = project_points(fitted["joints"], torch.tensor(K).float())
+    np.testing.assert_allclose(fitted["keypoints2d"].numpy(), projected.numpy(), atol=1e-4)
     truth = right(pose[None], None, transl[None]).keypoints[0]
     before = right(start[None], betas[None], transl[None]).keypoints[0]
     # 2D landmarks leave the depth of each joint open, and the prior holds the fingers near the
