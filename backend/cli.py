@@ -292,7 +292,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         choices=("auto", "off"),
         default="auto",
         help="auto (default): fit each hand to MediaPipe's 2D landmarks where it finds them "
-        "(photos; not video); off: the network's hand as it is",
+        "(a photo's hands one by one, a video's tracks over all their frames); off: the "
+        "network's hand as it is",
     )
 
 

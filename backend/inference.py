@@ -129,17 +129,23 @@ REFINE_MODES = ("auto", "off")
 LANDMARK_MATCH_IOU = 0.3  # a MediaPipe hand gives its landmarks to a box it overlaps this much
 
 
-def with_mediapipe(image: np.ndarray, hands: list[HandRequest]) -> list[HandRequest]:
+def with_mediapipe(
+    image: np.ndarray, hands: list[HandRequest], found: list[dict] | None = None
+) -> list[HandRequest]:
     """The requests, each given MediaPipe's landmarks (and, where its side is "auto", MediaPipe's
     handedness) from the MediaPipe hand that best overlaps its box (IoU > LANDMARK_MATCH_IOU).
-    MediaPipe runs once on the whole image, and only for requests without landmarks; a request
-    it does not match is returned as it is (so are all, when MediaPipe is not installed)."""
+    MediaPipe runs once on the whole image, and only for requests without landmarks, unless its
+    hands in this image are given as `found` (`detect_mediapipe.detect`'s list); a request it
+    does not match is returned as it is (so are all, when MediaPipe is not installed)."""
     from backend import detect_mediapipe
     from backend.detect import iou
 
-    if all(h.landmarks is not None for h in hands) or not detect_mediapipe.available():
+    if all(h.landmarks is not None for h in hands):
         return list(hands)
-    found = detect_mediapipe.detect(image, max(2, len(hands)))
+    if found is None:
+        if not detect_mediapipe.available():
+            return list(hands)
+        found = detect_mediapipe.detect(image, max(2, len(hands)))
     used: set[int] = set()
     out = []
     for req in hands:

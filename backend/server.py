@@ -8,9 +8,11 @@ Endpoints (DESIGN.md "HTTP API"); every error is JSON {"error": {"code", "messag
                                  (503 {"status": "failed", "error"} if loading failed)
     GET    /v1/model?side=       hamr.rig/1 of the hand model in use (backend.rig), cached
     POST   /v1/predict           multipart: image (file), side, box (repeatable or
-                                 'x0,y0,x1,y1;...'), focal, detector -> hamr.prediction/1
+                                 'x0,y0,x1,y1;...'), focal, detector, refine
+                                 -> hamr.prediction/1
     POST   /v1/jobs              multipart video (file), or JSON / form with path (a local file);
-                                 options side, box, focal, smoothing, detector -> 202 {"id"}
+                                 options side, box, focal, smoothing, detector, refine
+                                 -> 202 {"id"}
     GET    /v1/jobs/{id}         {"id", "state": queued|running|done|failed|cancelled, "progress"
                                  0..1, "frames_done", "frames_total", "error"?}
     GET    /v1/jobs/{id}/result  hamr.video/1 (409 until the job is done)
@@ -20,7 +22,7 @@ Endpoints (DESIGN.md "HTTP API"); every error is JSON {"error": {"code", "messag
 Statuses: 400 unreadable input (not an image, truncated, too small, empty, undecodable video),
 401 missing or wrong token, 404 unknown job or route, 409 result not ready, 413 too large
 (upload bytes or pixels), 415 not multipart, 422 bad options (side, box, focal, smoothing,
-detector, unknown fields), 429 too many jobs, 503 not ready.
+detector, refine, unknown fields), 429 too many jobs, 503 not ready.
 
 How it runs (STYLE.md, FastAPI/LitServe habits): the model loads once, in a background thread that
 the lifespan starts, so health answers at once; request parsing is async, and every blocking step
@@ -79,15 +81,15 @@ from backend.cli import (
     parse_smoothing,
 )
 from backend.detect import check_detector
-from backend.inference import HandRequest, InputError, Predictor, load_image
+from backend.inference import REFINE_MODES, HandRequest, InputError, Predictor, load_image
 from backend.rig import rig_data
 from backend.video import VideoCancelled, probe_video, process_video
 
 log = logging.getLogger("hamr.server")
 
 HEALTH_PATH = "/v1/health"
-PREDICT_FIELDS = frozenset({"image", "side", "box", "focal", "detector"})
-JOB_FIELDS = frozenset({"video", "path", "side", "box", "focal", "smoothing", "detector"})
+PREDICT_FIELDS = frozenset({"image", "side", "box", "focal", "detector", "refine"})
+JOB_FIELDS = frozenset({"video", "path", "side", "box", "focal", "smoothing", "detector", "refine"})
 MAX_ACTIVE_JOBS = 16  # queued + running; more is 429
 KEEP_FINISHED_JOBS = 32  # finished jobs (and their results) kept for GET, oldest forgotten first
 T = TypeVar("T")
@@ -259,17 +261,29 @@ class HandOptions:
     boxes: list[tuple[float, float, float, float]]
     focal: float | None
     detector: str | None = None  # None: the server's --detector
+    refine: bool | None = None  # None: the server's --refine
 
 
 def parse_hand_options(fields: Mapping[str, list[Any]]) -> HandOptions:
-    """side / box / focal / detector fields -> HandOptions; raises OptionError (422)."""
+    """side / box / focal / detector / refine fields -> HandOptions; raises OptionError (422)."""
     side = check_side(_single(fields, "side") or "auto")
     return HandOptions(
         side,
         parse_boxes(_text_values(fields, "box")),
         parse_focal(_single(fields, "focal")),
         check_detector_option(_single(fields, "detector")),
+        check_refine_option(_single(fields, "refine")),
     )
+
+
+def check_refine_option(refine: str | None) -> bool | None:
+    """A request's refine field: None (the server's own setting), "auto" (fit to MediaPipe's
+    landmarks where it finds the hand) or "off"."""
+    if not refine:
+        return None
+    if refine not in REFINE_MODES:
+        raise OptionError(f"refine must be one of {', '.join(REFINE_MODES)}, got {refine!r}")
+    return refine == "auto"
 
 
 def check_detector_option(detector: str | None) -> str | None:
@@ -327,6 +341,7 @@ def predict_image(
             exif_f35_mm=exif_f35,
             side=options.side,
             detector=options.detector,
+            refine=options.refine,
         )
 
 
@@ -576,7 +591,8 @@ def create_app(
     it as a bearer token on every endpoint but health; max_upload_mb: largest request body;
     max_pixels: largest image or video frame (width x height); detector: what finds hands when a
     request gives no box (`backend.detect.DETECTORS`), unless the request's own field says;
-    refine: "auto" fits photo predictions to MediaPipe's landmarks where it finds them, or "off"."""
+    refine: "auto" fits predicted hands (photos and video tracks) to MediaPipe's landmarks where
+    it finds them, or "off"; a request's own refine field overrides it."""
     state = ServerState(checkpoint, device, mano_dir, detector, refine)
 
     @asynccontextmanager
@@ -709,6 +725,7 @@ async def submit_job(jobs: JobManager, fields: Mapping[str, list[Any]], max_pixe
         "focal": hand.focal,
         "smoothing": parse_smoothing(_single(fields, "smoothing")),
         "detector": hand.detector,
+        "refine": hand.refine,
     }
     job_id = uuid.uuid4().hex
     upload_dir = jobs.upload_root / job_id  # created only for an uploaded clip

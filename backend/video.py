@@ -20,6 +20,11 @@ Then, per track (`finalize_tracks`):
 4. one shape: β is the score-weighted mean of the track's per-frame β; each frame's joints are
    recomputed with it and its translation refitted (`inference.solve_translation`) to the frame's
    2D keypoints, so the hand keeps its place in the image;
+4b. with refine (the default when MediaPipe is installed): MediaPipe runs on every frame, each
+   track takes the landmarks of the MediaPipe hand over its box, and `fit.fit_track` fits the
+   whole track to them at once (per-frame pose and translation, the track's one β, the network's
+   pose as the prior, a penalty on the joints' acceleration between consecutive frames); frames
+   without landmarks follow their neighbours; each hand's "fit" records its landmark error;
 5. smoothing (`smoothing.smooth_track`): a One-Euro filter on the joint rotations as unit
    quaternions and on the translation, timed by the frame times;
 6. joints3d_cam and keypoints2d are recomputed from the smoothed parameters, so keypoints2d is
@@ -50,6 +55,7 @@ import torch
 
 from backend.cli import check_box, check_side, parse_focal, parse_smoothing
 from backend.detect import detect_hands, find_hands, iou, resolve_detector
+from backend.fit import fit_track
 from backend.inference import (
     HandRequest,
     InputError,
@@ -57,6 +63,7 @@ from backend.inference import (
     default_focal,
     overlay,
     solve_translation,
+    with_mediapipe,
 )
 from backend.smoothing import smooth_track
 
@@ -66,6 +73,7 @@ MIN_BOX_SIDE = 16.0  # pixels: a tracked box is at least this wide and tall
 MATCH_IOU = 0.3  # a detection continues a track when their boxes overlap more than this
 DUPLICATE_IOU = 0.5  # two tracks overlapping more than this follow one hand: keep the better
 DEFAULT_FPS = 30.0  # when the file does not say
+LANDMARKS_KEY = "_landmarks"  # a hand's MediaPipe landmarks between its frame and finalize_tracks
 
 ProgressCallback = Callable[[int, int], None]  # (frames done, frames total)
 
@@ -236,23 +244,19 @@ class HandTracker:
         return [hands[i] for i in keep]
 
 
-def mediapipe_detections(
-    image: np.ndarray, side: str, max_hands: int, tracker: HandTracker
-) -> list[HandRequest]:
-    """MediaPipe's hands in one frame as detections for `tracker`. A detection over a track
-    (IoU > MATCH_IOU) takes that track's side, so a flicker of MediaPipe's handedness label
-    never splits one hand into two tracks."""
-    from backend import detect_mediapipe
-
-    found = []
-    for d in detect_mediapipe.detect(image, max_hands):
+def mediapipe_detections(found: list[dict], side: str, tracker: HandTracker) -> list[HandRequest]:
+    """MediaPipe's hands in one frame (`detect_mediapipe.detect`'s list) as detections for
+    `tracker`. A detection over a track (IoU > MATCH_IOU) takes that track's side, so a flicker
+    of MediaPipe's handedness label never splits one hand into two tracks."""
+    detections = []
+    for d in found:
         det_side = d["side"] if side == "auto" else side
         overlaps = [(iou(t.box_xyxy, d["box_xyxy"]), t) for t in tracker.tracks + tracker.lost]
         best = max(overlaps, key=lambda p: p[0], default=(0.0, None))
         if best[0] > MATCH_IOU and best[1].side != "auto":
             det_side = best[1].side
-        found.append(HandRequest(d["box_xyxy"], det_side, d["score"]))
-    return found
+        detections.append(HandRequest(d["box_xyxy"], det_side, d["score"]))
+    return detections
 
 
 def process_video(
@@ -268,6 +272,7 @@ def process_video(
     patience: int = 3,
     redetect_every: int = 15,
     detector: str | None = None,
+    refine: bool | None = None,
     progress_cb: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
     frame_lock: threading.Lock | None = None,
@@ -280,7 +285,9 @@ def process_video(
     max_hands: most hands tracked at once; min_score, patience: a track whose score stays below
     min_score for `patience` frames is re-detected; redetect_every: frames between detection
     attempts while no hand is tracked; detector: what finds hands (`backend.detect.DETECTORS`;
-    None: the predictor's own setting); progress_cb(done, total) after every frame (total is the
+    None: the predictor's own setting); refine: fit each track to MediaPipe's landmarks on the
+    frames where it finds the hand (`fit.fit_track`; None: the predictor's own setting, on when
+    MediaPipe is installed); progress_cb(done, total) after every frame (total is the
     container's count, corrected at the end); cancel_event: raises VideoCancelled when set
     (checked between frames); frame_lock: held around each frame's network work, so a server
     can serve other requests between frames.
@@ -296,6 +303,11 @@ def process_video(
     # MediaPipe finds for it (a frame where it finds none falls back to the steps above)
     asked = detector or getattr(predictor, "detector", "auto")
     per_frame = not boxes and resolve_detector(predictor, asked) == "mediapipe"
+    if refine is None:
+        refine = getattr(predictor, "refine", "off") == "auto"
+    from backend import detect_mediapipe
+
+    refine = refine and detect_mediapipe.available()
     focal = focal or default_focal(info.width, info.height)
     tracker = HandTracker(max_hands, min_score, patience, redetect_every)
     frames: list[dict[str, Any]] = []
@@ -305,7 +317,9 @@ def process_video(
             raise VideoCancelled(f"cancelled at frame {index}")
         h, w = image.shape[:2]
         with lock:
-            found = mediapipe_detections(image, side, max_hands, tracker) if per_frame else []
+            # MediaPipe's hands in this frame: boxes for the tracks (per_frame), landmarks to fit
+            mp_hands = detect_mediapipe.detect(image, max_hands) if per_frame or refine else []
+            found = mediapipe_detections(mp_hands, side, tracker) if per_frame else []
             if index == 0 and boxes:
                 tracker.add_detections([HandRequest(tuple(b), side) for b in boxes])
             elif found:
@@ -318,7 +332,12 @@ def process_video(
                     fallback = detect_hands(predictor, image, side, max_hands, asked)[0]
                 tracker.add_detections(fallback)
             requests = tracker.requests()
+            if refine and mp_hands:
+                requests = with_mediapipe(image, requests, found=mp_hands)
             hands = predictor.predict(image, hands=requests, focal=focal, refine=False)["hands"]
+            for hand, req in zip(hands, requests, strict=True):
+                if refine and req.landmarks is not None:
+                    hand[LANDMARKS_KEY] = req.landmarks  # taken off again by finalize_tracks
         frames.append({"index": index, "hands": tracker.update(hands, w, h)})
         total = max(total, index + 1)
         if progress_cb is not None:
@@ -328,7 +347,7 @@ def process_video(
     if progress_cb is not None and total != len(frames):
         progress_cb(len(frames), len(frames))
     with lock:
-        finalize_tracks(predictor, frames, info.fps, smoothing)
+        finalize_tracks(predictor, frames, info.fps, smoothing, refine=refine)
     return {
         "schema": SCHEMA,
         "fps": info.fps,
@@ -339,9 +358,14 @@ def process_video(
 
 @torch.no_grad()
 def finalize_tracks(
-    predictor: Predictor, frames: list[dict[str, Any]], fps: float, smoothing: float
+    predictor: Predictor,
+    frames: list[dict[str, Any]],
+    fps: float,
+    smoothing: float,
+    refine: bool = False,
 ) -> None:
-    """Steps 4-6 of the module doc, in place on `frames`' hand dicts."""
+    """Steps 4-6 of the module doc, in place on `frames`' hand dicts; with `refine`, step 4b
+    fits each track to the MediaPipe landmarks its frames carry (LANDMARKS_KEY)."""
     by_track: dict[int, list[tuple[int, dict]]] = {}
     for frame in frames:
         for hand in frame["hands"]:
@@ -369,6 +393,38 @@ def finalize_tracks(
                 for i, h in enumerate(hands)
             ]
         )
+        # step 4b: the track fitted to MediaPipe's landmarks, all its frames at once
+        landmarks = [h.pop(LANDMARKS_KEY, None) for h in hands]
+        if refine and any(lm is not None for lm in landmarks):
+            fitted = fit_track(
+                model,
+                hands[0]["side"],
+                poses,
+                betas,
+                transl,
+                K.numpy(),
+                landmarks,
+                [
+                    max(h["box_xyxy"][2] - h["box_xyxy"][0], h["box_xyxy"][3] - h["box_xyxy"][1])
+                    for h in hands
+                ],
+                [i for i, _ in items],
+            )
+            poses, transl = fitted["pose"].astype(np.float64), fitted["transl"].astype(np.float64)
+            betas = fitted["betas"].astype(np.float64)
+            betas_t = torch.tensor(betas, dtype=torch.float32, device=device)
+            for hand, lm, before, after in zip(
+                hands, landmarks, fitted["rms_px_before"], fitted["rms_px_after"], strict=True
+            ):
+                hand["fit"] = (
+                    None
+                    if lm is None
+                    else {
+                        "landmarks": "mediapipe",
+                        "rms_px_before": round(float(before), 2),
+                        "rms_px_after": round(float(after), 2),
+                    }
+                )
         # step 5: smoothing in rotation and translation space
         poses, transl = smooth_track(times, poses, transl, smoothing)
         # step 6: the camera identity, recomputed

@@ -7,7 +7,10 @@ shipped checkpoint on the CPU:
 - baseline: `Predictor.predict` of that box with refining off (crop, network, camera);
 - mediapipe: `detect_mediapipe.detect` on the whole photo (when mediapipe is installed);
 - fit: `Predictor.refine_hand` of the baseline's hand, on landmarks made by projecting the hand
-  model in a known pose through the photo's camera (so the fit always has a full set of 21).
+  model in a known pose through the photo's camera (so the fit always has a full set of 21);
+- track fit: `fit.fit_track` of a video track of --track-frames frames (the baseline's hand
+  drifting sideways 2 mm a frame, landmarks as above), the way `hamr video` refines; reported per
+  frame, with its ratio to the photo fit of one hand.
 Medians over --repeats after warm-up, and each one's ratio to the baseline.
 """
 
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 
 from backend import detect_mediapipe
+from backend.fit import fit_track
 from backend.hand_model.poses import named_pose
 from backend.inference import HandRequest, Predictor, load_image
 from backend.render import project_points
@@ -32,7 +36,7 @@ PHOTO = Path(__file__).resolve().parents[1] / "backend/assets/samples/synthetic_
 BOX = (170.0, 106.0, 396.0, 353.0)  # the Makefile's demo box
 
 
-def run(repeats: int) -> dict:
+def run(repeats: int, track_frames: int = 64) -> dict:
     predictor = Predictor(refine="off")
     image, _ = load_image(PHOTO)
     request = [HandRequest(BOX, "right")]
@@ -46,6 +50,21 @@ def run(repeats: int) -> dict:
 
     baseline = median_ms(lambda: predictor.predict(image, request), repeats)
     fit = median_ms(lambda: predictor.refine_hand(copy.deepcopy(hand), landmarks), repeats)
+    drift = torch.zeros(track_frames, 3)
+    drift[:, 0] = 0.002 * torch.arange(track_frames)
+    track_t = torch.tensor(hand["transl"])[None] + drift
+    track_joints = model(pose.expand(track_frames, -1, -1), None, track_t).keypoints
+    track_landmarks = list(project_points(track_joints, K).detach().numpy())
+    start = torch.tensor(hand["pose_axis_angle"]).expand(track_frames, -1, -1)
+    box_side = max(BOX[2] - BOX[0], BOX[3] - BOX[1])
+
+    def track_fit() -> None:
+        fit_track(
+            model, "right", start, torch.tensor(hand["betas"]), track_t,
+            K, track_landmarks, [box_side] * track_frames, range(track_frames),
+        )  # fmt: skip
+
+    track = median_ms(track_fit, max(1, repeats // 2), warmup=1) / track_frames
     out = {
         "benchmark": "hamr_refine",
         "torch": torch.__version__,
@@ -56,6 +75,9 @@ def run(repeats: int) -> dict:
         "baseline_predict_ms": round(baseline, 1),
         "fit_ms": round(fit, 1),
         "fit_over_baseline": round(fit / baseline, 2),
+        "track_frames": track_frames,
+        "track_fit_ms_per_frame": round(track, 1),
+        "track_fit_per_frame_over_fit": round(track / fit, 3),
     }
     if detect_mediapipe.available():
         detect = median_ms(lambda: detect_mediapipe.detect(image), repeats)
@@ -73,10 +95,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--track-frames", type=int, default=64, help="frames of the track fit")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(json.dumps(run(args.repeats), indent=1))
+    print(json.dumps(run(args.repeats, args.track_frames), indent=1))
 
 
 if __name__ == "__main__":

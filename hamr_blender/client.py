@@ -271,9 +271,11 @@ class HamrClient:
         focal: float | None = None,
         timeout: float = 120.0,
         detector: str | None = None,
+        refine: bool | None = None,
     ) -> dict:
         """POST /v1/predict with an image (path or encoded bytes) -> ``hamr.prediction/1``.
         detector: what finds the hands without a box ("auto", "mediapipe", "hamr"; None: the
+        backend's own setting); refine: fit the hands to MediaPipe's landmarks (None: the
         backend's own setting)."""
         if isinstance(image, (bytes, bytearray)):
             source: Any = bytes(image)
@@ -290,6 +292,8 @@ class HamrClient:
             fields["focal"] = f"{float(focal):g}"
         if detector:
             fields["detector"] = detector
+        if refine is not None:
+            fields["refine"] = "auto" if refine else "off"
         body = _Multipart(fields, {"image": (name, source)})
         return self.request(
             "POST", "/v1/predict", body=body, content_type=body.content_type, timeout=timeout
@@ -304,10 +308,12 @@ class HamrClient:
         focal: float | None = None,
         timeout: float = 600.0,
         detector: str | None = None,
+        refine: bool | None = None,
     ) -> str:
         """POST /v1/jobs -> the job id. `upload` streams the file; otherwise only its path is
         sent (the backend must then run on this machine and read the file itself). smoothing:
-        the backend's temporal smoothing strength in [0, 1] (None: its default)."""
+        the backend's temporal smoothing strength in [0, 1] (None: its default); refine: fit
+        each track to MediaPipe's landmarks (None: the backend's own setting)."""
         path = os.fspath(video_path)
         if not os.path.isfile(path):
             raise BackendError(f"Video file not found: {path}", code="not_found")
@@ -318,6 +324,8 @@ class HamrClient:
             fields["focal"] = f"{float(focal):g}"
         if detector:
             fields["detector"] = detector
+        if refine is not None:
+            fields["refine"] = "auto" if refine else "off"
         if upload:
             body = _Multipart(fields, {"video": (os.path.basename(path), path)})
         else:
@@ -377,13 +385,20 @@ class VideoJob:
         focal: float | None = None,
         poll_interval: float = 0.5,
         detector: str | None = None,
+        refine: bool | None = None,
     ) -> None:
         import threading
 
         self.client = client
         self.video_path = os.fspath(video_path)
         self.upload = (not is_loopback(client.url)) if upload is None else upload
-        self.options = {"side": side, "smoothing": smoothing, "focal": focal, "detector": detector}
+        self.options = {
+            "side": side,
+            "smoothing": smoothing,
+            "focal": focal,
+            "detector": detector,
+            "refine": refine,
+        }
         self.poll_interval = poll_interval
         self.state = "submitting"
         self.progress = 0.0

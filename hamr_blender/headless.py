@@ -40,6 +40,7 @@ class BlendOptions:
 
     side: str = "auto"
     detector: str = "auto"
+    refine: bool = True
     use_box: bool = False
     box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     focal: float = 0.0
@@ -211,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "mediapipe", "hamr"),
         help="what finds hands without --box (default auto: MediaPipe if installed, else the net)",
     )
+    ap.add_argument(
+        "--refine",
+        default="auto",
+        choices=("auto", "off"),
+        help="auto (default): fit the hands to MediaPipe's landmarks where it finds them",
+    )
     ap.add_argument("--focal", type=float, default=0.0, help="focal length in pixels")
     ap.add_argument("--samples", type=int, default=16, help="Cycles samples of the render")
     ap.add_argument("--no-shape-keys", action="store_true", help="bake the shape into the mesh")
@@ -225,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     options = BlendOptions(
         side=args.side,
         detector=args.detector,
+        refine=args.refine == "auto",
         use_box=args.box is not None,
         box=args.box or (0.0, 0.0, 0.0, 0.0),
         focal=args.focal,

@@ -305,7 +305,7 @@ def import_image(
     location=None,
 ) -> scene.ImportResult:
     """The import behind hamr.import_image (also used by `hamr blend`): predict, fetch the rigs,
-    build. `op_like` holds the options (side, use_box, box, detector, focal, shape_keys,
+    build. `op_like` holds the options (side, use_box, box, detector, refine, focal, shape_keys,
     correctives, align_camera); client: the backend (default: the preferences'). Raises one of
     DOMAIN_ERRORS; leaves nothing behind on failure."""
     upload, name, source = _image_upload(context, filepath, image_name)
@@ -318,6 +318,7 @@ def import_image(
         box=box,
         focal=op_like.focal or None,
         detector=None if box else op_like.detector,
+        refine=op_like.refine,
     )
     prediction = parse_prediction(doc)
     rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
@@ -347,6 +348,12 @@ class _HandOptions:
         items=DETECTOR_ITEMS,
         default="auto",
         description="What finds the hands when no box is given",
+    )
+    refine: BoolProperty(
+        name="Refine on Landmarks",
+        description="Fit each hand to MediaPipe's 2D landmarks where the backend finds them "
+        "(a video's tracks over all their frames)",
+        default=True,
     )
     shape_keys: BoolProperty(
         name="Shape Keys", description="The hand's shape as β shape keys", default=True
@@ -457,6 +464,7 @@ class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
             smoothing=self.smoothing,
             focal=self.focal or None,
             detector=self.detector,
+            refine=self.refine,
         ).start()
         if bpy.app.background or context.window is None:
             while not self._job.finished:

@@ -89,6 +89,7 @@ class HAMR_SceneSettings(bpy.types.PropertyGroup):
     video_path: StringProperty(name="Video", subtype="FILE_PATH", default="")
     side: EnumProperty(name="Side", items=operators.SIDE_ITEMS, default="auto")
     detector: EnumProperty(name="Detector", items=operators.DETECTOR_ITEMS, default="auto")
+    refine: BoolProperty(name="Refine on Landmarks", default=True)
     use_box: BoolProperty(name="Hand Box", default=False)
     box: FloatVectorProperty(name="Box", size=4, default=(0,) * 4)
     focal: FloatProperty(name="Focal (px)", default=0.0, min=0.0)
@@ -103,6 +104,7 @@ class HAMR_SceneSettings(bpy.types.PropertyGroup):
 def _pass_options(op, s: HAMR_SceneSettings) -> None:
     op.side = s.side
     op.detector = s.detector
+    op.refine = s.refine
     op.shape_keys = s.shape_keys
     op.correctives = s.correctives
     op.align_camera = s.align_camera
@@ -179,6 +181,7 @@ class HAMR_PT_hand(_HamrPanel, bpy.types.Panel):
         layout.use_property_split = True
         layout.prop(s, "side")
         layout.prop(s, "detector")
+        layout.prop(s, "refine")
         layout.prop(s, "shape_keys")
         layout.prop(s, "correctives")
         layout.prop(s, "align_camera")

@@ -388,6 +388,13 @@ def test_client_multipart_upload_errors_and_token(fake_backend: str, tmp_path) -
     assert out["fields"] == {"side": "left", "box": "1,2,30.5,40", "focal": "812.5"}
     out = c.predict(b"\x89PNG....", filename="x.png")
     assert out["files"]["image"] == ["x.png", 8]
+    assert "refine" not in out["fields"]  # None: the backend's own setting
+    assert c.predict(img, refine=False)["fields"]["refine"] == "off"
+    assert c.predict(img, refine=True, detector="hamr")["fields"] == {
+        "side": "auto",
+        "refine": "auto",
+        "detector": "hamr",
+    }
     with pytest.raises(client.BackendError) as info:
         c.predict(img, side="bad")
     assert info.value.status == 422 and info.value.code == "bad_option"

@@ -25,10 +25,11 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from conftest import check_camera_identity, check_prediction, free_port
+from conftest import SAMPLES, check_camera_identity, check_prediction, free_port
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from backend import detect_mediapipe
 from backend.cli import OptionError
 from backend.inference import HandRequest, load_image
 from backend.server import ApiError, check_bind, create_app, decode_image, is_loopback
@@ -36,6 +37,7 @@ from backend.server import ApiError, check_bind, create_app, decode_image, is_lo
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
 MAX_UPLOAD_MB = 2
+WILD = SAMPLES / "wild_hamer" / "test5.jpg"  # a woman holding both hands at her face
 
 
 @dataclass
@@ -188,6 +190,37 @@ def test_predict_sample_photo(http, photo_bytes, sample_box, predictor) -> None:
     )
 
 
+def test_predict_refine_field(http, photo_bytes, sample_box, predictor) -> None:
+    """refine=off gives the network's hand as it is (the same as an in-process call without the
+    fit); refine=auto fits each hand MediaPipe finds to its landmarks."""
+
+    def post(data: bytes, **fields: str) -> dict:
+        response = http.post(
+            "/v1/predict", files={"image": ("photo.jpg", data, "image/jpeg")}, data=fields
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    off = post(photo_bytes, box=box_field(sample_box), side="left", refine="off")
+    assert off["hands"][0]["fit"] is None
+    image, exif = load_image(photo_bytes)
+    direct = predictor.predict(
+        image, [HandRequest(sample_box, "left")], exif_f35_mm=exif, refine=False
+    )
+    np.testing.assert_allclose(
+        off["hands"][0]["joints3d_cam"], direct["hands"][0]["joints3d_cam"], atol=1e-5
+    )
+    if not detect_mediapipe.available() or not WILD.is_file():
+        pytest.skip("needs mediapipe and the wild sample photos")
+    wild = WILD.read_bytes()
+    plain, fitted = post(wild, refine="off"), post(wild, refine="auto")
+    assert len(plain["hands"]) == len(fitted["hands"]) == 2  # MediaPipe finds both hands
+    for raw, hand in zip(plain["hands"], fitted["hands"], strict=True):
+        assert raw["fit"] is None and raw["box_xyxy"] == hand["box_xyxy"]
+        assert hand["fit"]["rms_px_after"] < hand["fit"]["rms_px_before"]
+        check_camera_identity(hand)
+
+
 def test_predict_several_boxes_in_one_field(http, photo_bytes, sample_box) -> None:
     boxes = f"{box_field(sample_box)};150,300,300,450"
     response = http.post(
@@ -251,6 +284,7 @@ def test_bad_images(http, photo_bytes, sample_box, server: Server) -> None:
         ({"focal": "wide"}, "number"),
         ({"colour": "blue"}, "unknown"),
         ({"detector": "yolo"}, "detector"),
+        ({"refine": "always"}, "refine"),
     ],
 )
 def test_bad_options_are_422(http, photo_bytes, data, message) -> None:
@@ -429,6 +463,7 @@ def test_bad_jobs(http, hand_video, tmp_path) -> None:
         http.post("/v1/jobs", json={"path": str(hand_video.path), "box": [300, 300, 400, 400]}),
         422,
     )
+    assert_error(http.post("/v1/jobs", json={"path": str(hand_video.path), "refine": 1}), 422)
     assert_error(http.post("/v1/jobs", json=[1, 2]), 400, "bad_json")
     assert_error(http.post("/v1/jobs", files={"other": ("a", b"1")}), 422, "unknown_field")
     assert http.get("/v1/health").status_code == 200

@@ -6,7 +6,11 @@ Two references, both independent of MediaPipe:
    against the true 3D joints (PA-MPJPE, mm) and 2D keypoints (mean error, px of the 256 crop);
 2. every annotated hand in ../shared/samples that MediaPipe finds (IoU > 0.5 with the annotated
    keypoints' box): 2D error in box sides and PCK at 0.1 box side, for the network, MediaPipe's
-   landmarks and the refined hand; PA-MPJPE where the set has 3D (InterHand2.6M).
+   landmarks and the refined hand; PA-MPJPE where the set has 3D (InterHand2.6M);
+3. with --video: for each of those photos (FreiHAND's 224-pixel ones aside), a clip panning
+   across it (--frames frames, a known shift per frame, the frame 10 % smaller than the photo),
+   through `hamr video`'s `process_video` (default smoothing) without and with refine: each
+   frame's 2D error against the shifted annotations, in box sides, and the seconds per frame.
 Prints one JSON object. Runs on the CPU; the shipped checkpoint unless --checkpoint.
 """
 
@@ -122,22 +126,94 @@ def samples(predictor: Predictor) -> dict:
     return out
 
 
+def _pan_clip(photo: np.ndarray, path, frames: int) -> tuple[int, int]:
+    """Write a clip panning right across `photo`; returns (shift per frame, top margin) px."""
+    import cv2
+
+    h, w = photo.shape[:2]
+    margin = int(min(w, h) * 0.1) & ~1
+    shift = max(1, margin // frames)
+    size = ((w - margin) & ~1, (h - margin) & ~1)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, size)
+    for i in range(frames):
+        window = photo[margin // 2 : margin // 2 + size[1], shift * i : shift * i + size[0]]
+        writer.write(cv2.cvtColor(np.ascontiguousarray(window), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return shift, margin // 2
+
+
+def video(predictor: Predictor, frames: int) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    from backend.video import process_video
+    from training.data.samples import DEFAULT_SAMPLES_ROOT, NAMES, SampleSet
+
+    if not DEFAULT_SAMPLES_ROOT.is_dir():
+        return {"skipped": f"no sample photos at {DEFAULT_SAMPLES_ROOT}"}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in NAMES:
+            if name == "freihand":
+                continue
+            dataset = SampleSet(None, name)
+            for k, hand in enumerate(dataset.hands):
+                image, _ = load_image(dataset.dir / hand.file)
+                vis = hand.vis > 0
+                lo, hi = hand.uv[vis].min(0), hand.uv[vis].max(0)
+                if not any(
+                    iou(d["box_xyxy"], (*lo, *hi)) > 0.5 for d in detect_mediapipe.detect(image)
+                ):
+                    continue
+                path = Path(tmp) / f"{name}_{k}.mp4"
+                shift, top = _pan_clip(image, path, frames)
+                row = {"set": name, "hand": k}
+                for refine in (False, True):
+                    t0 = time.perf_counter()
+                    result = process_video(predictor, path, min_score=0.0, refine=refine)
+                    seconds = (time.perf_counter() - t0) / frames
+                    errors = []
+                    for frame in result["frames"]:
+                        truth = hand.uv - [shift * frame["index"], top]
+                        box = (*truth[vis].min(0), *truth[vis].max(0))
+                        best = max(frame["hands"], key=lambda h: iou(h["box_xyxy"], box),
+                                   default=None)  # fmt: skip
+                        if best is None or iou(best["box_xyxy"], box) < 0.3:
+                            errors.append(np.nan)  # the hand was not tracked in this frame
+                            continue
+                        uv = np.asarray(best["keypoints2d"])[vis]
+                        errors.append(_px(uv, truth[vis]) / float(max(hi - lo)))
+                    key = "refined" if refine else "net"
+                    row[f"err_{key}"] = float(np.nanmean(errors)) if errors else float("nan")
+                    row[f"s_per_frame_{key}"] = seconds
+                rows.append(row)
+    out: dict = {"clips": len(rows), "frames_per_clip": frames}
+    for key in ("err_net", "err_refined", "s_per_frame_net", "s_per_frame_refined"):
+        out[f"mean_{key}"] = round(float(np.nanmean([r[key] for r in rows])), 3)
+    out["better_refined"] = sum(r["err_refined"] < r["err_net"] for r in rows)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--count", type=int, default=64, help="synthetic test crops")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--video", action="store_true", help="also the panning clips (section 3)")
+    ap.add_argument("--video-only", action="store_true", help="section 3 alone")
+    ap.add_argument("--frames", type=int, default=8, help="frames of each panning clip")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not detect_mediapipe.available():
         raise SystemExit("tools.eval_refine needs mediapipe (make setup installs it)")
     predictor = Predictor(args.checkpoint)
-    result = {
-        "checkpoint": predictor.checkpoint.name,
-        "synthetic_test": synthetic(predictor, args.count),
-        "samples": samples(predictor),
-    }
+    result: dict = {"checkpoint": predictor.checkpoint.name}
+    if not args.video_only:
+        result["synthetic_test"] = synthetic(predictor, args.count)
+        result["samples"] = samples(predictor)
+    if args.video or args.video_only:
+        result["video"] = video(predictor, args.frames)
     print(json.dumps(result, indent=1))
 
 
