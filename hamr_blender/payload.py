@@ -335,6 +335,7 @@ class Track:
     betas: np.ndarray  # (N, 10)
     transl: np.ndarray  # (N, 3) camera frame
     K: np.ndarray  # (3, 3) of the first frame
+    fitted_frames: int = 0  # frames fitted to MediaPipe's landmarks (the hand's "fit" is set)
 
     @property
     def shape_betas(self) -> np.ndarray:
@@ -403,9 +404,45 @@ def video_tracks(video: VideoResult) -> list[Track]:
                 betas=np.stack([h.betas for _, h in items]),
                 transl=np.stack([h.transl for _, h in items]),
                 K=items[0][1].K,
+                fitted_frames=sum(bool(h.raw.get("fit")) for _, h in items),
             )
         )
     return tracks
+
+
+DETECTOR_NAMES = {"mediapipe": "MediaPipe Hands", "hamr": "the HAMR network"}
+
+
+def describe(doc: Any) -> list[str]:
+    """Short lines for the UI about a hand's stored record: the one-hand ``hamr.prediction/1``
+    kept on an imported armature, or the ``hamr.video/1`` track record of a keyed one. Unknown
+    or damaged records give one line saying so (never an exception)."""
+    if not isinstance(doc, Mapping):
+        return ["No HAMR record on this hand"]
+    schema = doc.get("schema")
+    if schema == VIDEO_SCHEMA:
+        lines = [f"Video track {doc.get('track', '?')}, {doc.get('fps', 0):g} fps"]
+        frames, fitted = doc.get("frames"), doc.get("fitted_frames")
+        if isinstance(frames, int) and isinstance(fitted, int):
+            lines.append(f"Fitted to landmarks on {fitted} of {frames} frames")
+        return lines
+    hands = doc.get("hands")
+    if schema != PREDICTION_SCHEMA or not isinstance(hands, list) or not hands:
+        return ["Unrecognised HAMR record"]
+    hand = hands[0] if isinstance(hands[0], Mapping) else {}
+    side = str(hand.get("side", "?")).capitalize()
+    lines = [f"{side} hand, confidence {float(hand.get('score', 0.0)):.2f}"]
+    detector = doc.get("detector")
+    lines.append(
+        f"Found by {DETECTOR_NAMES[detector]}" if detector in DETECTOR_NAMES else "Box given"
+    )
+    fit = hand.get("fit")
+    if isinstance(fit, Mapping) and "rms_px_after" in fit:
+        before, after = float(fit.get("rms_px_before", math.nan)), float(fit["rms_px_after"])
+        lines.append(f"Fitted to landmarks: {before:.1f} -> {after:.1f} px")
+    else:
+        lines.append("Not fitted to landmarks (the network's hand)")
+    return lines
 
 
 def image_size_from_K(K: np.ndarray) -> tuple[int, int]:

@@ -410,7 +410,13 @@ def key_video(
             arm_obj.pose.bones[bone].rotation_quaternion = quats[0, j].tolist()
         arm_obj["hamr_betas"] = [float(b) for b in track.shape_betas]
         arm_obj[PREDICTION_PROP] = json.dumps(
-            {"schema": "hamr.video/1", "fps": video.fps, "track": track.track}
+            {
+                "schema": "hamr.video/1",
+                "fps": video.fps,
+                "track": track.track,
+                "frames": len(track.frame_indices),
+                "fitted_frames": track.fitted_frames,
+            }
         )
         arm_obj[CAMERA_PROP] = _camera_record(track.K, width, height, source, "parent", rel)
         last_frame = max(last_frame, int(frames[-1]))

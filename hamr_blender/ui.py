@@ -11,6 +11,8 @@ HAMR installed, optional checkpoint), a token, the start timeout. Imports bpy.
 
 from __future__ import annotations
 
+import json
+
 import bpy
 from bpy.props import (
     BoolProperty,
@@ -23,7 +25,9 @@ from bpy.props import (
 
 from . import backend_process, operators
 from .client import DEFAULT_URL
+from .payload import describe
 from .rig import find_hand_armature, hand_mesh
+from .scene import PREDICTION_PROP
 
 
 class HAMR_Preferences(bpy.types.AddonPreferences):
@@ -199,6 +203,13 @@ class HAMR_PT_active(_HamrPanel, bpy.types.Panel):
         arm = find_hand_armature(context.active_object)
         layout = self.layout
         layout.label(text=arm.name, icon="ARMATURE_DATA")
+        try:
+            record = json.loads(arm.get(PREDICTION_PROP, "null"))
+        except (TypeError, ValueError):
+            record = None
+        col = layout.column(align=True)
+        for line in describe(record):
+            col.label(text=line)
         layout.operator("hamr.align_camera", icon="CAMERA_DATA")
         mesh = hand_mesh(arm)
         keys = mesh.data.shape_keys if mesh is not None else None

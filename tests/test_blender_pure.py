@@ -245,6 +245,8 @@ def test_video_tracks_group_by_track_and_side() -> None:
     frames = []
     for i in range(6):
         hands = [_hand("right", track=0, shift=0.01 * i)]
+        if i < 4:  # track 0 fitted to landmarks on four frames
+            hands[0]["fit"] = {"landmarks": "mediapipe", "rms_px_before": 9.0, "rms_px_after": 2.0}
         if i % 2 == 0:
             hands.append(_hand("left" if i else "right", track=1))  # track 1: mostly left
         frames.append({"index": 5 - i, "hands": hands})  # out of order on purpose
@@ -255,6 +257,7 @@ def test_video_tracks_group_by_track_and_side() -> None:
     assert tracks[0].side == "right" and list(tracks[0].frame_indices) == list(range(6))
     assert tracks[1].side == "left" and len(tracks[1].frame_indices) == 2  # the right one dropped
     assert tracks[0].pose_axis_angle.shape == (6, 16, 3) and tracks[0].shape_betas.shape == (10,)
+    assert (tracks[0].fitted_frames, tracks[1].fitted_frames) == (4, 0)
     with pytest.raises(payload.PayloadError, match="fps"):
         payload.parse_video({"schema": "hamr.video/1", "fps": -1, "frames": []})
     assert payload.image_size_from_K(np.array(_hand()["camera"]["K"])) == (320, 240)
@@ -357,6 +360,28 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_describe_stored_records() -> None:
+    hand = {"side": "left", "score": 0.8123, "fit": {"rms_px_before": 31.04, "rms_px_after": 4.96}}
+    doc = {"schema": "hamr.prediction/1", "detector": "mediapipe", "hands": [hand]}
+    assert payload.describe(doc) == [
+        "Left hand, confidence 0.81",
+        "Found by MediaPipe Hands",
+        "Fitted to landmarks: 31.0 -> 5.0 px",
+    ]
+    plain = {"schema": "hamr.prediction/1", "detector": None, "hands": [{**hand, "fit": None}]}
+    assert payload.describe(plain)[1:] == [
+        "Box given",
+        "Not fitted to landmarks (the network's hand)",
+    ]
+    video = {"schema": "hamr.video/1", "fps": 29.97, "track": 1, "frames": 40, "fitted_frames": 38}
+    assert payload.describe(video) == [
+        "Video track 1, 29.97 fps",
+        "Fitted to landmarks on 38 of 40 frames",
+    ]
+    for damaged in (None, [], {"schema": "x"}, {"schema": "hamr.prediction/1", "hands": []}):
+        assert len(payload.describe(damaged)) == 1
 
 
 def test_client_unreachable_backend_has_a_clear_message() -> None:

@@ -232,8 +232,14 @@ def _frames(path: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def unsmoothed(predictor, hand_video) -> dict:
+    # steps 1-4 and 6 alone: no fit to MediaPipe's landmarks (tests/test_detect.py covers it)
     return process_video(
-        predictor, hand_video.path, boxes=[hand_video.boxes[0]], smoothing=0.0, min_score=0.0
+        predictor,
+        hand_video.path,
+        boxes=[hand_video.boxes[0]],
+        smoothing=0.0,
+        min_score=0.0,
+        refine=False,
     )
 
 
@@ -266,8 +272,8 @@ def test_video_track_shape_is_the_score_weighted_mean(predictor, hand_video, uns
     raw_betas, raw_scores = [], []
     for image, frame in zip(frames, unsmoothed["frames"], strict=True):
         hand = frame["hands"][0]
-        # the same crop, predicted alone: the frame's own pose, shape and score (video frames are
-        # not refined on MediaPipe's landmarks)
+        # the same crop, predicted alone: the frame's own pose, shape and score (the fixture
+        # does not refine on MediaPipe's landmarks)
         request = HandRequest(hand["box_xyxy"], hand["side"])
         alone = predictor.predict(image, [request], refine=False)["hands"][0]
         np.testing.assert_allclose(hand["pose_axis_angle"], alone["pose_axis_angle"], atol=1e-5)
