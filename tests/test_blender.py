@@ -153,6 +153,8 @@ def test_extension_builds_validates_installs_and_registers(
         "hamr.keyframe_video", "hamr.align_camera",
     }  # fmt: skip
     assert out["drawn_props"] >= 10
+    # the Active Hand panel describes the hand's stored prediction
+    assert "Fitted to landmarks: 12.0 -> 3.0 px" in out["drawn_labels"]
     assert {"backend_url", "token", "start_command", "python_path"} <= set(out["prefs_drawn"])
     assert not any(out["after_disable"].values()), out["after_disable"]
 

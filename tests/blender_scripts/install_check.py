@@ -8,6 +8,7 @@ unregisters everything.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import _common
@@ -99,6 +100,14 @@ arm, mesh, _ = pkg.rig.build_hand_rig(
 bpy.context.scene.collection.objects.link(arm)
 bpy.context.scene.collection.objects.link(mesh)
 bpy.context.view_layer.objects.active = arm
+fit = {"landmarks": "mediapipe", "rms_px_before": 12.0, "rms_px_after": 3.0}
+arm["hamr_prediction"] = json.dumps(
+    {
+        "schema": "hamr.prediction/1",
+        "detector": "mediapipe",
+        "hands": [{"side": "right", "score": 0.5, "fit": fit}],
+    }
+)
 drawn: list = []
 for name in out["panels"]:
     cls = getattr(bpy.types, name)
@@ -107,6 +116,7 @@ for name in out["panels"]:
     cls.draw(FakePanel(drawn), bpy.context)
 out["drawn_operators"] = sorted({d[1] for d in drawn if d[0] == "operator"})
 out["drawn_props"] = len([d for d in drawn if d[0] in ("prop", "prop_search")])
+out["drawn_labels"] = [d[1] for d in drawn if d[0] == "label"]
 prefs_drawn: list = []
 fake_prefs = FakePanel(prefs_drawn)
 fake_prefs.bl_rna = prefs.bl_rna  # the preferences draw their own properties
