@@ -10,7 +10,7 @@ and translation and minimise, with Adam over `FitSettings.iterations` steps:
       + betas * mean(beta^2)                                     the shape prior (one beta)
       + geometric * mean_f anatomy(J_f)                          `backend.hand_model.anatomy`
       + depth * mean_f log(t_fz / t_fz^net)^2                     the hand's distance
-      + temporal * mean_f,j |X_f-1,j - 2 X_fj + X_f+1,j|^2 / a^2  video: camera-frame joints X
+      + temporal * mean_f,j rho_c(|X_f-1,j - 2 X_fj + X_f+1,j|) / a^2   video: camera joints X
 
 where f runs over the frames (one for a photo; the data term over the frames that have landmarks),
 rho(r) = r^2 / (r^2 + sigma^2) (Geman-McClure, so a few wrong landmarks cannot drag the hand;
@@ -18,7 +18,11 @@ sigma shrinks from `sigma_start` over the iterations, so landmarks far from a po
 and anatomy is the geometric-constraint term of training (finger planarity, no backward bending).
 The temporal term penalises the joints' acceleration between consecutive frames (a = the
 `temporal_scale` in metres per frame^2), so frame-to-frame jitter of the landmarks does not become
-jitter of the hand, and frames without landmarks follow their neighbours. The global orientation
+jitter of the hand, and frames without landmarks follow their neighbours. It is robust too
+(rho_c(x) = c^2 x^2 / (x^2 + c^2), c = `temporal_robust`): where the network's own hands jump by
+centimetres or metres between frames (a track that lost its hand), the jump costs a bounded
+amount and cannot drag a frame off its landmarks (without it, one such track went from 93 to 545
+px of landmark error). The global orientation
 is free. Without the depth term the fit can pull the hand towards the camera, where a larger
 projection fits the landmarks as well; a first rigid stage on the palm's landmarks alone was tried
 and dropped (the palm's near-planar points let it settle on the mirrored orientation). The joint
@@ -26,8 +30,10 @@ order of the landmarks is the project's (MediaPipe's is the same). The weights w
 synthetic test split and the annotated sample photos (README: "Refining on MediaPipe's
 landmarks"); `python -m tools.eval_refine` measures them.
 
-A track is fitted in chunks of `FitSettings.chunk` frames, one batch each (memory stays bounded on
-long clips); each chunk's temporal term also sees the last two fitted frames of the one before.
+A track longer than `FitSettings.chunk` frames is fitted in chunks of that many, one batch each
+(memory stays bounded on long clips): first its one shape, fitted on `chunk` frames spread over
+the whole track, then each chunk's pose and translation with that shape, the chunk's temporal term
+also seeing the last two fitted frames of the one before.
 
 Imports torch and the backend's hand model only.
 """
@@ -55,6 +61,7 @@ class FitSettings:
     depth: float = 10.0  # pull of the hand's distance towards the network's, on log(z / z0)
     temporal: float = 1.0  # video: weight of the joints' acceleration between consecutive frames
     temporal_scale: float = 0.005  # ... an acceleration of this many metres per frame^2 costs 1
+    temporal_robust: float = 0.02  # metres per frame^2: larger accelerations stop pulling
     iterations: int = 150
     lr: float = 0.03  # Adam step for pose and shape (radians, shape units); translation x 0.05
     chunk: int = 256  # video: frames fitted in one batch
@@ -126,9 +133,10 @@ def _fit_batch(
             )
             if temporal:
                 seq = cam if anchor is None else torch.cat([anchor, cam])
-                accel = seq[triples - 1] - 2 * seq[triples] + seq[triples + 1]
+                accel2 = (seq[triples - 1] - 2 * seq[triples] + seq[triples + 1]).square().sum(-1)
+                c2 = settings.temporal_robust**2
                 loss = loss + settings.temporal * (
-                    accel.square().sum(-1).mean() / settings.temporal_scale**2
+                    (c2 * accel2 / (accel2 + c2)).mean() / settings.temporal_scale**2
                 )
             optim.zero_grad()
             loss.backward()
@@ -241,6 +249,15 @@ def fit_track(
     out_pose, out_t, out_joints = [], [], []
     betas1 = betas0
     size = max(1, settings.chunk)
+    if n > size:
+        # a long track: its one shape first, from `size` frames spread over the whole track
+        # (no temporal term: they are not consecutive), then every chunk with that shape
+        pick = torch.from_numpy(np.unique(np.linspace(0, n - 1, size).round().astype(np.int64)))
+        pick = pick.to(device)
+        _, betas1, _, _ = _fit_batch(
+            hand_model, side, pose0[pick], betas0, t0[pick], K, target[pick], valid[pick],
+            sides[pick], settings,
+        )  # fmt: skip
     for start in range(0, n, size):
         sl = slice(start, min(n, start + size))
         # the previous chunk's last two frames, when they and this chunk's first are consecutive
@@ -260,7 +277,7 @@ def fit_track(
             settings,
             linked[sl],
             anchor,
-            fit_shape=start == 0,  # the first chunk fixes the track's shape
+            fit_shape=n <= size,  # one batch: its shape is free
         )
         out_pose.append(pose1)
         out_t.append(t1)

@@ -173,18 +173,17 @@ def test_fit_track_temporal_term_damps_landmark_noise(right):
 
 
 def test_fit_track_in_chunks_matches_one_batch(right):
+    """A track longer than the chunk: its shape is fitted first on frames spread over the whole
+    track, then each chunk with that shape; the result stays near the one-batch fit."""
     poses, transl, clean, noisy = _moving_track(right)
     box = float((clean[0].max(0) - clean[0].min(0)).max())
     args = (right, "right", _track_start(poses), torch.zeros(10), transl, K, list(noisy))
     whole = fit_track(*args, [box] * 12, range(12))
     chunked = fit_track(*args, [box] * 12, range(12), settings=FitSettings(chunk=5))
-    np.testing.assert_allclose(chunked["betas"], fit_track(
-        right, "right", _track_start(poses)[:5], torch.zeros(10), transl[:5], K, list(noisy[:5]),
-        [box] * 5, range(5))["betas"], atol=1e-5)  # fmt: skip
-    # a chunk fits its own frames with the first chunk's shape: a little apart from the one
-    # batch (measured up to 3.3 px on a 150 px hand), and as close to the truth
-    assert _px(chunked["keypoints2d"], whole["keypoints2d"]).max() < 0.04 * box
-    assert _px(chunked["keypoints2d"], clean).mean() < 1.2 * _px(whole["keypoints2d"], clean).mean()
+    # measured: at most 3.5 px apart on a 165 px hand; mean error to the truth 5.5 against 4.7 px
+    assert _px(chunked["keypoints2d"], whole["keypoints2d"]).max() < 0.03 * box
+    assert _px(chunked["keypoints2d"], clean).mean() < 1.3 * _px(whole["keypoints2d"], clean).mean()
+    assert chunked["betas"].shape == (10,) and np.isfinite(chunked["joints"]).all()
 
 
 def test_fit_track_of_one_frame_is_the_photo_fit(right):
