@@ -8,6 +8,7 @@
    detections are matched to the tracks by box overlap (IoU > MATCH_IOU, same side), so a
    re-found hand keeps its id, and new hands get the next id;
 2. tracking: each track's box for the next frame is the tight box of its predicted 2D keypoints
+   (of MediaPipe's landmarks for the hand, when it has them)
    grown on every side by TRACK_MARGIN of its longer side (as training crops hands), clipped to
    the image; a track whose score stays below `min_score` for `patience` frames is lost; of two
    tracks that collapse onto one hand (IoU > DUPLICATE_IOU) the weaker is dropped;
@@ -230,7 +231,10 @@ class HandTracker:
         for track, hand in zip(self.tracks, hands, strict=True):
             hand["track"] = track.id
             track.side = hand["side"]
-            track.box_xyxy = keypoint_box(np.asarray(hand["keypoints2d"]), width, height)
+            # MediaPipe's landmarks, where the hand has them, place the next crop better than the
+            # network's keypoints (they keep a track on its hand through frames MediaPipe misses)
+            keypoints = hand.get(LANDMARKS_KEY, hand["keypoints2d"])
+            track.box_xyxy = keypoint_box(np.asarray(keypoints), width, height)
             track.low_frames = track.low_frames + 1 if hand["score"] < self.min_score else 0
         keep = list(range(len(hands)))
         for i in range(len(hands)):
@@ -332,11 +336,11 @@ def process_video(
                     fallback = detect_hands(predictor, image, side, max_hands, asked)[0]
                 tracker.add_detections(fallback)
             requests = tracker.requests()
-            if refine and mp_hands:
+            if mp_hands:
                 requests = with_mediapipe(image, requests, found=mp_hands)
             hands = predictor.predict(image, hands=requests, focal=focal, refine=False)["hands"]
             for hand, req in zip(hands, requests, strict=True):
-                if refine and req.landmarks is not None:
+                if req.landmarks is not None:
                     hand[LANDMARKS_KEY] = req.landmarks  # taken off again by finalize_tracks
         frames.append({"index": index, "hands": tracker.update(hands, w, h)})
         total = max(total, index + 1)
