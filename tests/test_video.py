@@ -32,6 +32,7 @@ from backend.smoothing import (
     smooth_track,
 )
 from backend.video import (
+    LANDMARKS_KEY,
     SCHEMA,
     HandTracker,
     VideoCancelled,
@@ -208,6 +209,17 @@ def test_tracker_keeps_ids_loses_and_refinds_tracks() -> None:
     )
     assert [t.id for t in tracker.tracks] == [0, 1]  # max_hands = 2: no room for the third
     assert tracker.tracks[1].box_xyxy == (198.0, 10.0, 252.0, 64.0)
+
+
+def test_tracker_moves_a_box_onto_mediapipe_landmarks_when_the_hand_has_them() -> None:
+    tracker = HandTracker(max_hands=1, min_score=0.2, patience=2, redetect_every=5)
+    tracker.add_detections([HandRequest((10, 10, 60, 60), "right")])
+    hand = _hand((30, 30, 80, 80), 0.9)  # the network's keypoints, off to one side
+    hand[LANDMARKS_KEY] = np.asarray(_hand((12, 12, 62, 62), 1.0)["keypoints2d"])
+    tracker.update([hand], 640, 480)
+    assert tracker.tracks[0].box_xyxy == pytest.approx((7.0, 7.0, 67.0, 67.0))  # the landmarks'
+    tracker.update([_hand((30, 30, 80, 80), 0.9)], 640, 480)  # none: the network's keypoints
+    assert tracker.tracks[0].box_xyxy == pytest.approx((25.0, 25.0, 85.0, 85.0))
 
 
 def test_tracker_drops_duplicate_tracks() -> None:
