@@ -26,6 +26,12 @@ def square_crop(box_xyxy: Tensor, scale: float | Tensor = CROP_SCALE) -> Tensor:
     return torch.cat([centre, side[..., None]], dim=-1)
 
 
+def box_side(box_xyxy) -> float:
+    """The longer side of one (x0, y0, x1, y1) box, pixels."""
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    return max(x1 - x0, y1 - y0)
+
+
 def crop_to_box(crop: Tensor) -> Tensor:
     """(..., 3) square crops (cx, cy, side) -> (..., 4) boxes (x0, y0, x1, y1)."""
     half = crop[..., 2:] / 2

@@ -68,6 +68,8 @@ class FitSettings:
 
 
 def _tensor(x, device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=torch.float32)
     return torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
 
 
@@ -174,31 +176,19 @@ def fit_to_landmarks(
     K, target = _tensor(K, device), _tensor(landmarks, device)
     if target.shape != (21, 2) or not torch.isfinite(target).all():
         raise ValueError(f"landmarks must be 21 finite (x, y) pixels, got {tuple(target.shape)}")
-    pose1, betas1, t1, joints = _fit_batch(
-        hand_model,
-        side,
-        pose0.reshape(1, 16, 3),
-        betas0,
-        t0[None],
-        K,
-        target[None],
-        torch.ones(1, dtype=torch.bool, device=device),
-        torch.full((1,), float(box_side), device=device),
+    fitted = fit_track(
+        hand_model, side, pose0.reshape(1, 16, 3), betas0, t0[None], K, [target], [box_side], [0],
         settings,
-    )
-    with torch.no_grad():
-        before = project_points(
-            hand_model(pose0.reshape(1, 16, 3), betas0[None], t0[None]).keypoints, K
-        )
-        after = project_points(joints, K)
+    )  # fmt: skip
+    as_t = lambda x: torch.from_numpy(x).to(device)  # noqa: E731
     return {
-        "pose": pose1[0],
-        "betas": betas1,
-        "transl": t1[0],
-        "joints": joints[0],
-        "keypoints2d": after[0],
-        "rms_px_before": float(_rms(before[0], target)),
-        "rms_px_after": float(_rms(after[0], target)),
+        "pose": as_t(fitted["pose"][0]),
+        "betas": as_t(fitted["betas"]),
+        "transl": as_t(fitted["transl"][0]),
+        "joints": as_t(fitted["joints"][0]),
+        "keypoints2d": as_t(fitted["keypoints2d"][0]),
+        "rms_px_before": float(fitted["rms_px_before"][0]),
+        "rms_px_after": float(fitted["rms_px_after"][0]),
     }
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from backend.crop import CROP_SIZE, crop_image, points_from_crop, square_crop
+from backend.crop import CROP_SIZE, box_side, crop_image, points_from_crop, square_crop
 from backend.hand_model.model import HandModel, mirror_pose
 from backend.network.camera import normalized_to_pixels, weak_to_full_translation
 from backend.network.checkpoint import load_checkpoint
@@ -307,7 +307,6 @@ class Predictor:
         error in pixels before and after."""
         from backend.fit import fit_to_landmarks
 
-        x0, y0, x1, y1 = hand["box_xyxy"]
         fitted = fit_to_landmarks(
             self.hands[hand["side"]],
             hand["side"],
@@ -316,7 +315,7 @@ class Predictor:
             hand["transl"],
             hand["camera"]["K"],
             landmarks,
-            max(x1 - x0, y1 - y0),
+            box_side(hand["box_xyxy"]),
         )
         hand.update(
             pose_axis_angle=fitted["pose"].tolist(),

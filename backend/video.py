@@ -54,7 +54,9 @@ import cv2
 import numpy as np
 import torch
 
+from backend import detect_mediapipe
 from backend.cli import check_box, check_side, parse_focal, parse_smoothing
+from backend.crop import box_side
 from backend.detect import detect_hands, find_hands, iou, resolve_detector
 from backend.fit import fit_track
 from backend.inference import (
@@ -309,8 +311,6 @@ def process_video(
     per_frame = not boxes and resolve_detector(predictor, asked) == "mediapipe"
     if refine is None:
         refine = getattr(predictor, "refine", "off") == "auto"
-    from backend import detect_mediapipe
-
     refine = refine and detect_mediapipe.available()
     focal = focal or default_focal(info.width, info.height)
     tracker = HandTracker(max_hands, min_score, patience, redetect_every)
@@ -408,10 +408,7 @@ def finalize_tracks(
                 transl,
                 K.numpy(),
                 landmarks,
-                [
-                    max(h["box_xyxy"][2] - h["box_xyxy"][0], h["box_xyxy"][3] - h["box_xyxy"][1])
-                    for h in hands
-                ],
+                [box_side(h["box_xyxy"]) for h in hands],
                 [i for i, _ in items],
             )
             poses, transl = fitted["pose"].astype(np.float64), fitted["transl"].astype(np.float64)

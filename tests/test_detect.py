@@ -198,38 +198,20 @@ def test_video_refine_fits_tracks_to_the_landmarks(predictor, tmp_path) -> None:
     refine, every frame's hand carries its fit record and lies much closer to the annotated
     keypoints than the network's hand alone (measured 0.41 -> 0.17 of the hand box); without it,
     no hand has a fit."""
-    import cv2
-
     from backend.video import process_video
+    from tools.eval_refine import pan_clip, pan_errors
     from training.data.samples import SampleSet
 
     if not SAMPLES.is_dir():
         pytest.skip(f"sample photos not available ({SAMPLES})")
     dataset = SampleSet(SAMPLES, "panoptic")
     hand = dataset.hands[3]
-    photo = _rgb(dataset.dir / hand.file)
-    h, w = photo.shape[:2]
-    margin = int(min(w, h) * 0.1) & ~1
-    frames, shift = 6, margin // 6
-    size = ((w - margin) & ~1, (h - margin) & ~1)
     path = tmp_path / "pan.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, size)
-    for i in range(frames):
-        window = photo[margin // 2 : margin // 2 + size[1], shift * i : shift * i + size[0]]
-        writer.write(cv2.cvtColor(np.ascontiguousarray(window), cv2.COLOR_RGB2BGR))
-    writer.release()
-    vis = hand.vis > 0
-    side = float((hand.uv[vis].max(0) - hand.uv[vis].min(0)).max())
+    shift, top = pan_clip(_rgb(dataset.dir / hand.file), path, frames=6)
 
     def error(result) -> float:
-        errors = []
-        for frame in result["frames"]:
-            truth = hand.uv - [shift * frame["index"], margin // 2]
-            box = [*truth[vis].min(0), *truth[vis].max(0)]
-            best = max(frame["hands"], key=lambda h: iou(h["box_xyxy"], box))
-            assert iou(best["box_xyxy"], box) > 0.3, frame["index"]
-            uv = np.asarray(best["keypoints2d"])[vis]
-            errors.append(np.linalg.norm(uv - truth[vis], axis=1).mean() / side)
+        errors = pan_errors(result, hand.uv, hand.vis > 0, shift, top)
+        assert not np.isnan(errors).any(), errors  # the hand is tracked on every frame
         return float(np.mean(errors))
 
     plain = process_video(predictor, path, max_hands=2, min_score=0.0, refine=False)

@@ -126,7 +126,7 @@ def samples(predictor: Predictor) -> dict:
     return out
 
 
-def _pan_clip(photo: np.ndarray, path, frames: int) -> tuple[int, int]:
+def pan_clip(photo: np.ndarray, path, frames: int) -> tuple[int, int]:
     """Write a clip panning right across `photo`; returns (shift per frame, top margin) px."""
     import cv2
 
@@ -140,6 +140,23 @@ def _pan_clip(photo: np.ndarray, path, frames: int) -> tuple[int, int]:
         writer.write(cv2.cvtColor(np.ascontiguousarray(window), cv2.COLOR_RGB2BGR))
     writer.release()
     return shift, margin // 2
+
+
+def pan_errors(result: dict, uv: np.ndarray, vis: np.ndarray, shift: int, top: int) -> list:
+    """Per frame of a `pan_clip` video result: the 2D error of the tracked hand that best overlaps
+    the annotated one (keypoints `uv`, visible where `vis`), shifted as the clip pans, in sides
+    of its box; NaN where no tracked hand overlaps it (IoU < 0.3)."""
+    side = float(max(uv[vis].max(0) - uv[vis].min(0)))
+    errors = []
+    for frame in result["frames"]:
+        truth = uv - [shift * frame["index"], top]
+        box = (*truth[vis].min(0), *truth[vis].max(0))
+        best = max(frame["hands"], key=lambda h: iou(h["box_xyxy"], box), default=None)
+        if best is None or iou(best["box_xyxy"], box) < 0.3:
+            errors.append(np.nan)  # the hand was not tracked in this frame
+            continue
+        errors.append(_px(np.asarray(best["keypoints2d"])[vis], truth[vis]) / side)
+    return errors
 
 
 def video(predictor: Predictor, frames: int) -> dict:
@@ -166,23 +183,13 @@ def video(predictor: Predictor, frames: int) -> dict:
                 ):
                     continue
                 path = Path(tmp) / f"{name}_{k}.mp4"
-                shift, top = _pan_clip(image, path, frames)
+                shift, top = pan_clip(image, path, frames)
                 row = {"set": name, "hand": k}
                 for refine in (False, True):
                     t0 = time.perf_counter()
                     result = process_video(predictor, path, min_score=0.0, refine=refine)
                     seconds = (time.perf_counter() - t0) / frames
-                    errors = []
-                    for frame in result["frames"]:
-                        truth = hand.uv - [shift * frame["index"], top]
-                        box = (*truth[vis].min(0), *truth[vis].max(0))
-                        best = max(frame["hands"], key=lambda h: iou(h["box_xyxy"], box),
-                                   default=None)  # fmt: skip
-                        if best is None or iou(best["box_xyxy"], box) < 0.3:
-                            errors.append(np.nan)  # the hand was not tracked in this frame
-                            continue
-                        uv = np.asarray(best["keypoints2d"])[vis]
-                        errors.append(_px(uv, truth[vis]) / float(max(hi - lo)))
+                    errors = pan_errors(result, hand.uv, vis, shift, top)
                     key = "refined" if refine else "net"
                     row[f"err_{key}"] = float(np.nanmean(errors)) if errors else float("nan")
                     row[f"s_per_frame_{key}"] = seconds
