@@ -20,6 +20,7 @@ backend runs bpy).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -205,18 +206,30 @@ def _cmd_video(args: argparse.Namespace) -> int:
 
             return work(progress)
 
-    result = run_with_bar(
-        "hands",
-        lambda progress: process_video(
-            predictor,
-            video_path,
-            boxes=boxes or None,
-            side=args.side,
-            focal=focal,
-            smoothing=smoothing,
-            progress_cb=progress,
-        ),
-    )
+    with contextlib.ExitStack() as stack:
+        fit_bars: list[tqdm] = []
+
+        def fit_progress(done: int, total: int) -> None:
+            """A second bar for refine's track fit, opened when the fit starts."""
+            if not fit_bars:
+                bar = tqdm(desc="fit", unit="frame", file=sys.stderr)
+                fit_bars.append(stack.enter_context(bar))
+            fit_bars[0].total = total
+            fit_bars[0].update(done - fit_bars[0].n)
+
+        result = run_with_bar(
+            "hands",
+            lambda progress: process_video(
+                predictor,
+                video_path,
+                boxes=boxes or None,
+                side=args.side,
+                focal=focal,
+                smoothing=smoothing,
+                progress_cb=progress,
+                fit_progress_cb=fit_progress,
+            ),
+        )
     if args.overlay_video:
         run_with_bar(
             "overlay",

@@ -40,7 +40,7 @@ Imports torch and the backend's hand model only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,6 +203,7 @@ def fit_track(
     box_sides,
     frame_index,
     settings: FitSettings = FitSettings(),
+    chunk_cb: Callable[[int], None] | None = None,
 ) -> dict:
     """The frames of one video track fitted together: poses (N, 16, 3), one shape betas (10,),
     translations (N, 3), K (3, 3), landmarks: per frame (21, 2) pixels or None (no landmarks;
@@ -210,7 +211,9 @@ def fit_track(
     increasing video frame numbers (frames f and f+1 are linked by the temporal term when their
     numbers are consecutive). Returns {"pose" (N, 16, 3), "betas" (10,), "transl" (N, 3),
     "joints" (N, 21, 3), "keypoints2d" (N, 21, 2), "rms_px_before" (N,), "rms_px_after" (N,)}
-    as numpy arrays, RMS NaN where a frame has no landmarks."""
+    as numpy arrays, RMS NaN where a frame has no landmarks. chunk_cb(frames), when given, is
+    called after each fitted chunk with the number of frames fitted so far (an exception it
+    raises, a cancellation say, stops the fit there)."""
     device = next(iter(hand_model.buffers())).device
     pose0 = _tensor(poses, device).reshape(-1, 16, 3)
     n = pose0.shape[0]
@@ -272,6 +275,8 @@ def fit_track(
         out_pose.append(pose1)
         out_t.append(t1)
         out_joints.append(joints)
+        if chunk_cb is not None:
+            chunk_cb(sl.stop)
     pose1, t1, joints = torch.cat(out_pose), torch.cat(out_t), torch.cat(out_joints)
     with torch.no_grad():
         before = project_points(hand_model(pose0, betas0.expand(n, -1), t0).keypoints, K)

@@ -14,7 +14,8 @@ Endpoints (DESIGN.md "HTTP API"); every error is JSON {"error": {"code", "messag
                                  options side, box, focal, smoothing, detector, refine
                                  -> 202 {"id"}
     GET    /v1/jobs/{id}         {"id", "state": queued|running|done|failed|cancelled, "progress"
-                                 0..1, "frames_done", "frames_total", "error"?}
+                                 0..1, "stage": frames|fitting, "frames_done", "frames_total",
+                                 "fit_done", "fit_total", "error"?}
     GET    /v1/jobs/{id}/result  hamr.video/1 (409 until the job is done)
     DELETE /v1/jobs/{id}         cancels a queued or running job and removes its upload; on a
                                  finished job, forgets it. Returns the job's status.
@@ -83,7 +84,7 @@ from backend.cli import (
 from backend.detect import check_detector
 from backend.inference import REFINE_MODES, HandRequest, InputError, Predictor, load_image
 from backend.rig import rig_data
-from backend.video import VideoCancelled, probe_video, process_video
+from backend.video import VideoCancelled, probe_video, process_video, will_refine
 
 log = logging.getLogger("hamr.server")
 
@@ -91,6 +92,9 @@ HEALTH_PATH = "/v1/health"
 PREDICT_FIELDS = frozenset({"image", "side", "box", "focal", "detector", "refine"})
 JOB_FIELDS = frozenset({"video", "path", "side", "box", "focal", "smoothing", "detector", "refine"})
 MAX_ACTIVE_JOBS = 16  # queued + running; more is 429
+# the share of a refined job's time that its track fit takes: 0.71-0.74 on two-hand pan clips of
+# 16 and 64 frames (/v1/jobs progress runs over the frames to 1 - FIT_SHARE, then over the fit)
+FIT_SHARE = 0.7
 KEEP_FINISHED_JOBS = 32  # finished jobs (and their results) kept for GET, oldest forgotten first
 T = TypeVar("T")
 
@@ -355,26 +359,35 @@ class Job:
     options: dict[str, Any]  # process_video keyword arguments
     upload_dir: Path | None  # the job's own upload folder, removed when the job ends
     state: str = "queued"
+    stage: str = "frames"  # "frames" while reading the clip, "fitting" while refine fits tracks
     frames_done: int = 0
     frames_total: int = 0
+    fits: bool = False  # the job will fit its tracks to landmarks (refine on, MediaPipe there)
+    fit_done: int = 0  # frames fitted ...
+    fit_total: int = 0  # ... of the frames to fit (0 until the fit starts)
     error: dict[str, str] | None = None
     result: dict[str, Any] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     finished_at: float | None = None
 
     def status(self) -> dict[str, Any]:
+        frames = min(self.frames_done / self.frames_total, 1.0) if self.frames_total else 0.0
+        fit = min(self.fit_done / self.fit_total, 1.0) if self.fit_total else 0.0
         if self.state == "done":
             progress = 1.0
-        elif self.frames_total:
-            progress = min(self.frames_done / self.frames_total, 1.0)
+        elif self.fits:  # the fit is the job's second part (FIT_SHARE of its time)
+            progress = (1.0 - FIT_SHARE) * frames + FIT_SHARE * fit
         else:
-            progress = 0.0
+            progress = frames
         out = {
             "id": self.id,
             "state": self.state,
             "progress": round(progress, 4),
+            "stage": self.stage,
             "frames_done": self.frames_done,
             "frames_total": self.frames_total,
+            "fit_done": self.fit_done,
+            "fit_total": self.fit_total,
         }
         if self.error:
             out["error"] = self.error
@@ -469,12 +482,18 @@ class JobManager:
             def progress(done: int, total: int, job: Job = job) -> None:
                 job.frames_done, job.frames_total = done, total
 
+            def fit_progress(done: int, total: int, job: Job = job) -> None:
+                job.stage, job.fit_done, job.fit_total = "fitting", done, total
+
             state, result, error = "done", None, None
             try:
+                predictor = self.get_predictor()
+                job.fits = will_refine(predictor, job.options.get("refine"))
                 result = process_video(
-                    self.get_predictor(),
+                    predictor,
                     job.path,
                     progress_cb=progress,
+                    fit_progress_cb=fit_progress,
                     cancel_event=job.cancel,
                     frame_lock=self.model_lock,
                     **job.options,

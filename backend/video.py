@@ -78,7 +78,7 @@ DUPLICATE_IOU = 0.5  # two tracks overlapping more than this follow one hand: ke
 DEFAULT_FPS = 30.0  # when the file does not say
 LANDMARKS_KEY = "_landmarks"  # a hand's MediaPipe landmarks between its frame and finalize_tracks
 
-ProgressCallback = Callable[[int, int], None]  # (frames done, frames total)
+ProgressCallback = Callable[[int, int], None]  # (done, total): frames read, or frames fitted
 
 
 class VideoCancelled(Exception):
@@ -280,6 +280,7 @@ def process_video(
     detector: str | None = None,
     refine: bool | None = None,
     progress_cb: ProgressCallback | None = None,
+    fit_progress_cb: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
     frame_lock: threading.Lock | None = None,
 ) -> dict[str, Any]:
@@ -294,9 +295,12 @@ def process_video(
     None: the predictor's own setting); refine: fit each track to MediaPipe's landmarks on the
     frames where it finds the hand (`fit.fit_track`; None: the predictor's own setting, on when
     MediaPipe is installed); progress_cb(done, total) after every frame (total is the
-    container's count, corrected at the end); cancel_event: raises VideoCancelled when set
-    (checked between frames); frame_lock: held around each frame's network work, so a server
-    can serve other requests between frames.
+    container's count, corrected at the end); fit_progress_cb(done, total) while refine fits
+    the tracks (frames fitted of the frames to fit, all tracks together: (0, total) first, then
+    after each fitted chunk; never called when nothing is fitted); cancel_event: raises
+    VideoCancelled when set (checked between frames, and between fitted chunks); frame_lock: held
+    around each frame's network work, and around each track's fit, so a server can serve other
+    requests between them.
     Raises InputError for an unreadable clip, cli.OptionError for bad options."""
     check_side(side)
     focal = parse_focal(focal)
@@ -309,9 +313,7 @@ def process_video(
     # MediaPipe finds for it (a frame where it finds none falls back to the steps above)
     asked = detector or getattr(predictor, "detector", "auto")
     per_frame = not boxes and resolve_detector(predictor, asked) == "mediapipe"
-    if refine is None:
-        refine = getattr(predictor, "refine", "off") == "auto"
-    refine = refine and detect_mediapipe.available()
+    refine = will_refine(predictor, refine)
     focal = focal or default_focal(info.width, info.height)
     tracker = HandTracker(max_hands, min_score, patience, redetect_every)
     frames: list[dict[str, Any]] = []
@@ -350,14 +352,31 @@ def process_video(
         raise InputError(f"cannot decode the video {Path(path).name}: no frame could be read")
     if progress_cb is not None and total != len(frames):
         progress_cb(len(frames), len(frames))
-    with lock:
-        finalize_tracks(predictor, frames, info.fps, smoothing, refine=refine)
+
+    def fit_progress(done: int, total: int) -> None:
+        if cancel_event is not None and cancel_event.is_set():
+            raise VideoCancelled(f"cancelled while fitting ({done} of {total} frames fitted)")
+        if fit_progress_cb is not None:
+            fit_progress_cb(done, total)
+
+    finalize_tracks(
+        predictor, frames, info.fps, smoothing, refine=refine, fit_progress_cb=fit_progress,
+        lock=lock,
+    )  # fmt: skip
     return {
         "schema": SCHEMA,
         "fps": info.fps,
         "image": {"width": info.width, "height": info.height},
         "frames": frames,
     }
+
+
+def will_refine(predictor: Predictor, refine: bool | None) -> bool:
+    """Whether `process_video(refine=refine)` fits its tracks to MediaPipe's landmarks: None
+    takes the predictor's own setting; either way only when MediaPipe is installed."""
+    if refine is None:
+        refine = getattr(predictor, "refine", "off") == "auto"
+    return bool(refine) and detect_mediapipe.available()
 
 
 @torch.no_grad()
@@ -367,79 +386,124 @@ def finalize_tracks(
     fps: float,
     smoothing: float,
     refine: bool = False,
+    fit_progress_cb: ProgressCallback | None = None,
+    lock: contextlib.AbstractContextManager | None = None,
 ) -> None:
     """Steps 4-6 of the module doc, in place on `frames`' hand dicts; with `refine`, step 4b
-    fits each track to the MediaPipe landmarks its frames carry (LANDMARKS_KEY)."""
+    fits each track to the MediaPipe landmarks its frames carry (LANDMARKS_KEY), reporting
+    fit_progress_cb(frames fitted, frames to fit) as `process_video` documents. lock: held
+    around each track's work (default: none)."""
+    lock = lock or contextlib.nullcontext()
     by_track: dict[int, list[tuple[int, dict]]] = {}
     for frame in frames:
         for hand in frame["hands"]:
             by_track.setdefault(hand["track"], []).append((frame["index"], hand))
-    for items in by_track.values():
-        hands = [h for _, h in items]
-        times = np.array([i / fps for i, _ in items])
-        model = predictor.hands[hands[0]["side"]]
-        device = predictor.device
-        K = torch.tensor(hands[0]["camera"]["K"], dtype=torch.float64)
-        weights = np.array([max(h["score"], 1e-3) for h in hands])
-        betas = np.average([h["betas"] for h in hands], axis=0, weights=weights)  # (10,)
-        betas_t = torch.tensor(betas, dtype=torch.float32, device=device)
-        poses = np.array([h["pose_axis_angle"] for h in hands])  # (N, 16, 3)
-        # step 4: the track's β, each frame's translation refitted to its 2D keypoints
-        kp3d = _keypoints(model, poses, betas_t)  # (N, 21, 3) float64, model frame rotated
-        transl = np.stack(
-            [
-                solve_translation(
-                    torch.from_numpy(kp3d[i]),
-                    torch.tensor(h["keypoints2d"], dtype=torch.float64),
-                    K,
-                    torch.tensor(h["transl"], dtype=torch.float64),
-                ).numpy()
-                for i, h in enumerate(hands)
-            ]
+    to_fit = (
+        sum(
+            len(items)
+            for items in by_track.values()
+            if any(h.get(LANDMARKS_KEY) is not None for _, h in items)
         )
-        # step 4b: the track fitted to MediaPipe's landmarks, all its frames at once
-        landmarks = [h.pop(LANDMARKS_KEY, None) for h in hands]
-        if refine and any(lm is not None for lm in landmarks):
-            fitted = fit_track(
-                model,
-                hands[0]["side"],
-                poses,
-                betas,
-                transl,
-                K.numpy(),
-                landmarks,
-                [box_side(h["box_xyxy"]) for h in hands],
-                [i for i, _ in items],
+        if refine
+        else 0
+    )
+    fitted_so_far = 0
+    if to_fit and fit_progress_cb is not None:
+        fit_progress_cb(0, to_fit)
+    for items in by_track.values():
+        with lock:
+            fitted_so_far += _finalize_track(
+                predictor, items, fps, smoothing, refine, fitted_so_far, to_fit, fit_progress_cb
             )
-            poses, transl = fitted["pose"].astype(np.float64), fitted["transl"].astype(np.float64)
-            betas = fitted["betas"].astype(np.float64)
-            betas_t = torch.tensor(betas, dtype=torch.float32, device=device)
-            for hand, lm, before, after in zip(
-                hands, landmarks, fitted["rms_px_before"], fitted["rms_px_after"], strict=True
-            ):
-                hand["fit"] = (
-                    None
-                    if lm is None
-                    else {
-                        "landmarks": "mediapipe",
-                        "rms_px_before": round(float(before), 2),
-                        "rms_px_after": round(float(after), 2),
-                    }
-                )
-        # step 5: smoothing in rotation and translation space
-        poses, transl = smooth_track(times, poses, transl, smoothing)
-        # step 6: the camera identity, recomputed
-        joints = _keypoints(model, poses, betas_t) + transl[:, None]  # (N, 21, 3)
-        uvw = joints @ K.numpy().T
-        uv = uvw[..., :2] / uvw[..., 2:]
-        for i, hand in enumerate(hands):
-            hand.update(
-                pose_axis_angle=poses[i].tolist(),
-                betas=betas.tolist(),
-                transl=transl[i].tolist(),
-                joints3d_cam=joints[i].tolist(),
-                keypoints2d=uv[i].tolist(),
+
+
+@torch.no_grad()
+def _finalize_track(
+    predictor: Predictor,
+    items: list[tuple[int, dict]],
+    fps: float,
+    smoothing: float,
+    refine: bool,
+    fitted_before: int,
+    to_fit: int,
+    fit_progress_cb: ProgressCallback | None,
+) -> int:
+    """`finalize_tracks` for one track's (frame index, hand) items; returns how many of its
+    frames it fitted (0 without refine or landmarks)."""
+    fitted_frames = 0
+    hands = [h for _, h in items]
+    times = np.array([i / fps for i, _ in items])
+    model = predictor.hands[hands[0]["side"]]
+    device = predictor.device
+    K = torch.tensor(hands[0]["camera"]["K"], dtype=torch.float64)
+    weights = np.array([max(h["score"], 1e-3) for h in hands])
+    betas = np.average([h["betas"] for h in hands], axis=0, weights=weights)  # (10,)
+    betas_t = torch.tensor(betas, dtype=torch.float32, device=device)
+    poses = np.array([h["pose_axis_angle"] for h in hands])  # (N, 16, 3)
+    # step 4: the track's β, each frame's translation refitted to its 2D keypoints
+    kp3d = _keypoints(model, poses, betas_t)  # (N, 21, 3) float64, model frame rotated
+    transl = np.stack(
+        [
+            solve_translation(
+                torch.from_numpy(kp3d[i]),
+                torch.tensor(h["keypoints2d"], dtype=torch.float64),
+                K,
+                torch.tensor(h["transl"], dtype=torch.float64),
+            ).numpy()
+            for i, h in enumerate(hands)
+        ]
+    )
+    # step 4b: the track fitted to MediaPipe's landmarks, all its frames at once
+    landmarks = [h.pop(LANDMARKS_KEY, None) for h in hands]
+    if refine and any(lm is not None for lm in landmarks):
+
+        def chunk_done(frames_done: int) -> None:
+            if fit_progress_cb is not None:
+                fit_progress_cb(fitted_before + frames_done, to_fit)
+
+        fitted = fit_track(
+            model,
+            hands[0]["side"],
+            poses,
+            betas,
+            transl,
+            K.numpy(),
+            landmarks,
+            [box_side(h["box_xyxy"]) for h in hands],
+            [i for i, _ in items],
+            chunk_cb=chunk_done,
+        )
+        fitted_frames = len(hands)
+        poses, transl = fitted["pose"].astype(np.float64), fitted["transl"].astype(np.float64)
+        betas = fitted["betas"].astype(np.float64)
+        betas_t = torch.tensor(betas, dtype=torch.float32, device=device)
+        for hand, lm, before, after in zip(
+            hands, landmarks, fitted["rms_px_before"], fitted["rms_px_after"], strict=True
+        ):
+            hand["fit"] = (
+                None
+                if lm is None
+                else {
+                    "landmarks": "mediapipe",
+                    "rms_px_before": round(float(before), 2),
+                    "rms_px_after": round(float(after), 2),
+                }
             )
+    # step 5: smoothing in rotation and translation space
+    poses, transl = smooth_track(times, poses, transl, smoothing)
+    # step 6: the camera identity, recomputed
+    joints = _keypoints(model, poses, betas_t) + transl[:, None]  # (N, 21, 3)
+    uvw = joints @ K.numpy().T
+    uv = uvw[..., :2] / uvw[..., 2:]
+    for i, hand in enumerate(hands):
+        hand.update(
+            pose_axis_angle=poses[i].tolist(),
+            betas=betas.tolist(),
+            transl=transl[i].tolist(),
+            joints3d_cam=joints[i].tolist(),
+            keypoints2d=uv[i].tolist(),
+        )
+    return fitted_frames
 
 
 def _keypoints(model: torch.nn.Module, poses: np.ndarray, betas: torch.Tensor) -> np.ndarray:

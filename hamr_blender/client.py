@@ -353,6 +353,14 @@ class HamrClient:
         return self.request("DELETE", f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}")
 
 
+def job_message(job: dict) -> str:
+    """A queued or running job's status dict -> a short line for the panel."""
+    if job.get("stage") == "fitting" and job.get("fit_total"):
+        return f"fitting to landmarks: frame {job.get('fit_done', 0)}/{job['fit_total']}"
+    done, total = job.get("frames_done"), job.get("frames_total")
+    return f"frame {done}/{total}" if total else str(job.get("state", ""))
+
+
 def job_progress(job: dict) -> float:
     """A job status dict -> progress in [0, 1] (accepts a fraction or done/total counts)."""
     p = job.get("progress")
@@ -438,8 +446,7 @@ class VideoJob:
                 self.progress = job_progress(status)
                 if state in ("queued", "running"):
                     self.state = state
-                    done, total = status.get("frames_done"), status.get("frames_total")
-                    self.message = f"frame {done}/{total}" if total else state
+                    self.message = job_message(status)
                 elif state == "done":
                     self.state, self.message = "fetching", "fetching the result"
                     self.result = self.client.job_result(self.job_id)

@@ -463,6 +463,17 @@ def test_job_progress() -> None:
     assert client.job_progress({}) == 0.0
 
 
+def test_job_message() -> None:
+    assert client.job_message({"state": "running", "frames_done": 3, "frames_total": 10}) == (
+        "frame 3/10"
+    )
+    fitting = {"state": "running", "stage": "fitting", "frames_done": 10, "frames_total": 10}
+    assert client.job_message({**fitting, "fit_done": 4, "fit_total": 20}) == (
+        "fitting to landmarks: frame 4/20"
+    )
+    assert client.job_message({"state": "queued", "frames_done": 0, "frames_total": 0}) == "queued"
+
+
 # ------------------------------------------------------------------------------ backend process
 def test_build_command(tmp_path) -> None:
     argv = backend_process.build_command("http://127.0.0.1:9001", "hamr serve")

@@ -214,16 +214,54 @@ def test_video_refine_fits_tracks_to_the_landmarks(predictor, tmp_path) -> None:
         assert not np.isnan(errors).any(), errors  # the hand is tracked on every frame
         return float(np.mean(errors))
 
-    plain = process_video(predictor, path, max_hands=2, min_score=0.0, refine=False)
-    refined = process_video(predictor, path, max_hands=2, min_score=0.0, refine=True)
+    plain_fit_calls, fit_calls = [], []
+    plain = process_video(
+        predictor, path, max_hands=2, min_score=0.0, refine=False,
+        fit_progress_cb=lambda done, total: plain_fit_calls.append((done, total)),
+    )  # fmt: skip
+    refined = process_video(
+        predictor, path, max_hands=2, min_score=0.0, refine=True,
+        fit_progress_cb=lambda done, total: fit_calls.append((done, total)),
+    )  # fmt: skip
     assert all(h["fit"] is None for f in plain["frames"] for h in f["hands"])
     fits = [h["fit"] for f in refined["frames"] for h in f["hands"]]
     assert fits and all(f is not None and f["landmarks"] == "mediapipe" for f in fits)
+    # the fit's progress: nothing without refine; with it, from 0 to every fitted hand-frame
+    assert plain_fit_calls == []
+    assert fit_calls[0] == (0, len(fits)) and fit_calls[-1] == (len(fits), len(fits))
+    assert [d for d, _ in fit_calls] == sorted(d for d, _ in fit_calls)
     assert sum(f["rms_px_after"] < f["rms_px_before"] for f in fits) >= 0.8 * len(fits)
     assert error(refined) < 0.6 * error(plain)
     for frame in refined["frames"]:
         for hand_out in frame["hands"]:
             check_camera_identity(hand_out)
+
+
+def test_video_cancelled_while_fitting(predictor, tmp_path) -> None:
+    """A cancel that arrives once every frame is read stops the track fit at its next chunk."""
+    import threading
+
+    from backend.video import VideoCancelled, process_video
+    from tools.eval_refine import pan_clip
+    from training.data.samples import SampleSet
+
+    if not SAMPLES.is_dir():
+        pytest.skip(f"sample photos not available ({SAMPLES})")
+    dataset = SampleSet(SAMPLES, "panoptic")
+    path = tmp_path / "pan.mp4"
+    pan_clip(_rgb(dataset.dir / dataset.hands[3].file), path, frames=3)
+    cancel, calls = threading.Event(), []
+
+    def fit_progress(done: int, total: int) -> None:
+        calls.append(done)
+        cancel.set()  # from the fit's first report on
+
+    with pytest.raises(VideoCancelled, match="while fitting"):
+        process_video(
+            predictor, path, min_score=0.0, refine=True, fit_progress_cb=fit_progress,
+            cancel_event=cancel,
+        )  # fmt: skip
+    assert calls == [0]
 
 
 def test_a_users_box_takes_the_side_of_the_mediapipe_hand_it_overlaps(checkpoint) -> None:

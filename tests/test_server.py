@@ -32,7 +32,15 @@ from PIL import Image
 from backend import detect_mediapipe
 from backend.cli import OptionError
 from backend.inference import HandRequest, load_image
-from backend.server import ApiError, check_bind, create_app, decode_image, is_loopback
+from backend.server import (
+    FIT_SHARE,
+    ApiError,
+    Job,
+    check_bind,
+    create_app,
+    decode_image,
+    is_loopback,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
@@ -392,6 +400,12 @@ def test_video_job(http, hand_video) -> None:
     assert status["progress"] == 1.0 and progress == sorted(progress)
     assert status["frames_done"] == status["frames_total"] == hand_video.num_frames
     result = http.get(f"/v1/jobs/{job_id}/result").json()
+    # the fit's counts: every frame of each track that MediaPipe's landmarks fitted (none
+    # when refine is off here or MediaPipe finds nothing on the rendered hand)
+    fitted_tracks = {h["track"] for f in result["frames"] for h in f["hands"] if h.get("fit")}
+    fitted = sum(h["track"] in fitted_tracks for f in result["frames"] for h in f["hands"])
+    assert status["fit_done"] == status["fit_total"] == fitted
+    assert status["stage"] == ("fitting" if fitted else "frames")
     assert result["schema"] == "hamr.video/1" and result["fps"] == pytest.approx(hand_video.fps)
     assert [f["index"] for f in result["frames"]] == list(range(hand_video.num_frames))
     tracks = {h["track"] for f in result["frames"] for h in f["hands"]}
@@ -399,6 +413,21 @@ def test_video_job(http, hand_video) -> None:
     for frame in result["frames"]:
         for hand in frame["hands"]:
             check_camera_identity(hand)
+
+
+def test_job_progress_spans_the_frames_then_the_fit(tmp_path) -> None:
+    """progress: the frames' share alone without a fit; with one, 1 - FIT_SHARE for the frames
+    and FIT_SHARE for the fit (values worked by hand)."""
+    plain = Job("a", tmp_path, {}, None, state="running", frames_done=5, frames_total=20)
+    assert plain.status()["progress"] == 0.25 and plain.status()["stage"] == "frames"
+    job = Job("b", tmp_path, {}, None, state="running", frames_done=5, frames_total=20, fits=True)
+    assert job.status()["progress"] == pytest.approx(0.25 * (1 - FIT_SHARE), abs=1e-4)
+    job.frames_done, job.stage, job.fit_done, job.fit_total = 20, "fitting", 10, 40
+    status = job.status()
+    assert status["progress"] == pytest.approx(1 - FIT_SHARE + 0.25 * FIT_SHARE, abs=1e-4)
+    assert (status["stage"], status["fit_done"], status["fit_total"]) == ("fitting", 10, 40)
+    job.state = "done"
+    assert job.status()["progress"] == 1.0
 
 
 @pytest.fixture(scope="module")
