@@ -7,11 +7,15 @@
    the detector is MediaPipe (and no boxes were given), on every frame;
    detections are matched to the tracks by box overlap (IoU > MATCH_IOU, same side), so a
    re-found hand keeps its id, and new hands get the next id;
-2. tracking: each track's box for the next frame is the tight box of its predicted 2D keypoints
-   (of MediaPipe's landmarks for the hand, when it has them)
-   grown on every side by TRACK_MARGIN of its longer side (as training crops hands), clipped to
-   the image; a track whose score stays below `min_score` for `patience` frames is lost; of two
-   tracks that collapse onto one hand (IoU > DUPLICATE_IOU) the weaker is dropped;
+2. tracking: where MediaPipe's landmarks cover a track's hand, its box for the next frame is
+   their tight box grown on every side by TRACK_MARGIN of its longer side (as training crops
+   hands), clipped to the image. Where only the network saw the hand, its own keypoints are
+   not trusted to place the next crop (a poor prediction fed back shrinks, grows or walks the
+   box off the hand within a few frames): the box moves with the image's motion between the
+   two frames (`motion.median_flow`, started from the track's last shift), and where that
+   cannot be measured, towards the keypoints' box by bounded steps (`follow_box`); a track
+   whose score stays below `min_score` for `patience` frames is lost; of two tracks that
+   collapse onto one hand (IoU > DUPLICATE_IOU) the weaker is dropped;
 3. the network, through `Predictor.predict` with the tracked boxes and each track's fixed side,
    so every frame gets exactly the camera placement of a single photo (the K of the first frame,
    from --focal or the default field of view, is kept for the whole clip).
@@ -68,6 +72,7 @@ from backend.inference import (
     solve_translation,
     with_mediapipe,
 )
+from backend.motion import median_flow, to_gray
 from backend.smoothing import smooth_track
 
 SCHEMA = "hamr.video/1"
@@ -75,6 +80,14 @@ TRACK_MARGIN = 0.1  # keypoint box growth on each side, fraction of its longer s
 MIN_BOX_SIDE = 16.0  # pixels: a tracked box is at least this wide and tall
 MATCH_IOU = 0.3  # a detection continues a track when their boxes overlap more than this
 DUPLICATE_IOU = 0.5  # two tracks overlapping more than this follow one hand: keep the better
+# a track that only the network's keypoints place (no MediaPipe landmarks): `follow_box` bounds
+MAX_STEP_SCALE = 1.1  # its box side changes at most this factor from one frame to the next
+ANCHOR_RANGE = 1.25  # and stays within this factor of the last detected (or landmark) box side
+MAX_STEP_SHIFT = 0.25  # its centre moves at most this fraction of the box side per frame
+# how such a track's next box is placed: "motion" (the image's motion, `follow_box` where it
+# cannot be measured), "bounded" (`follow_box` alone) or "keypoints" (the network's keypoints'
+# box, unbounded); the last two only to measure the first against (tools.eval_tracking)
+PLACEMENTS = ("motion", "bounded", "keypoints")
 DEFAULT_FPS = 30.0  # when the file does not say
 LANDMARKS_KEY = "_landmarks"  # a hand's MediaPipe landmarks between its frame and finalize_tracks
 
@@ -103,6 +116,14 @@ class Track:
     side: str  # "right" / "left"; "auto" only until its first prediction
     box_xyxy: tuple[float, float, float, float]
     low_frames: int = 0  # consecutive frames with a score below min_score
+    anchor_side: float = 0.0  # side of the last box a detector or landmarks gave (follow_box)
+    # the box of the frame just predicted, while only the network's keypoints placed the hand
+    # there: `HandTracker.move` carries it into the next frame by the image's motion
+    moving_box: tuple[float, float, float, float] | None = None
+    velocity: tuple[float, float] | None = None  # the box centre's last shift per frame, pixels
+
+    def __post_init__(self) -> None:
+        self.anchor_side = self.anchor_side or box_side(self.box_xyxy)
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -147,12 +168,49 @@ def keypoint_box(
 ) -> tuple[float, float, float, float]:
     """(21, 2) pixels -> the tracked box: tight keypoint box grown by TRACK_MARGIN of its longer
     side on every side, at least MIN_BOX_SIDE, clipped to the image."""
+    centre, half = _grown_box(np.asarray(keypoints2d, dtype=np.float64))
+    return _clipped(centre, half, width, height)
+
+
+def _grown_box(keypoints2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`keypoint_box` before clipping: (centre (2,), half sides (2,))."""
     lo, hi = keypoints2d.min(0), keypoints2d.max(0)
     half = np.maximum((hi - lo) / 2 + TRACK_MARGIN * (hi - lo).max(), MIN_BOX_SIDE / 2)
-    centre = (lo + hi) / 2
+    return (lo + hi) / 2, half
+
+
+def _clipped(centre, half, width: int, height: int) -> tuple[float, float, float, float]:
     x0, y0 = np.maximum(centre - half, 0.0)
     x1, y1 = np.minimum(centre + half, (width, height))
     return float(x0), float(y0), float(x1), float(y1)
+
+
+def follow_box(
+    previous: tuple[float, float, float, float],
+    anchor_side: float,
+    keypoints2d: np.ndarray,
+    width: int,
+    height: int,
+) -> tuple[float, float, float, float]:
+    """The next box of a track that only the network's keypoints place (no MediaPipe landmarks):
+    `keypoint_box` of them, held back so that a poor prediction cannot run away with the crop.
+    Its longer side changes by at most MAX_STEP_SCALE per frame and stays within ANCHOR_RANGE
+    of `anchor_side` (the side of the track's last box that a detector or landmarks gave), and
+    its centre moves at most MAX_STEP_SHIFT of the previous box's side; clipped to the image."""
+    centre, half = _grown_box(np.asarray(keypoints2d, dtype=np.float64))
+    x0, y0, x1, y1 = (float(v) for v in previous)
+    prev_centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    prev_side = max(x1 - x0, y1 - y0, MIN_BOX_SIDE)
+    side = 2 * float(half.max())
+    lo = max(prev_side / MAX_STEP_SCALE, anchor_side / ANCHOR_RANGE, MIN_BOX_SIDE)
+    hi = min(prev_side * MAX_STEP_SCALE, anchor_side * ANCHOR_RANGE)
+    target = float(np.clip(side, lo, max(lo, hi)))
+    half = np.maximum(half * (target / side), MIN_BOX_SIDE / 2)
+    step = centre - prev_centre
+    reach = MAX_STEP_SHIFT * prev_side
+    if (length := float(np.linalg.norm(step))) > reach:
+        step *= reach / length
+    return _clipped(prev_centre + step, half, width, height)
 
 
 def match_detections(
@@ -185,8 +243,16 @@ class HandTracker:
     """The per-frame tracking state machine of `process_video` (steps 1-2 of the module doc)."""
 
     def __init__(
-        self, max_hands: int, min_score: float, patience: int, redetect_every: int
+        self,
+        max_hands: int,
+        min_score: float,
+        patience: int,
+        redetect_every: int,
+        placement: str = "motion",
     ) -> None:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        self.placement = placement
         self.max_hands = max_hands
         self.min_score = min_score
         self.patience = patience
@@ -211,6 +277,7 @@ class HandTracker:
             det = matched.get(track.id)
             if det is not None:
                 track.box_xyxy = tuple(float(v) for v in det.box_xyxy)
+                track.anchor_side = box_side(track.box_xyxy)
                 track.low_frames = 0
                 kept.append(track)
             elif track in self.tracks:
@@ -234,9 +301,23 @@ class HandTracker:
             hand["track"] = track.id
             track.side = hand["side"]
             # MediaPipe's landmarks, where the hand has them, place the next crop better than the
-            # network's keypoints (they keep a track on its hand through frames MediaPipe misses)
-            keypoints = hand.get(LANDMARKS_KEY, hand["keypoints2d"])
-            track.box_xyxy = keypoint_box(np.asarray(keypoints), width, height)
+            # network's keypoints (they keep a track on its hand through frames MediaPipe misses);
+            # the network's alone move the box only within follow_box's bounds
+            landmarks = hand.get(LANDMARKS_KEY)
+            if landmarks is not None:
+                box = keypoint_box(np.asarray(landmarks), width, height)
+                track.velocity = _centre_shift(track.box_xyxy, box)
+                track.box_xyxy, track.anchor_side = box, box_side(box)
+                track.moving_box = None
+            elif self.placement == "keypoints":  # the network's keypoints, unbounded
+                keypoints = np.asarray(hand["keypoints2d"])
+                track.box_xyxy = keypoint_box(keypoints, width, height)
+            else:
+                keypoints = np.asarray(hand["keypoints2d"])
+                track.moving_box = track.box_xyxy if self.placement == "motion" else None
+                track.box_xyxy = follow_box(
+                    track.box_xyxy, track.anchor_side, keypoints, width, height
+                )
             track.low_frames = track.low_frames + 1 if hand["score"] < self.min_score else 0
         keep = list(range(len(hands)))
         for i in range(len(hands)):
@@ -248,6 +329,28 @@ class HandTracker:
         self.lost += lost
         self.tracks = [t for i, t in enumerate(self.tracks) if i in keep and t not in lost]
         return [hands[i] for i in keep]
+
+    def move(self, previous_gray: np.ndarray, gray: np.ndarray) -> None:
+        """Before a frame's detection: each track that only the network placed in the previous
+        frame takes that frame's box moved by the image motion (`motion.median_flow`) instead
+        of `follow_box`'s, where the motion can be measured."""
+        for track in self.tracks:
+            if track.moving_box is not None:
+                moved = median_flow(previous_gray, gray, track.moving_box, track.velocity)
+                if moved is not None:
+                    track.box_xyxy = moved
+                    track.velocity = _centre_shift(track.moving_box, moved)
+                else:
+                    track.velocity = None
+                track.moving_box = None
+
+
+def _centre_shift(box_a, box_b) -> tuple[float, float]:
+    """How far the centre of box_b lies from box_a's, pixels (dx, dy)."""
+    return (
+        (box_b[0] + box_b[2] - box_a[0] - box_a[2]) / 2,
+        (box_b[1] + box_b[3] - box_a[1] - box_a[3]) / 2,
+    )
 
 
 def mediapipe_detections(found: list[dict], side: str, tracker: HandTracker) -> list[HandRequest]:
@@ -279,6 +382,7 @@ def process_video(
     redetect_every: int = 15,
     detector: str | None = None,
     refine: bool | None = None,
+    placement: str = "motion",
     progress_cb: ProgressCallback | None = None,
     fit_progress_cb: ProgressCallback | None = None,
     cancel_event: threading.Event | None = None,
@@ -294,8 +398,10 @@ def process_video(
     attempts while no hand is tracked; detector: what finds hands (`backend.detect.DETECTORS`;
     None: the predictor's own setting); refine: fit each track to MediaPipe's landmarks on the
     frames where it finds the hand (`fit.fit_track`; None: the predictor's own setting, on when
-    MediaPipe is installed); progress_cb(done, total) after every frame (total is the
-    container's count, corrected at the end); fit_progress_cb(done, total) while refine fits
+    MediaPipe is installed); placement: how a track moves into the next frame where only the
+    network's keypoints placed it (PLACEMENTS; the others than "motion" are there to measure it
+    against); progress_cb(done, total) after every frame (total is the container's count,
+    corrected at the end); fit_progress_cb(done, total) while refine fits
     the tracks (frames fitted of the frames to fit, all tracks together: (0, total) first, then
     after each fitted chunk; never called when nothing is fitted); cancel_event: raises
     VideoCancelled when set (checked between frames, and between fitted chunks); frame_lock: held
@@ -315,13 +421,18 @@ def process_video(
     per_frame = not boxes and resolve_detector(predictor, asked) == "mediapipe"
     refine = will_refine(predictor, refine)
     focal = focal or default_focal(info.width, info.height)
-    tracker = HandTracker(max_hands, min_score, patience, redetect_every)
+    tracker = HandTracker(max_hands, min_score, patience, redetect_every, placement)
     frames: list[dict[str, Any]] = []
     total = info.frame_count
+    previous_gray = None
     for index, image in enumerate(read_frames(path)):
         if cancel_event is not None and cancel_event.is_set():
             raise VideoCancelled(f"cancelled at frame {index}")
         h, w = image.shape[:2]
+        gray = to_gray(image)
+        if previous_gray is not None:
+            tracker.move(previous_gray, gray)
+        previous_gray = gray
         with lock:
             # MediaPipe's hands in this frame: boxes for the tracks (per_frame), landmarks to fit
             mp_hands = detect_mediapipe.detect(image, max_hands) if per_frame or refine else []

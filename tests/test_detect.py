@@ -237,6 +237,34 @@ def test_video_refine_fits_tracks_to_the_landmarks(predictor, tmp_path) -> None:
             check_camera_identity(hand_out)
 
 
+def test_network_only_tracking_keeps_the_crop_on_the_hand(predictor, tmp_path) -> None:
+    """A clip of an annotated hand's patch moving over the still, blurred photo and growing
+    (tools.eval_tracking's move clip), with the network alone (no MediaPipe, the first frame's
+    box given): moved by the image's motion, every frame's crop holds the hand; placed by the
+    network's own keypoints (the tracker before `motion`), the crop leaves it."""
+    from backend.video import keypoint_box, probe_video, process_video
+    from tools.eval_tracking import move_clip, score
+    from training.data.samples import SampleSet
+
+    if not SAMPLES.is_dir():
+        pytest.skip(f"sample photos not available ({SAMPLES})")
+    dataset = SampleSet(SAMPLES, "interhand2.6m")
+    hand = dataset.hands[0]
+    image, vis = _rgb(dataset.dir / hand.file), hand.vis > 0
+    path = tmp_path / "move.mp4"
+    truth = move_clip(image, hand.uv, vis, path, frames=10, grow=1.3)
+    info = probe_video(path)
+    box = keypoint_box(truth[0][vis], info.width, info.height)
+    kept = {}
+    for placement in ("motion", "keypoints"):
+        result = process_video(
+            predictor, path, boxes=[box], detector="network", refine=False, min_score=0.0,
+            placement=placement,
+        )  # fmt: skip
+        kept[placement] = score(result, truth, vis)["kept"]
+    assert kept["motion"] == 1.0 and kept["keypoints"] < 0.5, kept
+
+
 def test_video_cancelled_while_fitting(predictor, tmp_path) -> None:
     """A cancel that arrives once every frame is read stops the track fit at its next chunk."""
     import threading

@@ -20,6 +20,7 @@ from conftest import check_camera_identity
 from scipy.spatial.transform import Rotation
 
 from backend.cli import OptionError
+from backend.crop import box_side
 from backend.detect import detect_hands
 from backend.inference import HandRequest, InputError
 from backend.smoothing import (
@@ -32,11 +33,15 @@ from backend.smoothing import (
     smooth_track,
 )
 from backend.video import (
+    ANCHOR_RANGE,
     LANDMARKS_KEY,
+    MAX_STEP_SCALE,
+    MAX_STEP_SHIFT,
     SCHEMA,
     HandTracker,
     VideoCancelled,
     finalize_tracks,
+    follow_box,
     keypoint_box,
     match_detections,
     probe_video,
@@ -199,7 +204,8 @@ def test_tracker_keeps_ids_loses_and_refinds_tracks() -> None:
         [_hand((12, 12, 62, 62), 0.9), _hand((200, 12, 250, 62), 0.1, "left")], 640, 480
     )
     assert [h["track"] for h in hands] == [0, 1]
-    assert tracker.tracks[0].box_xyxy == pytest.approx((7.0, 7.0, 67.0, 67.0))
+    # the keypoints' box (7, 7, 67, 67) held to 1.1 x the 50-pixel side: 55 around (37, 37)
+    assert tracker.tracks[0].box_xyxy == pytest.approx((9.5, 9.5, 64.5, 64.5))
     assert not tracker.needs_detection()  # one low frame < patience
     tracker.update([_hand((14, 12, 64, 62), 0.9), _hand((200, 12, 250, 62), 0.1, "left")], 640, 480)
     assert [t.id for t in tracker.tracks] == [0] and tracker.needs_detection()
@@ -219,15 +225,66 @@ def test_tracker_moves_a_box_onto_mediapipe_landmarks_when_the_hand_has_them() -
     tracker.update([hand], 640, 480)
     assert tracker.tracks[0].box_xyxy == pytest.approx((7.0, 7.0, 67.0, 67.0))  # the landmarks'
     tracker.update([_hand((30, 30, 80, 80), 0.9)], 640, 480)  # none: the network's keypoints
-    assert tracker.tracks[0].box_xyxy == pytest.approx((25.0, 25.0, 85.0, 85.0))
+    # their box (25, 25, 85, 85) is 18 px off on each axis: the centre moves 0.25 x 60 = 15 px
+    # along that diagonal, the side stays 60
+    step = 15 / math.sqrt(2)
+    assert tracker.tracks[0].box_xyxy == pytest.approx((7 + step, 7 + step, 67 + step, 67 + step))
+    assert tracker.tracks[0].moving_box == pytest.approx((7.0, 7.0, 67.0, 67.0))  # for `move`
 
 
 def test_tracker_drops_duplicate_tracks() -> None:
     tracker = HandTracker(max_hands=2, min_score=0.2, patience=3, redetect_every=5)
     tracker.add_detections([HandRequest((0, 0, 50, 50)), HandRequest((100, 0, 150, 50))])
-    # both tracks converge on the same hand: the weaker one goes
-    hands = tracker.update([_hand((0, 0, 50, 50), 0.5), _hand((2, 0, 52, 50), 0.7)], 640, 480)
+    # both tracks take the landmarks of the same hand: the weaker one goes
+    first, second = _hand((0, 0, 50, 50), 0.5), _hand((2, 0, 52, 50), 0.7)
+    for hand in (first, second):
+        hand[LANDMARKS_KEY] = np.asarray(_hand((1, 0, 51, 50), 1.0)["keypoints2d"])
+    hands = tracker.update([first, second], 640, 480)
     assert [h["track"] for h in hands] == [1] and [t.id for t in tracker.tracks] == [1]
+
+
+def test_follow_box_holds_back_a_runaway_prediction() -> None:
+    previous = (100.0, 100.0, 200.0, 200.0)  # side 100, centre (150, 150)
+    # keypoints collapsed to a 10-pixel blob at the centre: the side shrinks by 1.1 at most
+    blob = _hand((145, 145, 155, 155), 0.9)["keypoints2d"]
+    side = 100 / MAX_STEP_SCALE
+    assert follow_box(previous, 100.0, blob, 640, 480) == pytest.approx(
+        (150 - side / 2, 150 - side / 2, 150 + side / 2, 150 + side / 2)
+    )
+    # ... and never below the last detected side / ANCHOR_RANGE, however many frames it lasts
+    box = previous
+    for _ in range(30):
+        box = follow_box(box, 100.0, blob, 640, 480)
+    assert box_side(box) == pytest.approx(100 / ANCHOR_RANGE)
+    # keypoints far to the right: the centre moves MAX_STEP_SHIFT of the side per frame
+    far = _hand((400, 140, 480, 160), 0.9)["keypoints2d"]
+    moved = follow_box(previous, 100.0, far, 640, 480)
+    assert (moved[0] + moved[2]) / 2 == pytest.approx(150 + MAX_STEP_SHIFT * 100)
+    assert (moved[1] + moved[3]) / 2 == pytest.approx(150)
+    # a prediction within the bounds is taken as it is (keypoint_box's)
+    near = np.asarray(_hand((110, 105, 190, 195), 0.9)["keypoints2d"])
+    assert follow_box(previous, 100.0, near, 640, 480) == keypoint_box(near, 640, 480)
+
+
+def test_tracker_moves_a_network_placed_box_with_the_image() -> None:
+    """A track that the network alone placed follows the image's motion into the next frame
+    (a textured frame shifted by a known amount), not its keypoints; one placed by MediaPipe's
+    landmarks is not moved."""
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.random((240, 320)).astype(np.float32), (0, 0), 2)
+    image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    shifted = cv2.warpAffine(image, np.float32([[1, 0, 6], [0, 1, -4]]), (320, 240))
+    tracker = HandTracker(max_hands=2, min_score=0.2, patience=2, redetect_every=5)
+    tracker.add_detections([HandRequest((60, 60, 140, 140)), HandRequest((200, 60, 280, 140))])
+    landmarked = _hand((205, 65, 275, 135), 0.9)
+    landmarked[LANDMARKS_KEY] = np.asarray(landmarked["keypoints2d"])
+    tracker.update([_hand((90, 90, 150, 150), 0.9), landmarked], 320, 240)
+    after_landmarks = tracker.tracks[1].box_xyxy
+    tracker.move(image, shifted)
+    assert tracker.tracks[0].box_xyxy == pytest.approx((66, 56, 146, 136), abs=0.3)
+    assert tracker.tracks[1].box_xyxy == after_landmarks
+    # the shift is remembered as the track's velocity, the guess for the next frame's flow
+    assert tracker.tracks[0].velocity == pytest.approx((6, -4), abs=0.3)
 
 
 # ----------------------------------------------------------------------------- process_video

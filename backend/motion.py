@@ -1,0 +1,102 @@
+"""Box motion between two video frames from the image alone (Median Flow, Kalal et al. 2010).
+
+`median_flow` follows the corners (Shi-Tomasi) inside a box from one grey frame to the next with
+pyramidal Lucas-Kanade optical flow, runs the flow back again and keeps the points that return
+to where they started (forward-backward error under its median and under FB_MAX_PX); the box
+moves by the median displacement of those points and scales by the median ratio of their
+pairwise distances. `process_video` uses it for a track that only the network's keypoints
+would otherwise place, since a poor prediction fed back as the next crop can shrink, grow or
+walk the box off the hand within a few frames.
+
+Imports numpy and OpenCV only.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+MAX_CORNERS = 80  # corners followed inside a box
+MIN_POINTS = 8  # fewer reliable points than this: no estimate
+FB_MAX_PX = 2.0  # a point whose forward-backward error exceeds this (pixels) is dropped
+MAX_SCALE_STEP = 1.25  # a scale change beyond this factor in one frame is not believed
+LK_PARAMS = {
+    "winSize": (15, 15),
+    "maxLevel": 3,
+    "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
+}
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB uint8 -> (H, W) uint8, the frame `median_flow` takes."""
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def median_flow(
+    previous: np.ndarray, current: np.ndarray, box_xyxy, guess=None
+) -> tuple[float, float, float, float] | None:
+    """The box (x0, y0, x1, y1, pixels of `previous`) moved into `current` (both grey (H, W)
+    uint8 of one size), clipped to the image; None when too few points inside it can be
+    followed reliably (a flat or blurred region, the box off the image) or the scale jumps.
+    guess: the box's expected shift (dx, dy) pixels, its last one say: the flow starts from
+    there first (a hand that moves far between frames), then from no motion."""
+    starts = [np.asarray(guess, dtype=np.float32), None] if guess is not None else [None]
+    for start_shift in starts:
+        moved = _median_flow(previous, current, box_xyxy, start_shift)
+        if moved is not None:
+            return moved
+    return None
+
+
+def _median_flow(previous, current, box_xyxy, start_shift):
+    h, w = previous.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    ix0, iy0 = max(int(x0), 0), max(int(y0), 0)
+    ix1, iy1 = min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h)
+    if ix1 - ix0 < 8 or iy1 - iy0 < 8:
+        return None
+    mask = np.zeros((h, w), np.uint8)
+    mask[iy0:iy1, ix0:ix1] = 255
+    side = max(x1 - x0, y1 - y0)
+    start = cv2.goodFeaturesToTrack(
+        previous, MAX_CORNERS, qualityLevel=0.01, minDistance=max(2.0, side / 40), mask=mask
+    )
+    if start is None or len(start) < MIN_POINTS:
+        return None
+    if start_shift is None:
+        ahead, ok_fwd, _ = cv2.calcOpticalFlowPyrLK(previous, current, start, None, **LK_PARAMS)
+    else:
+        ahead, ok_fwd, _ = cv2.calcOpticalFlowPyrLK(
+            previous, current, start, start + start_shift, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+            **LK_PARAMS,
+        )  # fmt: skip
+    if start_shift is None:
+        back, ok_back, _ = cv2.calcOpticalFlowPyrLK(current, previous, ahead, None, **LK_PARAMS)
+    else:  # back from the guessed shift too
+        back, ok_back, _ = cv2.calcOpticalFlowPyrLK(
+            current, previous, ahead, ahead - start_shift, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+            **LK_PARAMS,
+        )  # fmt: skip
+    fb = np.linalg.norm(back - start, axis=-1).ravel()
+    ok = (ok_fwd.ravel() == 1) & (ok_back.ravel() == 1) & np.isfinite(fb)
+    if ok.sum() < MIN_POINTS:
+        return None
+    keep = ok & (fb <= min(float(np.median(fb[ok])), FB_MAX_PX))
+    if keep.sum() < MIN_POINTS:
+        return None
+    p0, p1 = start[keep, 0].astype(np.float64), ahead[keep, 0].astype(np.float64)
+    shift = np.median(p1 - p0, axis=0)
+    i, j = np.triu_indices(len(p0), k=1)
+    d0 = np.linalg.norm(p0[i] - p0[j], axis=1)
+    d1 = np.linalg.norm(p1[i] - p1[j], axis=1)
+    far = d0 > 1e-3
+    scale = float(np.median(d1[far] / d0[far])) if far.any() else 1.0
+    if not (1 / MAX_SCALE_STEP <= scale <= MAX_SCALE_STEP):
+        return None
+    centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2]) + shift
+    half = np.array([(x1 - x0) / 2, (y1 - y0) / 2]) * scale
+    nx0, ny0 = np.maximum(centre - half, 0.0)
+    nx1, ny1 = np.minimum(centre + half, (w, h))
+    if nx1 - nx0 < 1 or ny1 - ny0 < 1:
+        return None
+    return float(nx0), float(ny0), float(nx1), float(ny1)

@@ -1,0 +1,61 @@
+"""backend.motion.median_flow: box motion from the image, against warps of a known amount (the
+box moved and scaled by hand from the warp's parameters)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from backend.motion import median_flow, to_gray
+
+
+@pytest.fixture(scope="module")
+def texture() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur(rng.random((240, 320)).astype(np.float32), (0, 0), 2)
+    return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def _warp(image: np.ndarray, matrix) -> np.ndarray:
+    return cv2.warpAffine(image, np.float32(matrix), (image.shape[1], image.shape[0]))
+
+
+def test_a_shift_moves_the_box_by_it(texture) -> None:
+    moved = median_flow(texture, _warp(texture, [[1, 0, 5.5], [0, 1, -3.25]]), (100, 80, 180, 160))
+    assert moved == pytest.approx((105.5, 76.75, 185.5, 156.75), abs=0.25)
+
+
+def test_a_zoom_scales_the_box_about_its_centre(texture) -> None:
+    # x' = 1.1 (x - 140) + 140 about the box centre (140, 120): the box grows to 88 x 88
+    zoom = cv2.getRotationMatrix2D((140, 120), 0, 1.1)
+    moved = median_flow(texture, _warp(texture, zoom), (100, 80, 180, 160))
+    assert moved == pytest.approx((96, 76, 184, 164), abs=0.6)
+
+
+def test_a_far_jump_needs_the_guess(texture) -> None:
+    """A 30-pixel box that moves 40 pixels: the flow from no motion cannot follow it; started
+    from the last frame's shift (a guess), it can."""
+    jump = _warp(texture, [[1, 0, 40], [0, 1, 12]])
+    box = (100, 100, 130, 130)
+    guessed = median_flow(texture, jump, box, guess=(36, 10))
+    assert guessed == pytest.approx((140, 112, 170, 142), abs=0.3)
+    unguided = median_flow(texture, jump, box)
+    assert unguided is None or unguided != pytest.approx((140, 112, 170, 142), abs=2)
+
+
+def test_nothing_to_follow_gives_none(texture) -> None:
+    flat = np.full_like(texture, 128)
+    assert median_flow(flat, flat, (100, 80, 180, 160)) is None  # no corners
+    assert median_flow(texture, texture, (0, 0, 5, 5)) is None  # too small
+    assert median_flow(texture, texture, (400, 300, 500, 400)) is None  # off the image
+    noise = np.random.default_rng(2).integers(0, 256, texture.shape, dtype=np.uint8)
+    assert median_flow(texture, noise, (100, 80, 180, 160)) is None  # no consistent motion
+
+
+def test_to_gray_matches_the_luma_weights() -> None:
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    rgb[1, 1] = (0, 0, 255)
+    gray = to_gray(rgb)
+    assert gray[0, 0] == round(0.299 * 255) and gray[1, 1] == round(0.114 * 255)
