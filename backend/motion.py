@@ -4,9 +4,11 @@
 pyramidal Lucas-Kanade optical flow, runs the flow back again and keeps the points that return
 to where they started (forward-backward error under its median and under FB_MAX_PX); the box
 moves by the median displacement of those points and scales by the median ratio of their
-pairwise distances. `process_video` uses it for a track that only the network's keypoints
-would otherwise place, since a poor prediction fed back as the next crop can shrink, grow or
-walk the box off the hand within a few frames.
+pairwise distances. A jump too far for the flow (from the guessed shift, then from none) is
+found by template matching first (`template_shift`), then refined by the flow. `process_video`
+uses it for a track that only the network's keypoints would otherwise place, since a poor
+prediction fed back as the next crop can shrink, grow or walk the box off the hand within a few
+frames.
 
 Imports numpy and OpenCV only.
 """
@@ -20,6 +22,9 @@ MAX_CORNERS = 80  # corners followed inside a box
 MIN_POINTS = 8  # fewer reliable points than this: no estimate
 FB_MAX_PX = 2.0  # a point whose forward-backward error exceeds this (pixels) is dropped
 MAX_SCALE_STEP = 1.25  # a scale change beyond this factor in one frame is not believed
+TEMPLATE_SIDE = 48.0  # template matching works at this many pixels per box side ...
+SEARCH_SIDES = 1.5  # ... searching this many box sides around the box
+MATCH_MIN = 0.6  # ... and takes a peak of the normalised cross-correlation above this
 LK_PARAMS = {
     "winSize": (15, 15),
     "maxLevel": 3,
@@ -45,7 +50,44 @@ def median_flow(
         moved = _median_flow(previous, current, box_xyxy, start_shift)
         if moved is not None:
             return moved
-    return None
+    # a jump too far for both: the box's content found again by template matching, then the
+    # flow started from there (its forward-backward check still has the last word)
+    coarse = template_shift(previous, current, box_xyxy)
+    if coarse is None:
+        return None
+    return _median_flow(previous, current, box_xyxy, np.asarray(coarse, dtype=np.float32))
+
+
+def template_shift(
+    previous: np.ndarray, current: np.ndarray, box_xyxy
+) -> tuple[float, float] | None:
+    """Where the box's content of `previous` lies in `current`, searched over SEARCH_SIDES box
+    sides around it (normalised cross-correlation, at TEMPLATE_SIDE pixels per box side):
+    the shift (dx, dy) in pixels, or None without a clear match (peak under MATCH_MIN)."""
+    h, w = previous.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    side = max(x1 - x0, y1 - y0)
+    if side < 8 or x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        return None
+    f = min(1.0, TEMPLATE_SIDE / side)
+    small_prev = cv2.resize(previous, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    small_cur = cv2.resize(current, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    tx0, ty0, tx1, ty1 = (int(round(v * f)) for v in (x0, y0, x1, y1))
+    template = small_prev[ty0:ty1, tx0:tx1]
+    if template.shape[0] < 4 or template.shape[1] < 4 or template.std() < 1.0:
+        return None
+    reach = int(round(SEARCH_SIDES * side * f))
+    sx0, sy0 = max(tx0 - reach, 0), max(ty0 - reach, 0)
+    sx1 = min(tx1 + reach, small_cur.shape[1])
+    sy1 = min(ty1 + reach, small_cur.shape[0])
+    region = small_cur[sy0:sy1, sx0:sx1]
+    if region.shape[0] < template.shape[0] or region.shape[1] < template.shape[1]:
+        return None
+    scores = cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)
+    _, peak, _, (px, py) = cv2.minMaxLoc(scores)
+    if peak < MATCH_MIN:
+        return None
+    return ((sx0 + px - tx0) / f, (sy0 + py - ty0) / f)
 
 
 def _median_flow(previous, current, box_xyxy, start_shift):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from backend.motion import median_flow, to_gray
+from backend.motion import _median_flow, median_flow, template_shift, to_gray
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +33,25 @@ def test_a_zoom_scales_the_box_about_its_centre(texture) -> None:
     assert moved == pytest.approx((96, 76, 184, 164), abs=0.6)
 
 
-def test_a_far_jump_needs_the_guess(texture) -> None:
-    """A 30-pixel box that moves 40 pixels: the flow from no motion cannot follow it; started
-    from the last frame's shift (a guess), it can."""
+def test_a_far_jump_is_found_again(texture) -> None:
+    """A 30-pixel box that moves 40 pixels, too far for the flow started from no motion: the
+    flow started from a guess of the shift follows it, and without a guess template matching
+    finds it first."""
     jump = _warp(texture, [[1, 0, 40], [0, 1, 12]])
     box = (100, 100, 130, 130)
-    guessed = median_flow(texture, jump, box, guess=(36, 10))
-    assert guessed == pytest.approx((140, 112, 170, 142), abs=0.3)
-    unguided = median_flow(texture, jump, box)
-    assert unguided is None or unguided != pytest.approx((140, 112, 170, 142), abs=2)
+    assert _median_flow(texture, jump, box, None) is None  # the flow alone loses it
+    expected = (140, 112, 170, 142)
+    assert median_flow(texture, jump, box, guess=(36, 10)) == pytest.approx(expected, abs=0.3)
+    assert template_shift(texture, jump, box) == pytest.approx((40, 12), abs=30 / 48 + 1e-6)
+    assert median_flow(texture, jump, box) == pytest.approx(expected, abs=0.3)
+
+
+def test_template_shift_needs_content(texture) -> None:
+    flat = np.full_like(texture, 128)
+    assert template_shift(flat, flat, (100, 80, 180, 160)) is None  # nothing to match
+    noise = np.random.default_rng(3).integers(0, 256, texture.shape, dtype=np.uint8)
+    assert template_shift(texture, noise, (100, 80, 180, 160)) is None  # no clear peak
+    assert template_shift(texture, texture, (300, 200, 400, 300)) is None  # off the image
 
 
 def test_nothing_to_follow_gives_none(texture) -> None:

@@ -88,7 +88,7 @@ def score(result: dict, truth: np.ndarray, vis: np.ndarray) -> dict:
     return {"kept": float(np.mean(kept)), "kept_last": float(kept[-1]), "errors": errors}
 
 
-def run(predictor: Predictor, frames: int, grow: float) -> dict:
+def run(predictor: Predictor, frames: int, grow: float, placements=PLACEMENTS) -> dict:
     from training.data.samples import DEFAULT_SAMPLES_ROOT, NAMES, SampleSet
 
     if not DEFAULT_SAMPLES_ROOT.is_dir():
@@ -111,7 +111,7 @@ def run(predictor: Predictor, frames: int, grow: float) -> dict:
                         truth = move_clip(image, hand.uv, vis, path, frames, grow)
                     info = probe_video(path)
                     box = keypoint_box(truth[0][vis], info.width, info.height)
-                    for placement in PLACEMENTS:
+                    for placement in placements:
                         t0 = time.perf_counter()
                         result = process_video(
                             predictor, path, boxes=[box], detector="network", refine=False,
@@ -130,7 +130,7 @@ def run(predictor: Predictor, frames: int, grow: float) -> dict:
     out: dict = {"frames_per_clip": frames, "grow": grow, "kept_share": KEPT_SHARE}
     for kind in ("pan", "move"):
         out[kind] = {}
-        for placement in PLACEMENTS:
+        for placement in placements:
             sel = [r for r in rows if r["clip"] == kind and r["placement"] == placement]
             out[kind][placement] = {
                 "clips": len(sel),
@@ -151,11 +151,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=16, help="frames of each clip")
     ap.add_argument("--grow", type=float, default=1.4, help="the moving hand's growth")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--placement", action="append", choices=PLACEMENTS, help="only these (default: all)"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = Predictor(args.checkpoint)
-    result = {"checkpoint": predictor.checkpoint.name, **run(predictor, args.frames, args.grow)}
+    placements = tuple(args.placement or PLACEMENTS)
+    result = {
+        "checkpoint": predictor.checkpoint.name,
+        **run(predictor, args.frames, args.grow, placements),
+    }
     print(json.dumps(result, indent=1))
 
 
