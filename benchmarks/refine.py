@@ -1,4 +1,5 @@
-"""Cost of finding hands with MediaPipe and of refining a hand on its landmarks. Prints JSON.
+"""Cost of finding hands with MediaPipe, of refining a hand on its landmarks, and of moving a
+video track's box with the image. Prints JSON.
 
     python -m benchmarks.refine [--repeats 5] [--threads N]
 
@@ -10,7 +11,10 @@ shipped checkpoint on the CPU:
   model in a known pose through the photo's camera (so the fit always has a full set of 21);
 - track fit: `fit.fit_track` of a video track of --track-frames frames (the baseline's hand
   drifting sideways 2 mm a frame, landmarks as above), the way `hamr video` refines; reported per
-  frame, with its ratio to the photo fit of one hand.
+  frame, with its ratio to the photo fit of one hand;
+- motion: `motion.median_flow` of the hand box from the photo to the photo shifted by
+  (6, -4) px (how `hamr video` moves a track only the network placed), and `template_shift`
+  alone (its fallback for a jump too far for the flow).
 Medians over --repeats after warm-up, and each one's ratio to the baseline.
 """
 
@@ -22,12 +26,15 @@ import json
 import platform
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 
 from backend import detect_mediapipe
 from backend.fit import fit_track
 from backend.hand_model.poses import named_pose
 from backend.inference import HandRequest, Predictor, load_image
+from backend.motion import median_flow, template_shift, to_gray
 from backend.render import project_points
 
 from .timing import median_ms
@@ -65,6 +72,10 @@ def run(repeats: int, track_frames: int = 64) -> dict:
         )  # fmt: skip
 
     track = median_ms(track_fit, max(1, repeats // 2), warmup=1) / track_frames
+    gray = to_gray(image)
+    shifted = cv2.warpAffine(gray, np.float32([[1, 0, 6], [0, 1, -4]]), gray.shape[::-1])
+    flow = median_ms(lambda: median_flow(gray, shifted, BOX), repeats)
+    template = median_ms(lambda: template_shift(gray, shifted, BOX), repeats)
     out = {
         "benchmark": "hamr_refine",
         "torch": torch.__version__,
@@ -78,6 +89,9 @@ def run(repeats: int, track_frames: int = 64) -> dict:
         "track_frames": track_frames,
         "track_fit_ms_per_frame": round(track, 1),
         "track_fit_per_frame_over_fit": round(track / fit, 3),
+        "motion_ms": round(flow, 2),
+        "motion_over_baseline": round(flow / baseline, 3),
+        "template_shift_ms": round(template, 2),
     }
     if detect_mediapipe.available():
         detect = median_ms(lambda: detect_mediapipe.detect(image), repeats)
