@@ -121,6 +121,7 @@ class Track:
     # there: `HandTracker.move` carries it into the next frame by the image's motion
     moving_box: tuple[float, float, float, float] | None = None
     velocity: tuple[float, float] | None = None  # the box centre's last shift per frame, pixels
+    landmark_box: tuple[float, float, float, float] | None = None  # last frame's, if it had them
 
     def __post_init__(self) -> None:
         self.anchor_side = self.anchor_side or box_side(self.box_xyxy)
@@ -306,13 +307,15 @@ class HandTracker:
             landmarks = hand.get(LANDMARKS_KEY)
             if landmarks is not None:
                 box = keypoint_box(np.asarray(landmarks), width, height)
-                track.velocity = _centre_shift(track.box_xyxy, box)
+                if track.landmark_box is not None:  # two frames in a row: the hand's shift
+                    track.velocity = _centre_shift(track.landmark_box, box)
                 track.box_xyxy, track.anchor_side = box, box_side(box)
-                track.moving_box = None
+                track.landmark_box, track.moving_box = box, None
             elif self.placement == "keypoints":  # the network's keypoints, unbounded
                 keypoints = np.asarray(hand["keypoints2d"])
                 track.box_xyxy = keypoint_box(keypoints, width, height)
             else:
+                track.landmark_box = None
                 keypoints = np.asarray(hand["keypoints2d"])
                 track.moving_box = track.box_xyxy if self.placement == "motion" else None
                 track.box_xyxy = follow_box(

@@ -285,6 +285,12 @@ def test_tracker_moves_a_network_placed_box_with_the_image() -> None:
     assert tracker.tracks[1].box_xyxy == after_landmarks
     # the shift is remembered as the track's velocity, the guess for the next frame's flow
     assert tracker.tracks[0].velocity == pytest.approx((6, -4), abs=0.3)
+    # for a landmark track, the shift between two frames' landmark boxes in a row
+    assert tracker.tracks[1].velocity is None  # one landmark frame only: none yet
+    landmarked = _hand((215, 60, 285, 130), 0.9)
+    landmarked[LANDMARKS_KEY] = np.asarray(landmarked["keypoints2d"])
+    tracker.update([_hand((66, 56, 146, 136), 0.9), landmarked], 320, 240)
+    assert tracker.tracks[1].velocity == pytest.approx((10, -5))
 
 
 # ----------------------------------------------------------------------------- process_video
