@@ -70,36 +70,46 @@ def template_shift(
     if side < 8 or x0 < 0 or y0 < 0 or x1 > w or y1 > h:
         return None
     f = min(1.0, TEMPLATE_SIDE / side)
-    small_prev = cv2.resize(previous, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-    small_cur = cv2.resize(current, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-    tx0, ty0, tx1, ty1 = (int(round(v * f)) for v in (x0, y0, x1, y1))
+    reach = SEARCH_SIDES * side
+    rx0, ry0 = int(max(x0 - reach, 0)), int(max(y0 - reach, 0))
+    rx1, ry1 = int(min(np.ceil(x1 + reach), w)), int(min(np.ceil(y1 + reach), h))
+    small = (
+        lambda image: cv2.resize(  # noqa: E731  the search region, scaled by f
+            image[ry0:ry1, rx0:rx1], None, fx=f, fy=f, interpolation=cv2.INTER_AREA
+        )
+    )
+    small_prev, region = small(previous), small(current)
+    tx0, ty0 = int(round((x0 - rx0) * f)), int(round((y0 - ry0) * f))
+    tx1, ty1 = int(round((x1 - rx0) * f)), int(round((y1 - ry0) * f))
     template = small_prev[ty0:ty1, tx0:tx1]
     if template.shape[0] < 4 or template.shape[1] < 4 or template.std() < 1.0:
         return None
-    reach = int(round(SEARCH_SIDES * side * f))
-    sx0, sy0 = max(tx0 - reach, 0), max(ty0 - reach, 0)
-    sx1 = min(tx1 + reach, small_cur.shape[1])
-    sy1 = min(ty1 + reach, small_cur.shape[0])
-    region = small_cur[sy0:sy1, sx0:sx1]
     if region.shape[0] < template.shape[0] or region.shape[1] < template.shape[1]:
         return None
     scores = cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)
     _, peak, _, (px, py) = cv2.minMaxLoc(scores)
     if peak < MATCH_MIN:
         return None
-    return ((sx0 + px - tx0) / f, (sy0 + py - ty0) / f)
+    return ((px - tx0) / f, (py - ty0) / f)
 
 
 def _median_flow(previous, current, box_xyxy, start_shift):
+    """One try of `median_flow`, the flow started from start_shift (None: no motion). Works
+    inside the box grown by its side (and the shift), so its cost follows the box, not the
+    frame."""
     h, w = previous.shape[:2]
     x0, y0, x1, y1 = (float(v) for v in box_xyxy)
     ix0, iy0 = max(int(x0), 0), max(int(y0), 0)
     ix1, iy1 = min(int(np.ceil(x1)), w), min(int(np.ceil(y1)), h)
     if ix1 - ix0 < 8 or iy1 - iy0 < 8:
         return None
-    mask = np.zeros((h, w), np.uint8)
-    mask[iy0:iy1, ix0:ix1] = 255
     side = max(x1 - x0, y1 - y0)
+    reach = side + (float(np.abs(start_shift).max()) if start_shift is not None else 0.0)
+    rx0, ry0 = int(max(ix0 - reach, 0)), int(max(iy0 - reach, 0))
+    rx1, ry1 = int(min(ix1 + reach, w)), int(min(iy1 + reach, h))
+    previous, current = previous[ry0:ry1, rx0:rx1], current[ry0:ry1, rx0:rx1]
+    mask = np.zeros(previous.shape[:2], np.uint8)
+    mask[iy0 - ry0 : iy1 - ry0, ix0 - rx0 : ix1 - rx0] = 255
     start = cv2.goodFeaturesToTrack(
         previous, MAX_CORNERS, qualityLevel=0.01, minDistance=max(2.0, side / 40), mask=mask
     )
