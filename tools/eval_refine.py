@@ -159,41 +159,49 @@ def pan_errors(result: dict, uv: np.ndarray, vis: np.ndarray, shift: int, top: i
     return errors
 
 
+def clip_hands():
+    """The annotated sample hands that clips are made from (FreiHAND's 224-pixel photos aside):
+    yields (set name, index in the set, SampleHand, RGB photo, visibility mask)."""
+    from training.data.samples import NAMES, SampleSet
+
+    for name in NAMES:
+        if name == "freihand":
+            continue
+        dataset = SampleSet(None, name)
+        for k, hand in enumerate(dataset.hands):
+            image, _ = load_image(dataset.dir / hand.file)
+            yield name, k, hand, image, hand.vis > 0
+
+
 def video(predictor: Predictor, frames: int) -> dict:
     import tempfile
     from pathlib import Path
 
     from backend.video import process_video
-    from training.data.samples import DEFAULT_SAMPLES_ROOT, NAMES, SampleSet
+    from training.data.samples import DEFAULT_SAMPLES_ROOT
 
     if not DEFAULT_SAMPLES_ROOT.is_dir():
         return {"skipped": f"no sample photos at {DEFAULT_SAMPLES_ROOT}"}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in NAMES:
-            if name == "freihand":
+        for name, k, hand, image, vis in clip_hands():
+            lo, hi = hand.uv[vis].min(0), hand.uv[vis].max(0)
+            if not any(
+                iou(d["box_xyxy"], (*lo, *hi)) > 0.5 for d in detect_mediapipe.detect(image)
+            ):
                 continue
-            dataset = SampleSet(None, name)
-            for k, hand in enumerate(dataset.hands):
-                image, _ = load_image(dataset.dir / hand.file)
-                vis = hand.vis > 0
-                lo, hi = hand.uv[vis].min(0), hand.uv[vis].max(0)
-                if not any(
-                    iou(d["box_xyxy"], (*lo, *hi)) > 0.5 for d in detect_mediapipe.detect(image)
-                ):
-                    continue
-                path = Path(tmp) / f"{name}_{k}.mp4"
-                shift, top = pan_clip(image, path, frames)
-                row = {"set": name, "hand": k}
-                for refine in (False, True):
-                    t0 = time.perf_counter()
-                    result = process_video(predictor, path, min_score=0.0, refine=refine)
-                    seconds = (time.perf_counter() - t0) / frames
-                    errors = pan_errors(result, hand.uv, vis, shift, top)
-                    key = "refined" if refine else "net"
-                    row[f"err_{key}"] = float(np.nanmean(errors)) if errors else float("nan")
-                    row[f"s_per_frame_{key}"] = seconds
-                rows.append(row)
+            path = Path(tmp) / f"{name}_{k}.mp4"
+            shift, top = pan_clip(image, path, frames)
+            row = {"set": name, "hand": k}
+            for refine in (False, True):
+                t0 = time.perf_counter()
+                result = process_video(predictor, path, min_score=0.0, refine=refine)
+                seconds = (time.perf_counter() - t0) / frames
+                errors = pan_errors(result, hand.uv, vis, shift, top)
+                key = "refined" if refine else "net"
+                row[f"err_{key}"] = float(np.nanmean(errors)) if errors else float("nan")
+                row[f"s_per_frame_{key}"] = seconds
+            rows.append(row)
     out: dict = {"clips": len(rows), "frames_per_clip": frames}
     for key in ("err_net", "err_refined", "s_per_frame_net", "s_per_frame_refined"):
         out[f"mean_{key}"] = round(float(np.nanmean([r[key] for r in rows])), 3)

@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 import torch
 
-from backend.inference import Predictor, load_image
+from backend.inference import Predictor
 from backend.video import PLACEMENTS, keypoint_box, probe_video, process_video
-from tools.eval_refine import pan_clip
+from tools.eval_refine import clip_hands, pan_clip
 
 KEPT_SHARE = 0.8  # a frame keeps the hand when its crop holds this share of the true keypoints
 
@@ -89,44 +89,38 @@ def score(result: dict, truth: np.ndarray, vis: np.ndarray) -> dict:
 
 
 def run(predictor: Predictor, frames: int, grow: float, placements=PLACEMENTS) -> dict:
-    from training.data.samples import DEFAULT_SAMPLES_ROOT, NAMES, SampleSet
+    from training.data.samples import DEFAULT_SAMPLES_ROOT
 
     if not DEFAULT_SAMPLES_ROOT.is_dir():
         return {"skipped": f"no sample photos at {DEFAULT_SAMPLES_ROOT}"}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in NAMES:
-            if name == "freihand":
-                continue
-            dataset = SampleSet(None, name)
-            for k, hand in enumerate(dataset.hands):
-                image, _ = load_image(dataset.dir / hand.file)
-                vis = hand.vis > 0
-                for kind in ("pan", "move"):
-                    path = Path(tmp) / f"{name}_{k}_{kind}.mp4"
-                    if kind == "pan":
-                        shift, top = pan_clip(image, path, frames)
-                        truth = np.array([hand.uv - (shift * i, top) for i in range(frames)])
-                    else:
-                        truth = move_clip(image, hand.uv, vis, path, frames, grow)
-                    info = probe_video(path)
-                    box = keypoint_box(truth[0][vis], info.width, info.height)
-                    for placement in placements:
-                        t0 = time.perf_counter()
-                        result = process_video(
-                            predictor, path, boxes=[box], detector="network", refine=False,
-                            min_score=0.0, placement=placement,
-                        )  # fmt: skip
-                        seconds = (time.perf_counter() - t0) / frames
-                        s = score(result, truth, vis)
-                        rows.append(
-                            {
-                                "set": name, "hand": k, "clip": kind, "placement": placement,
-                                "kept": s["kept"], "kept_last": s["kept_last"],
-                                "err": float(np.nanmean(s["errors"])) if s["kept"] else np.nan,
-                                "s_per_frame": seconds,
-                            }
-                        )  # fmt: skip
+        for name, k, hand, image, vis in clip_hands():
+            for kind in ("pan", "move"):
+                path = Path(tmp) / f"{name}_{k}_{kind}.mp4"
+                if kind == "pan":
+                    shift, top = pan_clip(image, path, frames)
+                    truth = np.array([hand.uv - (shift * i, top) for i in range(frames)])
+                else:
+                    truth = move_clip(image, hand.uv, vis, path, frames, grow)
+                info = probe_video(path)
+                box = keypoint_box(truth[0][vis], info.width, info.height)
+                for placement in placements:
+                    t0 = time.perf_counter()
+                    result = process_video(
+                        predictor, path, boxes=[box], detector="network", refine=False,
+                        min_score=0.0, placement=placement,
+                    )  # fmt: skip
+                    seconds = (time.perf_counter() - t0) / frames
+                    s = score(result, truth, vis)
+                    rows.append(
+                        {
+                            "set": name, "hand": k, "clip": kind, "placement": placement,
+                            "kept": s["kept"], "kept_last": s["kept_last"],
+                            "err": float(np.nanmean(s["errors"])) if s["kept"] else np.nan,
+                            "s_per_frame": seconds,
+                        }
+                    )  # fmt: skip
     out: dict = {"frames_per_clip": frames, "grow": grow, "kept_share": KEPT_SHARE}
     for kind in ("pan", "move"):
         out[kind] = {}
