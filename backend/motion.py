@@ -73,11 +73,11 @@ def template_shift(
     reach = SEARCH_SIDES * side
     rx0, ry0 = int(max(x0 - reach, 0)), int(max(y0 - reach, 0))
     rx1, ry1 = int(min(np.ceil(x1 + reach), w)), int(min(np.ceil(y1 + reach), h))
-    small = (
-        lambda image: cv2.resize(  # noqa: E731  the search region, scaled by f
-            image[ry0:ry1, rx0:rx1], None, fx=f, fy=f, interpolation=cv2.INTER_AREA
-        )
-    )
+
+    def small(image: np.ndarray) -> np.ndarray:  # the search region, scaled by f
+        crop = image[ry0:ry1, rx0:rx1]
+        return cv2.resize(crop, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+
     small_prev, region = small(previous), small(current)
     tx0, ty0 = int(round((x0 - rx0) * f)), int(round((y0 - ry0) * f))
     tx1, ty1 = int(round((x1 - rx0) * f)), int(round((y1 - ry0) * f))
