@@ -115,20 +115,15 @@ def _median_flow(previous, current, box_xyxy, start_shift):
     )
     if start is None or len(start) < MIN_POINTS:
         return None
-    if start_shift is None:
-        ahead, ok_fwd, _ = cv2.calcOpticalFlowPyrLK(previous, current, start, None, **LK_PARAMS)
-    else:
-        ahead, ok_fwd, _ = cv2.calcOpticalFlowPyrLK(
-            previous, current, start, start + start_shift, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
-            **LK_PARAMS,
-        )  # fmt: skip
-    if start_shift is None:
-        back, ok_back, _ = cv2.calcOpticalFlowPyrLK(current, previous, ahead, None, **LK_PARAMS)
-    else:  # back from the guessed shift too
-        back, ok_back, _ = cv2.calcOpticalFlowPyrLK(
-            current, previous, ahead, ahead - start_shift, flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
-            **LK_PARAMS,
-        )  # fmt: skip
+    # no shift given: the flow starts where the points are (what LK does without an estimate)
+    shift = np.zeros(2, np.float32) if start_shift is None else start_shift
+    flags = cv2.OPTFLOW_USE_INITIAL_FLOW
+    ahead, ok_fwd, _ = cv2.calcOpticalFlowPyrLK(
+        previous, current, start, start + shift, flags=flags, **LK_PARAMS
+    )
+    back, ok_back, _ = cv2.calcOpticalFlowPyrLK(
+        current, previous, ahead, ahead - shift, flags=flags, **LK_PARAMS
+    )
     fb = np.linalg.norm(back - start, axis=-1).ravel()
     ok = (ok_fwd.ravel() == 1) & (ok_back.ravel() == 1) & np.isfinite(fb)
     if ok.sum() < MIN_POINTS:

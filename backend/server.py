@@ -359,7 +359,6 @@ class Job:
     options: dict[str, Any]  # process_video keyword arguments
     upload_dir: Path | None  # the job's own upload folder, removed when the job ends
     state: str = "queued"
-    stage: str = "frames"  # "frames" while reading the clip, "fitting" while refine fits tracks
     frames_done: int = 0
     frames_total: int = 0
     fits: bool = False  # the job will fit its tracks to landmarks (refine on, MediaPipe there)
@@ -383,7 +382,8 @@ class Job:
             "id": self.id,
             "state": self.state,
             "progress": round(progress, 4),
-            "stage": self.stage,
+            # "fitting" once refine's track fit has begun (it reports its total first)
+            "stage": "fitting" if self.fit_total else "frames",
             "frames_done": self.frames_done,
             "frames_total": self.frames_total,
             "fit_done": self.fit_done,
@@ -483,7 +483,7 @@ class JobManager:
                 job.frames_done, job.frames_total = done, total
 
             def fit_progress(done: int, total: int, job: Job = job) -> None:
-                job.stage, job.fit_done, job.fit_total = "fitting", done, total
+                job.fit_done, job.fit_total = done, total
 
             state, result, error = "done", None, None
             try:

@@ -333,6 +333,10 @@ class HandTracker:
         self.tracks = [t for i, t in enumerate(self.tracks) if i in keep and t not in lost]
         return [hands[i] for i in keep]
 
+    def needs_motion(self) -> bool:
+        """Whether `move` has a track to move (one only the network placed last frame)."""
+        return any(t.moving_box is not None for t in self.tracks)
+
     def move(self, previous_gray: np.ndarray, gray: np.ndarray) -> None:
         """Before a frame's detection: each track that only the network placed in the previous
         frame takes that frame's box moved by the image motion (`motion.median_flow`) instead
@@ -427,15 +431,14 @@ def process_video(
     tracker = HandTracker(max_hands, min_score, patience, redetect_every, placement)
     frames: list[dict[str, Any]] = []
     total = info.frame_count
-    previous_gray = None
+    previous = None
     for index, image in enumerate(read_frames(path)):
         if cancel_event is not None and cancel_event.is_set():
             raise VideoCancelled(f"cancelled at frame {index}")
         h, w = image.shape[:2]
-        gray = to_gray(image)
-        if previous_gray is not None:
-            tracker.move(previous_gray, gray)
-        previous_gray = gray
+        if previous is not None and tracker.needs_motion():
+            tracker.move(to_gray(previous), to_gray(image))
+        previous = image
         with lock:
             # MediaPipe's hands in this frame: boxes for the tracks (per_frame), landmarks to fit
             mp_hands = detect_mediapipe.detect(image, max_hands) if per_frame or refine else []
@@ -512,23 +515,24 @@ def finalize_tracks(
     for frame in frames:
         for hand in frame["hands"]:
             by_track.setdefault(hand["track"], []).append((frame["index"], hand))
-    to_fit = (
-        sum(
-            len(items)
-            for items in by_track.values()
-            if any(h.get(LANDMARKS_KEY) is not None for _, h in items)
-        )
-        if refine
-        else 0
-    )
-    fitted_so_far = 0
+    fits = {
+        track: refine and any(h.get(LANDMARKS_KEY) is not None for _, h in items)
+        for track, items in by_track.items()
+    }
+    to_fit = sum(len(items) for track, items in by_track.items() if fits[track])
+    done = 0
     if to_fit and fit_progress_cb is not None:
         fit_progress_cb(0, to_fit)
-    for items in by_track.values():
+    for track, items in by_track.items():
+        chunk_cb = None
+        if fits[track] and fit_progress_cb is not None:
+
+            def chunk_cb(fitted: int, before: int = done) -> None:
+                fit_progress_cb(before + fitted, to_fit)
+
         with lock:
-            fitted_so_far += _finalize_track(
-                predictor, items, fps, smoothing, refine, fitted_so_far, to_fit, fit_progress_cb
-            )
+            _finalize_track(predictor, items, fps, smoothing, refine, chunk_cb)
+        done += len(items) if fits[track] else 0
 
 
 @torch.no_grad()
@@ -538,13 +542,10 @@ def _finalize_track(
     fps: float,
     smoothing: float,
     refine: bool,
-    fitted_before: int,
-    to_fit: int,
-    fit_progress_cb: ProgressCallback | None,
-) -> int:
-    """`finalize_tracks` for one track's (frame index, hand) items; returns how many of its
-    frames it fitted (0 without refine or landmarks)."""
-    fitted_frames = 0
+    chunk_cb: Callable[[int], None] | None,
+) -> None:
+    """`finalize_tracks` for one track's (frame index, hand) items; chunk_cb goes to
+    `fit.fit_track`."""
     hands = [h for _, h in items]
     times = np.array([i / fps for i, _ in items])
     model = predictor.hands[hands[0]["side"]]
@@ -570,11 +571,6 @@ def _finalize_track(
     # step 4b: the track fitted to MediaPipe's landmarks, all its frames at once
     landmarks = [h.pop(LANDMARKS_KEY, None) for h in hands]
     if refine and any(lm is not None for lm in landmarks):
-
-        def chunk_done(frames_done: int) -> None:
-            if fit_progress_cb is not None:
-                fit_progress_cb(fitted_before + frames_done, to_fit)
-
         fitted = fit_track(
             model,
             hands[0]["side"],
@@ -585,9 +581,8 @@ def _finalize_track(
             landmarks,
             [box_side(h["box_xyxy"]) for h in hands],
             [i for i, _ in items],
-            chunk_cb=chunk_done,
+            chunk_cb=chunk_cb,
         )
-        fitted_frames = len(hands)
         poses, transl = fitted["pose"].astype(np.float64), fitted["transl"].astype(np.float64)
         betas = fitted["betas"].astype(np.float64)
         betas_t = torch.tensor(betas, dtype=torch.float32, device=device)
@@ -617,7 +612,6 @@ def _finalize_track(
             joints3d_cam=joints[i].tolist(),
             keypoints2d=uv[i].tolist(),
         )
-    return fitted_frames
 
 
 def _keypoints(model: torch.nn.Module, poses: np.ndarray, betas: torch.Tensor) -> np.ndarray:

@@ -206,10 +206,13 @@ def video(predictor: Predictor, frames: int) -> dict:
     for key in ("err_net", "err_refined", "s_per_frame_net", "s_per_frame_refined"):
         out[f"mean_{key}"] = round(float(np.nanmean([r[key] for r in rows])), 3)
     out["better_refined"] = sum(r["err_refined"] < r["err_net"] for r in rows)
-    out["per_clip"] = [
-        {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows
-    ]
+    out["per_clip"] = rounded(rows)
     return out
+
+
+def rounded(rows: list[dict]) -> list[dict]:
+    """Per-clip rows for the JSON output: floats to 3 decimals."""
+    return [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,7 @@ import torch
 
 from backend.inference import Predictor
 from backend.video import PLACEMENTS, keypoint_box, probe_video, process_video
-from tools.eval_refine import clip_hands, pan_clip
+from tools.eval_refine import clip_hands, pan_clip, rounded
 
 KEPT_SHARE = 0.8  # a frame keeps the hand when its crop holds this share of the true keypoints
 
@@ -133,9 +133,7 @@ def run(predictor: Predictor, frames: int, grow: float, placements=PLACEMENTS) -
                 "err_kept_frames": round(float(np.nanmean([r["err"] for r in sel])), 3),
                 "s_per_frame": round(float(np.median([r["s_per_frame"] for r in sel])), 3),
             }
-    out["per_clip"] = [
-        {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows
-    ]
+    out["per_clip"] = rounded(rows)
     return out
 
 
