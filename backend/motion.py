@@ -20,11 +20,17 @@ import numpy as np
 
 MAX_CORNERS = 80  # corners followed inside a box
 MIN_POINTS = 8  # fewer reliable points than this: no estimate
-FB_MAX_PX = 2.0  # a point whose forward-backward error exceeds this (pixels) is dropped
+FB_MAX_PX = 2.0  # a point whose forward-backward error exceeds this (pixels) is dropped ...
+FB_FLOOR_PX = 0.5  # ... as is one over the median error, unless it is under this
 MAX_SCALE_STEP = 1.25  # a scale change beyond this factor in one frame is not believed
 TEMPLATE_SIDE = 48.0  # template matching works at this many pixels per box side ...
 SEARCH_SIDES = 1.5  # ... searching this many box sides around the box
 MATCH_MIN = 0.6  # ... and takes a peak of the normalised cross-correlation above this
+RING_SIDES = 0.5  # the surroundings' motion: corners in a band this many box sides wide ...
+RING_GAP = 0.1  # ... leaving out this much of a side next to the box (the hand may reach past)
+APART_PX, APART_SIDES = 1.0, 0.02  # a point moves apart from the ring by more than both ...
+APART_MIN, APART_SHARE = 5, 0.1  # ... and the box follows the largest group of such points
+# moving together (within twice that distance of one of them) when it has this many of the box's
 LK_PARAMS = {
     "winSize": (15, 15),
     "maxLevel": 3,
@@ -96,7 +102,8 @@ def template_shift(
 def _median_flow(previous, current, box_xyxy, start_shift):
     """One try of `median_flow`, the flow started from start_shift (None: no motion). Works
     inside the box grown by its side (and the shift), so its cost follows the box, not the
-    frame."""
+    frame. Corners in a ring around the box give the surroundings' own motion; where enough of
+    the box's points move apart from it, the box follows those alone (`_apart`)."""
     h, w = previous.shape[:2]
     x0, y0, x1, y1 = (float(v) for v in box_xyxy)
     ix0, iy0 = max(int(x0), 0), max(int(y0), 0)
@@ -108,30 +115,38 @@ def _median_flow(previous, current, box_xyxy, start_shift):
     rx0, ry0 = int(max(ix0 - reach, 0)), int(max(iy0 - reach, 0))
     rx1, ry1 = int(min(ix1 + reach, w)), int(min(iy1 + reach, h))
     previous, current = previous[ry0:ry1, rx0:rx1], current[ry0:ry1, rx0:rx1]
-    mask = np.zeros(previous.shape[:2], np.uint8)
-    mask[iy0 - ry0 : iy1 - ry0, ix0 - rx0 : ix1 - rx0] = 255
-    start = cv2.goodFeaturesToTrack(
-        previous, MAX_CORNERS, qualityLevel=0.01, minDistance=max(2.0, side / 40), mask=mask
-    )
+    box = (ix0 - rx0, iy0 - ry0, ix1 - rx0, iy1 - ry0)  # in the region
+    spacing = max(2.0, side / 40)
+    start = _corners(previous, box, spacing)
     if start is None or len(start) < MIN_POINTS:
         return None
+    # the ring: a band RING_SIDES of a side wide around the box, less RING_GAP next to it,
+    # where the hand may reach past its box
+    outer, gap = int(round(RING_SIDES * side)), int(round(RING_GAP * side))
+    grown = (box[0] - outer, box[1] - outer, box[2] + outer, box[3] + outer)
+    hole = (box[0] - gap, box[1] - gap, box[2] + gap, box[3] + gap)
+    around = _corners(previous, grown, spacing, hole)
+    n = len(start)
+    points = start if around is None else np.concatenate([start, around])
     # no shift given: the flow starts where the points are (what LK does without an estimate)
     shift = np.zeros(2, np.float32) if start_shift is None else start_shift
     flags = cv2.OPTFLOW_USE_INITIAL_FLOW
     ahead, ok_fwd, _ = cv2.calcOpticalFlowPyrLK(
-        previous, current, start, start + shift, flags=flags, **LK_PARAMS
+        previous, current, points, points + shift, flags=flags, **LK_PARAMS
     )
     back, ok_back, _ = cv2.calcOpticalFlowPyrLK(
         current, previous, ahead, ahead - shift, flags=flags, **LK_PARAMS
     )
-    fb = np.linalg.norm(back - start, axis=-1).ravel()
+    fb = np.linalg.norm(back - points, axis=-1).ravel()
     ok = (ok_fwd.ravel() == 1) & (ok_back.ravel() == 1) & np.isfinite(fb)
-    if ok.sum() < MIN_POINTS:
+    p0, p1 = points[:, 0].astype(np.float64), ahead[:, 0].astype(np.float64)
+    keep = _reliable(fb[:n], ok[:n])
+    if keep is None:
         return None
-    keep = ok & (fb <= min(float(np.median(fb[ok])), FB_MAX_PX))
-    if keep.sum() < MIN_POINTS:
-        return None
-    p0, p1 = start[keep, 0].astype(np.float64), ahead[keep, 0].astype(np.float64)
+    p0, p1, rest = p0[:n][keep], p1[:n][keep], (p0[n:], p1[n:], fb[n:], ok[n:])
+    apart = _apart(p0, p1, rest, side)
+    if apart is not None:
+        p0, p1 = p0[apart], p1[apart]
     shift = np.median(p1 - p0, axis=0)
     i, j = np.triu_indices(len(p0), k=1)
     d0 = np.linalg.norm(p0[i] - p0[j], axis=1)
@@ -147,3 +162,73 @@ def _median_flow(previous, current, box_xyxy, start_shift):
     if nx1 - nx0 < 1 or ny1 - ny0 < 1:
         return None
     return float(nx0), float(ny0), float(nx1), float(ny1)
+
+
+def _reliable(fb: np.ndarray, ok: np.ndarray) -> np.ndarray | None:
+    """Points (a boolean mask) whose forward-backward error is under its median (or under
+    FB_FLOOR_PX: a still background's points return almost exactly, and the median of a box
+    mostly of them would drop every point that moved) and under FB_MAX_PX; None when fewer than
+    MIN_POINTS are."""
+    if ok.sum() < MIN_POINTS:
+        return None
+    limit = min(max(float(np.median(fb[ok])), FB_FLOOR_PX), FB_MAX_PX)
+    keep = ok & (fb <= limit)
+    return keep if keep.sum() >= MIN_POINTS else None
+
+
+def _corners(image: np.ndarray, rect, spacing: float, hole=None) -> np.ndarray | None:
+    """Up to MAX_CORNERS Shi-Tomasi corners (N, 1, 2) float32 of `image` inside rect (x0, y0,
+    x1, y1, clipped to the image), none inside `hole` (a rect too, or None); None if there are
+    none. Works on the rect's pixels only, so its cost follows the rect."""
+    h, w = image.shape[:2]
+    x0, y0 = max(int(rect[0]), 0), max(int(rect[1]), 0)
+    x1, y1 = min(int(rect[2]), w), min(int(rect[3]), h)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return None
+    mask = None
+    if hole is not None:
+        mask = np.full((y1 - y0, x1 - x0), 255, np.uint8)
+        hx0, hy0 = max(int(hole[0]) - x0, 0), max(int(hole[1]) - y0, 0)
+        mask[hy0 : max(int(hole[3]) - y0, 0), hx0 : max(int(hole[2]) - x0, 0)] = 0
+    found = cv2.goodFeaturesToTrack(
+        image[y0:y1, x0:x1], MAX_CORNERS, qualityLevel=0.01, minDistance=spacing, mask=mask
+    )
+    return None if found is None else found + np.float32([x0, y0])
+
+
+def _apart(p0: np.ndarray, p1: np.ndarray, around, side: float) -> np.ndarray | None:
+    """Which of the box's reliable points (p0 -> p1, (N, 2) each) move apart from their
+    surroundings: the ring's reliable points give the background's motion as a similarity
+    (shift, scale, rotation: a camera's pan, zoom or roll; fitted with RANSAC, so a minority of
+    the ring on the hand or arm does not count), and a box point moves apart when it lands more
+    than APART_PX pixels and APART_SIDES of the box's side from where that motion takes it. A
+    hand moving over a still background, or held still while the camera moves, is the box's
+    content that moves apart; the box follows the largest group of those moving together. None,
+    to keep every point, when the ring has too few reliable points or no clear motion, or when
+    that group has fewer than APART_MIN points or APART_SHARE of the box's (everything moves
+    together, as in a pan, or a few scattered flow errors)."""
+    q0, q1, fb, ok = around
+    keep = _reliable(fb, ok)
+    if keep is None:
+        return None
+    motion, _ = cv2.estimateAffinePartial2D(
+        q0[keep], q1[keep], method=cv2.RANSAC, ransacReprojThreshold=APART_PX
+    )
+    if motion is None:
+        return None
+    expected = p0 @ motion[:, :2].T + motion[:, 2]
+    tolerance = max(APART_PX, APART_SIDES * side)
+    apart = np.flatnonzero(np.linalg.norm(p1 - expected, axis=1) > tolerance)
+    needed = max(APART_MIN, APART_SHARE * len(p0))
+    if len(apart) < needed:
+        return None
+    # the largest group moving together: the hand's inside, not the points on its outline whose
+    # flow mixes its motion with the background's, nor scattered flow errors
+    moves = p1[apart] - p0[apart]
+    near = np.linalg.norm(moves[:, None] - moves[None], axis=-1) <= 2 * tolerance
+    group = apart[near[np.argmax(near.sum(axis=1))]]
+    if len(group) < needed:
+        return None
+    chosen = np.zeros(len(p0), bool)
+    chosen[group] = True
+    return chosen

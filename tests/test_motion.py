@@ -69,3 +69,46 @@ def test_to_gray_matches_the_luma_weights() -> None:
     rgb[1, 1] = (0, 0, 255)
     gray = to_gray(rgb)
     assert gray[0, 0] == round(0.299 * 255) and gray[1, 1] == round(0.114 * 255)
+
+
+def _paste_disc(background: np.ndarray, texture: np.ndarray, centre, radius: int) -> np.ndarray:
+    """`background` with a disc of `texture` (its own pixels at the same offsets) at centre."""
+    out = background.copy()
+    cx, cy = centre
+    yy, xx = np.mgrid[: out.shape[0], : out.shape[1]]
+    disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
+    out[disc] = texture[yy[disc] - cy + 120, xx[disc] - cx + 160]
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_texture() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.random((240, 320)).astype(np.float32), (0, 0), 2)
+    return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def test_an_object_moving_over_a_still_background_is_followed(texture, other_texture) -> None:
+    """A disc filling a quarter of the box moves by (4, -3) over a still, textured background:
+    most corners in the box are the background's, yet the box follows the disc, the part of its
+    content that moves apart from the ring around it. Without that split (`_apart` patched to
+    keep every point) the median follows the background and the box stays."""
+    box = (100, 80, 180, 160)
+    before = _paste_disc(texture, other_texture, (140, 120), 25)
+    after = _paste_disc(texture, other_texture, (144, 117), 25)
+    moved = (104, 77, 184, 157)
+    # the disc is the minority of the box: the median over all its points (nearly) stands still
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("backend.motion._apart", lambda *args: None)
+        assert median_flow(before, after, box) == pytest.approx(box, abs=1.0)
+    assert median_flow(before, after, box) == pytest.approx(moved, abs=0.6)
+
+
+def test_an_object_held_still_while_the_background_pans_stays(texture, other_texture) -> None:
+    """The camera pans (the background moves by (-5, 2)) while the disc stays where it is in
+    the frame, as a hand held up to a moving camera: the box stays on the disc."""
+    box = (100, 80, 180, 160)
+    before = _paste_disc(texture, other_texture, (140, 120), 25)
+    panned = _warp(texture, [[1, 0, -5], [0, 1, 2]])
+    after = _paste_disc(panned, other_texture, (140, 120), 25)
+    assert median_flow(before, after, box) == pytest.approx(box, abs=0.6)

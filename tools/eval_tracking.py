@@ -11,7 +11,11 @@ keypoints known in every frame:
 
 - pan: the camera pans across the photo (`eval_refine.pan_clip`), everything moves together;
 - move: the hand's patch (its keypoint box, grown by half) moves over the blurred, still photo
-  on a curve and grows by `--grow` over the clip, as a hand coming towards the camera.
+  on a curve and grows by `--grow` over the clip, as a hand coming towards the camera;
+- cutout: the same motion, but only the hand moves (the photo's pixels under a hand-shaped mask
+  drawn from the true keypoints: thick bones and the palm), over another sample photo, sharp,
+  still and upside down, as a hand waving in front of a bookshelf: most corners in the hand's
+  box are the still background's.
 
 Per frame: the share of the visible true keypoints inside the frame's crop (the hand is kept
 when that is at least KEPT_SHARE) and the 2D error of the kept hand's keypoints in sides of the
@@ -35,18 +39,49 @@ from backend.video import PLACEMENTS, keypoint_box, probe_video, process_video
 from tools.eval_refine import clip_hands, pan_clip, rounded
 
 KEPT_SHARE = 0.8  # a frame keeps the hand when its crop holds this share of the true keypoints
+CLIPS = ("pan", "move", "cutout")
 
 
-def move_clip(photo: np.ndarray, uv: np.ndarray, vis: np.ndarray, path, frames: int, grow: float):
-    """Write a clip of the hand's patch moving over the blurred photo; returns the true keypoints
-    (frames, 21, 2) of every frame."""
+def hand_mask(shape, uv: np.ndarray, vis: np.ndarray) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: a hand-shaped mask drawn from 2D keypoints (project order),
+    the visible bones as lines a tenth of the hand's size thick and the palm (wrist and the
+    five MCPs) filled, its edge softened over a few pixels."""
+    from backend.hand_model.constants import KEYPOINT_PARENTS
+
+    mask = np.zeros(shape[:2], np.uint8)
+    size = float((uv[vis].max(0) - uv[vis].min(0)).max())
+    width = max(3, int(round(size / 10)))
+    for child, parent in enumerate(KEYPOINT_PARENTS):
+        if parent >= 0 and vis[child] and vis[parent]:
+            a, b = (tuple(int(round(v)) for v in uv[i]) for i in (parent, child))
+            cv2.line(mask, a, b, 255, width, cv2.LINE_AA)
+    palm = [i for i in (0, 1, 5, 9, 13, 17) if vis[i]]
+    if len(palm) >= 3:
+        cv2.fillConvexPoly(mask, cv2.convexHull(np.round(uv[palm]).astype(np.int32)), 255)
+    soft = cv2.GaussianBlur(mask, (0, 0), max(1.0, width / 6))
+    return soft.astype(np.float32) / 255
+
+
+def move_clip(
+    photo: np.ndarray, uv: np.ndarray, vis: np.ndarray, path, frames: int, grow: float,
+    cutout: np.ndarray | None = None,
+):  # fmt: skip
+    """Write a clip of the hand's patch moving over the blurred photo (cutout: a second photo;
+    then only the hand moves, under `hand_mask`, over that photo upside down, sharp and scaled
+    to cover the frame); returns the true keypoints (frames, 21, 2) of every frame."""
     h, w = photo.shape[:2]
     lo, hi = uv[vis].min(0), uv[vis].max(0)
     centre, half = (lo + hi) / 2, (hi - lo).max() * 0.75
     x0, y0 = np.maximum(centre - half, 0).astype(int)
     x1, y1 = np.minimum(centre + half, (w, h)).astype(int)
     patch = photo[y0:y1, x0:x1]
-    background = cv2.GaussianBlur(photo, (0, 0), max(2.0, min(w, h) / 60))
+    if cutout is not None:
+        alpha = hand_mask(photo.shape, uv, vis)[y0:y1, x0:x1]
+        f = max(w / cutout.shape[1], h / cutout.shape[0])
+        cover = cv2.resize(cutout[::-1, ::-1], None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        background = np.ascontiguousarray(cover[:h, :w])
+    else:
+        background = cv2.GaussianBlur(photo, (0, 0), max(2.0, min(w, h) / 60))
     size = (w & ~1, h & ~1)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, size)
     # the patch at its largest fills at most 60 % of the frame's width and height
@@ -63,6 +98,10 @@ def move_clip(photo: np.ndarray, uv: np.ndarray, vis: np.ndarray, path, frames: 
         ox, oy = int(np.clip(ox, 0, room[0])), int(np.clip(oy, 0, room[1]))
         frame = background[: size[1], : size[0]].copy()
         moved = cv2.resize(patch, (pw, ph), interpolation=cv2.INTER_AREA)
+        if cutout is not None:
+            a = cv2.resize(alpha, (pw, ph), interpolation=cv2.INTER_AREA)[..., None]
+            under = frame[oy : oy + ph, ox : ox + pw].astype(np.float32)
+            moved = np.round(a * moved + (1 - a) * under).astype(np.uint8)
         frame[oy : oy + ph, ox : ox + pw] = moved
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         truth.append((uv - (x0, y0)) * (pw / patch.shape[1], ph / patch.shape[0]) + (ox, oy))
@@ -95,14 +134,18 @@ def run(predictor: Predictor, frames: int, grow: float, placements=PLACEMENTS) -
         return {"skipped": f"no sample photos at {DEFAULT_SAMPLES_ROOT}"}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, k, hand, image, vis in clip_hands():
-            for kind in ("pan", "move"):
+        hands = list(clip_hands())
+        for i, (name, k, hand, image, vis) in enumerate(hands):
+            for kind in CLIPS:
                 path = Path(tmp) / f"{name}_{k}_{kind}.mp4"
                 if kind == "pan":
                     shift, top = pan_clip(image, path, frames)
                     truth = np.array([hand.uv - (shift * i, top) for i in range(frames)])
                 else:
-                    truth = move_clip(image, hand.uv, vis, path, frames, grow)
+                    # the cutout's background: the next photo that is not this one
+                    other = next(h[3] for h in hands[i + 1 :] + hands if h[3] is not image)
+                    cutout = other if kind == "cutout" else None
+                    truth = move_clip(image, hand.uv, vis, path, frames, grow, cutout)
                 info = probe_video(path)
                 box = keypoint_box(truth[0][vis], info.width, info.height)
                 for placement in placements:
@@ -122,7 +165,7 @@ def run(predictor: Predictor, frames: int, grow: float, placements=PLACEMENTS) -
                         }
                     )  # fmt: skip
     out: dict = {"frames_per_clip": frames, "grow": grow, "kept_share": KEPT_SHARE}
-    for kind in ("pan", "move"):
+    for kind in CLIPS:
         out[kind] = {}
         for placement in placements:
             sel = [r for r in rows if r["clip"] == kind and r["placement"] == placement]
