@@ -265,6 +265,41 @@ def test_network_only_tracking_keeps_the_crop_on_the_hand(predictor, tmp_path) -
     assert kept["motion"] == 1.0 and kept["keypoints"] < 0.5, kept
 
 
+def test_network_only_tracking_follows_a_hand_over_a_still_background(
+    predictor, tmp_path, monkeypatch
+) -> None:
+    """Only the hand moves (tools.eval_tracking's cutout clip: a hand-shaped cut of a OneHand10K
+    photo over a sharp, still InterHand photo), so most corners in its box are the background's:
+    the box follows the points that move apart from the ring around it and keeps the hand in
+    every frame; with every point's median (`_apart` patched to keep them all, the tracker
+    before the ring) the box stays with the background and loses the hand."""
+    from backend.video import keypoint_box, probe_video, process_video
+    from tools.eval_tracking import move_clip, score
+    from training.data.samples import SampleSet
+
+    if not SAMPLES.is_dir():
+        pytest.skip(f"sample photos not available ({SAMPLES})")
+    hands, backgrounds = SampleSet(SAMPLES, "onehand10k"), SampleSet(SAMPLES, "interhand2.6m")
+    hand = hands.hands[1]
+    image, vis = _rgb(hands.dir / hand.file), hand.vis > 0
+    background = _rgb(backgrounds.dir / backgrounds.hands[0].file)
+    path = tmp_path / "cutout.mp4"
+    truth = move_clip(image, hand.uv, vis, path, frames=10, grow=1.3, cutout=background)
+    info = probe_video(path)
+    box = keypoint_box(truth[0][vis], info.width, info.height)
+
+    def kept() -> float:
+        result = process_video(
+            predictor, path, boxes=[box], detector="network", refine=False, min_score=0.0,
+            placement="motion",
+        )  # fmt: skip
+        return score(result, truth, vis)["kept"]
+
+    with_ring = kept()
+    monkeypatch.setattr("backend.motion._apart", lambda *args: None)
+    assert with_ring == 1.0 and kept() < 0.5
+
+
 def test_video_cancelled_while_fitting(predictor, tmp_path) -> None:
     """A cancel that arrives once every frame is read stops the track fit at its next chunk."""
     import threading
