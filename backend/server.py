@@ -93,7 +93,8 @@ PREDICT_FIELDS = frozenset({"image", "side", "box", "focal", "detector", "refine
 JOB_FIELDS = frozenset({"video", "path", "side", "box", "focal", "smoothing", "detector", "refine"})
 MAX_ACTIVE_JOBS = 16  # queued + running; more is 429
 # the share of a refined job's time that its track fit takes: 0.71-0.74 on two-hand pan clips of
-# 16 and 64 frames (/v1/jobs progress runs over the frames to 1 - FIT_SHARE, then over the fit)
+# 16 and 64 frames, 0.71-0.73 on one-hand ones (OneHand10K 33.jpg; both the frames and the fit
+# scale with the hands) (/v1/jobs progress runs over the frames to 1 - FIT_SHARE, then the fit)
 FIT_SHARE = 0.7
 KEEP_FINISHED_JOBS = 32  # finished jobs (and their results) kept for GET, oldest forgotten first
 T = TypeVar("T")
