@@ -4,8 +4,12 @@
 pyramidal Lucas-Kanade optical flow, runs the flow back again and keeps the points that return
 to where they started (forward-backward error under its median and under FB_MAX_PX); the box
 moves by the median displacement of those points and scales by the median ratio of their
-pairwise distances. A jump too far for the flow (from the guessed shift, then from none) is
-found by template matching first (`template_shift`), then refined by the flow. `process_video`
+pairwise distances. Corners in a ring around the box are followed too: their motion, fitted
+as a similarity, is the surroundings' (a still background, or the camera's pan or zoom), and
+where a group of the box's points moves apart from it (a hand over a still background, whose
+box holds more background corners than hand ones) the box follows that group alone. A jump too
+far for the flow (from the guessed shift, then from none) is found by template matching first
+(`template_shift`), then refined by the flow. `process_video`
 uses it for a track that only the network's keypoints would otherwise place, since a poor
 prediction fed back as the next crop can shrink, grow or walk the box off the hand within a few
 frames.
