@@ -22,9 +22,9 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # eight stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # nine stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
-    # rewarm_cpu and restart_cpu
+    # rewarm_cpu, restart_cpu and anneal_cpu
     chain = []
     stage = meta
     while stage is not None:
@@ -44,10 +44,21 @@ def test_shipped_checkpoint_header_and_record():
         "settle_cpu",
         "rewarm_cpu",
         "restart_cpu",
+        "anneal_cpu",
     ]
-    for s in chain[:5]:  # the last five stages ran all their steps
+    for s in chain[:6]:  # the last six stages ran all their steps
         assert s["step"] == s["train_config"]["steps"]
-    for prefix in ("", "stage1_", "stage2_", "stage3_", "stage4_", "stage5_", "stage6_", "stage7_"):
+    for prefix in (
+        "",
+        "stage1_",
+        "stage2_",
+        "stage3_",
+        "stage4_",
+        "stage5_",
+        "stage6_",
+        "stage7_",
+        "stage8_",
+    ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
     recorded = json.loads((RECORD / "eval_synthetic_test.json").read_text())["synthetic-test"]
