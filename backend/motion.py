@@ -201,16 +201,16 @@ def _corners(image: np.ndarray, rect, spacing: float, hole=None) -> np.ndarray |
 
 
 def _apart(p0: np.ndarray, p1: np.ndarray, around, side: float) -> np.ndarray | None:
-    """Which of the box's reliable points (p0 -> p1, (N, 2) each) move apart from their
-    surroundings: the ring's reliable points give the background's motion as a similarity
-    (shift, scale, rotation: a camera's pan, zoom or roll; fitted with RANSAC, so a minority of
-    the ring on the hand or arm does not count), and a box point moves apart when it lands more
-    than APART_PX pixels and APART_SIDES of the box's side from where that motion takes it. A
-    hand moving over a still background, or held still while the camera moves, is the box's
-    content that moves apart; the box follows the largest group of those moving together. None,
-    to keep every point, when the ring has too few reliable points or no clear motion, or when
-    that group has fewer than APART_MIN points or APART_SHARE of the box's (everything moves
-    together, as in a pan, or a few scattered flow errors)."""
+    """Indices of the box's reliable points (p0 -> p1, (N, 2) each) for the box to follow, the
+    largest group of those that move apart from their surroundings: the ring's reliable points
+    give the background's motion as a similarity (shift, scale, rotation: a camera's pan, zoom
+    or roll; fitted with RANSAC, so a minority of the ring on the hand or arm does not count),
+    and a box point moves apart when it lands more than APART_PX pixels and APART_SIDES of the
+    box's side from where that motion takes it. A hand moving over a still background, or held
+    still while the camera moves, is the box's content that moves apart; its group is the points
+    moving together. None, to keep every point, when the ring has too few reliable points or no
+    clear motion, or when that group has fewer than APART_MIN points or APART_SHARE of the box's
+    (everything moves together, as in a pan, or a few scattered flow errors)."""
     q0, q1, fb, ok = around
     keep = _reliable(fb, ok)
     if keep is None:
@@ -231,8 +231,4 @@ def _apart(p0: np.ndarray, p1: np.ndarray, around, side: float) -> np.ndarray | 
     moves = p1[apart] - p0[apart]
     near = np.linalg.norm(moves[:, None] - moves[None], axis=-1) <= 2 * tolerance
     group = apart[near[np.argmax(near.sum(axis=1))]]
-    if len(group) < needed:
-        return None
-    chosen = np.zeros(len(p0), bool)
-    chosen[group] = True
-    return chosen
+    return group if len(group) >= needed else None

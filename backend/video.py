@@ -431,14 +431,16 @@ def process_video(
     tracker = HandTracker(max_hands, min_score, patience, redetect_every, placement)
     frames: list[dict[str, Any]] = []
     total = info.frame_count
-    previous = None
+    previous, previous_gray = None, None  # the last frame, and its grey if it was made
     for index, image in enumerate(read_frames(path)):
         if cancel_event is not None and cancel_event.is_set():
             raise VideoCancelled(f"cancelled at frame {index}")
         h, w = image.shape[:2]
+        gray = None  # made only when a track needs the image motion, once per frame
         if previous is not None and tracker.needs_motion():
-            tracker.move(to_gray(previous), to_gray(image))
-        previous = image
+            gray = to_gray(image)
+            tracker.move(to_gray(previous) if previous_gray is None else previous_gray, gray)
+        previous, previous_gray = image, gray
         with lock:
             # MediaPipe's hands in this frame: boxes for the tracks (per_frame), landmarks to fit
             mp_hands = detect_mediapipe.detect(image, max_hands) if per_frame or refine else []

@@ -135,16 +135,16 @@ def run(predictor: Predictor, frames: int, grow: float, placements=PLACEMENTS) -
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         hands = list(clip_hands())
-        for i, (name, k, hand, image, vis) in enumerate(hands):
+        for n, (name, k, hand, image, vis) in enumerate(hands):
             for kind in CLIPS:
                 path = Path(tmp) / f"{name}_{k}_{kind}.mp4"
                 if kind == "pan":
                     shift, top = pan_clip(image, path, frames)
                     truth = np.array([hand.uv - (shift * i, top) for i in range(frames)])
                 else:
-                    # the cutout's background: the next photo that is not this one
-                    other = next(h[3] for h in hands[i + 1 :] + hands if h[3] is not image)
-                    cutout = other if kind == "cutout" else None
+                    cutout = None
+                    if kind == "cutout":  # over the next photo that is not this one
+                        cutout = next(h[3] for h in hands[n + 1 :] + hands if h[3] is not image)
                     truth = move_clip(image, hand.uv, vis, path, frames, grow, cutout)
                 info = probe_video(path)
                 box = keypoint_box(truth[0][vis], info.width, info.height)
