@@ -94,25 +94,32 @@ def solve_translation(
     """Camera translation T (3,) minimising the perspective reprojection error of points (N, 3)
     (model frame, rotated) to pixels uv (N, 2) under K, in the linearised (DLT) sense:
     f (x + Tx) - (u - c)(z + Tz) = 0 per point and axis. Falls back to `init` when the system is
-    ill-posed or puts the hand behind the camera."""
-    f = torch.stack([K[0, 0], K[1, 1]])
-    c = K[:2, 2]
-    d = uv - c  # (N, 2)
-    n = points.shape[0]
-    a = points.new_zeros(2 * n, 3)
-    b = points.new_zeros(2 * n)
-    for axis in range(2):
-        rows = slice(axis, 2 * n, 2)
-        a[rows, axis] = f[axis]
-        a[rows, 2] = -d[:, axis]
-        b[rows] = d[:, axis] * points[:, 2] - f[axis] * points[:, axis]
-    try:
-        t = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
-    except RuntimeError:
+    ill-posed or puts the hand behind the camera.
+
+    The least-squares solution in closed form: for a given Tz, each axis' rows give
+    T_axis = mean(b_axis + d_axis Tz) / f_axis, and substituting that leaves
+    Tz = -sum(d' * b') / sum(d'^2) over both axes, with d = u - c, b = d z - f x, and ' the
+    deviation from the mean over the points. Computed in float64 from sums of products alone,
+    so the result is bitwise the same every call: a LAPACK least-squares solve (MKL's) can
+    differ in the last bits between calls on identical inputs, depending on where the arrays
+    sit in memory, and the landmark fit started from the result magnifies that: the same clip
+    gave hands 1e-4 m apart from one job to the next."""
+    p, q = points.to(torch.float64), uv.to(torch.float64)
+    k = K.to(torch.float64)
+    f = torch.stack([k[0, 0], k[1, 1]])  # (2,)
+    d = q - k[:2, 2]  # (N, 2)
+    b = d * p[:, 2:3] - f * p[:, :2]  # (N, 2)
+    d_mean, b_mean = d.mean(0), b.mean(0)
+    dc, bc = d - d_mean, b - b_mean
+    spread = dc.square().sum()  # pixels^2: zero when every point projects to one pixel
+    if not torch.isfinite(spread) or spread <= 1e-9 * max(1, points.shape[0]):
         return init
-    if not torch.isfinite(t).all() or t[2] + points[:, 2].min() <= 1e-3:
+    tz = -(dc * bc).sum() / spread
+    txy = (b_mean + d_mean * tz) / f
+    t = torch.cat([txy, tz[None]])
+    if not torch.isfinite(t).all() or t[2] + p[:, 2].min() <= 1e-3:
         return init
-    return t
+    return t.to(dtype=points.dtype)
 
 
 @dataclass

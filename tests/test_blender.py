@@ -265,7 +265,7 @@ def test_keyframe_video_through_server_and_cancel(
         assert check["key_counts"] == [check["frames"]] and check["frames"] >= 2
         assert check["fcurves"] == 3 + 16 * 4 and check["first_key"] == 1.0
         assert check["min_dot"] >= 0.0
-        assert check["mesh_err_m"] < 1e-4
+        assert check["mesh_err_m"] < 1e-5, check  # measured 1.4e-7 m: float32 in Blender
     assert out["camera"] == "HAMR Camera" and out["clip_background"] == ["MOVIE_CLIP"]
     assert any(n.endswith("Video Origin") for n in out["new_objects"])
     assert out["job2_state"] == "cancelled" and out["backend_job_state"] == "cancelled"

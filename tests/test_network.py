@@ -155,6 +155,63 @@ def test_weak_to_full_translation_matches_pinhole():
     torch.testing.assert_close(own, torch.tensor([[0.03, -0.02, 2 * 5000 / (1.2 * 256)]]))
 
 
+def _dlt_system(points: np.ndarray, uv: np.ndarray, K: np.ndarray):
+    """The linear system of backend.inference.solve_translation's docstring, written out row by
+    row: f (x + Tx) - (u - c)(z + Tz) = 0 for each point and axis -> (A (2N, 3), b (2N,))."""
+    rows, rhs = [], []
+    for (x, y, z), (u, v) in zip(points, uv, strict=True):
+        for axis, (coord, pix) in enumerate(((x, u), (y, v))):
+            f, c = K[axis, axis], K[axis, 2]
+            row = [0.0, 0.0, -(pix - c)]
+            row[axis] = f
+            rows.append(row)
+            rhs.append((pix - c) * z - f * coord)
+    return np.array(rows), np.array(rhs)
+
+
+def test_solve_translation_is_the_least_squares_solution_and_bitwise_repeatable():
+    from backend.inference import intrinsics, solve_translation
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        points = rng.normal(0, 0.04, (21, 3))
+        true_t = np.array([rng.normal(0, 0.1), rng.normal(0, 0.1), rng.uniform(0.3, 2.0)])
+        K = intrinsics(640, 480, rng.uniform(300, 1500))
+        cam = (points + true_t) @ K.T
+        uv = cam[:, :2] / cam[:, 2:]
+        noisy = uv + rng.normal(0, 4, uv.shape)
+        args = [torch.from_numpy(points), torch.from_numpy(noisy), torch.from_numpy(K)]
+        got = solve_translation(*args, torch.zeros(3, dtype=torch.float64)).numpy()
+        ref = np.linalg.lstsq(*_dlt_system(points, noisy, K), rcond=None)[0]  # LAPACK, float64
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+        # without noise the hand's own translation comes back
+        exact = solve_translation(
+            torch.from_numpy(points), torch.from_numpy(uv), torch.from_numpy(K), torch.zeros(3)
+        )
+        np.testing.assert_allclose(exact.numpy(), true_t, atol=1e-9)
+    # float32 in, float32 out; the same values wherever they sit in memory give the same bits
+    # (MKL's least-squares solver did not: a fit started from it then drifted between runs)
+    p32, uv32, k32 = (torch.tensor(a, dtype=torch.float32) for a in (points, noisy, K))
+    results = []
+    for offset in range(16):
+        copies = []
+        for a in (p32, uv32):
+            buf = torch.empty(offset + a.numel())
+            buf[offset:] = a.flatten()
+            copies.append(buf[offset:].view(a.shape))
+        results.append(solve_translation(copies[0], copies[1], k32, torch.zeros(3)))
+    assert results[0].dtype == torch.float32
+    assert all(torch.equal(r, results[0]) for r in results)
+    np.testing.assert_allclose(results[0].numpy(), ref, rtol=1e-5, atol=1e-6)
+    # ill-posed (every point on one pixel) or behind the camera: the given fallback
+    init = torch.tensor([0.1, 0.2, 0.9], dtype=torch.float64)
+    one_pixel = torch.full((21, 2), 300.0, dtype=torch.float64)
+    assert solve_translation(args[0], one_pixel, args[2], init) is init
+    behind = (points - true_t) @ K.T  # the hand mirrored through the camera centre
+    uv_behind = torch.from_numpy(behind[:, :2] / behind[:, 2:])
+    assert solve_translation(args[0], uv_behind, args[2], init) is init
+
+
 # ---------------------------------------------------------------- config
 
 

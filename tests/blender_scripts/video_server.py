@@ -3,9 +3,10 @@
 argv: ZIP URL VIDEO. The operator runs its blocking path (no event loop in background mode;
 the modal path runs the same VideoJob and keying). Checks: one rig per track, one key per mapped
 scene frame on every channel, continuous quaternion signs, the evaluated mesh at a keyed frame
-equal to the backend's hand (same job result fetched again with the client) in the camera
-frame. Then a second job is cancelled while running: the backend reports it cancelled and the
-scene is unchanged.
+equal to the backend's hand in the camera frame (the reference: the same clip run again with
+the client; the backend gives the same result to the bit every time, tests/test_detect.py).
+Then a second job is cancelled while running: the backend reports it cancelled and the scene
+is unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ out["new_objects"] = new
 out["new_actions"] = sorted(set(_common.snapshot()["actions"]) - set(before["actions"]))
 arms = [bpy.data.objects[n] for n in new if bpy.data.objects[n].get("hamr_rig")]
 
-# the backend's result for the same clip (deterministic network): the reference
+# the backend's result for the same clip (deterministic, network and fit): the reference
 c = client_mod.HamrClient(url)
 job = client_mod.VideoJob(c, video_path, smoothing=0.5, poll_interval=0.1).start()
 job.join(300)
