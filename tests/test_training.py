@@ -34,7 +34,7 @@ log_every = 1
 ckpt_every = 5
 eval_count = 4
 num_workers = 0
-
+{top}
 [model]
 hourglass_features = 16
 stem_widths = [8, 16]
@@ -47,9 +47,11 @@ occluder_prob = 0.0
 """
 
 
-def _write_cfg(tmp: Path, steps: int, batch: int = 2) -> Path:
+def _write_cfg(tmp: Path, steps: int, batch: int = 2, top: str = "") -> Path:
+    """The tiny config with `steps`, `batch` and extra top-level lines `top`."""
     path = tmp / "tiny.toml"
-    path.write_text(TINY.format(out=str(tmp / "run").replace("\\", "/"), steps=steps, batch=batch))
+    out = str(tmp / "run").replace("\\", "/")
+    path.write_text(TINY.format(out=out, steps=steps, batch=batch, top=top))
     return path
 
 
@@ -207,15 +209,57 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(tmp_path):
         train(other, **quiet)
 
 
+def test_accumulated_micro_batches_step_on_the_mean_of_their_gradients(tmp_path):
+    """train_step over a list of micro-batches: the gradient of their mean loss, which is the
+    mean of the gradients each micro-batch gives alone (the reference: train_step on each),
+    and the logged losses are their means. Summing the gradients would double them. (A batch
+    holding both micro-batches is no reference: BatchNorm normalises over the whole batch.)"""
+    import copy
+
+    from backend.network.hamr import HamrNet
+    from training.losses import LossWeights
+    from training.train import BatchSource, TrainConfig, train_step
+
+    cfg = TrainConfig.from_toml(_write_cfg(tmp_path, steps=1))
+    cfg.model = {**cfg.model, "dropout": 0.0}  # the same network function on every call
+    torch.manual_seed(0)
+    net = HamrNet(cfg.hamr_config())
+    source = BatchSource(cfg, torch.device("cpu"), 0, 1)
+    first, second = source.batch(0), source.batch(1)
+    weights = LossWeights(**cfg.loss)
+
+    def step(batch):
+        model = copy.deepcopy(net)
+        optim = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay; grads remain
+        total, terms, norm = train_step(model, batch, weights, optim, 1e9, False)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return total, terms, norm, grads
+
+    t_both, terms_both, norm_both, g_both = step([first, second])
+    t_1, terms_1, _, g_1 = step(first)
+    t_2, terms_2, _, g_2 = step(second)
+    assert not torch.allclose(g_1, g_2, rtol=0.1)  # two different batches
+    torch.testing.assert_close(
+        g_both, (g_1 + g_2) / 2, rtol=1e-4, atol=1e-6 * float(g_1.abs().max())
+    )
+    torch.testing.assert_close(norm_both, g_both.norm(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(t_both, (t_1 + t_2) / 2, rtol=1e-6, atol=0)
+    for name, value in terms_both.items():
+        torch.testing.assert_close(value, (terms_1[name] + terms_2[name]) / 2, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="at least one"):
+        train_step(net, [], weights, torch.optim.SGD(net.parameters(), lr=0.0), 1.0, False)
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
     """Two ranks train, stop together on the time limit (the ranks agree on it through an
-    all-reduce, or one would wait forever for the other), then resume to the end."""
+    all-reduce, or one would wait forever for the other), then resume to the end. Each step
+    accumulates two micro-batches (the first without DDP's all-reduce)."""
     import socket
 
     from backend.network.checkpoint import load_checkpoint
 
-    cfg = _write_cfg(tmp_path, steps=4, batch=1)
+    cfg = _write_cfg(tmp_path, steps=4, batch=1, top="accum_steps = 2")
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def torchrun(config: Path, *extra: str) -> None:
@@ -240,7 +284,7 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
     torchrun(cfg, "--resume")
     _, info = load_checkpoint(tmp_path / "run" / "last.safetensors")
     assert info["metadata"]["step"] == 4 and info["metadata"]["resumed_at"] == [1]
-    assert info["metadata"]["samples_seen"] == 4 * 2  # batch 1 on each of 2 ranks
+    assert info["metadata"]["samples_seen"] == 4 * 2 * 2  # 2 micro-batches of 1, on 2 ranks
 
 
 @pytest.mark.slow
@@ -325,6 +369,11 @@ def test_bad_training_configs_are_refused(tmp_path):
 
     ok = _write_cfg(tmp_path, steps=1)
     assert main(["--config", str(ok), "--time-limit-min", "-1"]) == 2
+    assert main(["--config", str(ok), "--steps", "-5"]) == 2
+    for bad in ("accum_steps = 0", "accum_steps = 1.5", "batch_size = 0"):
+        path.write_text(bad + "\n")
+        with pytest.raises(ValueError, match="positive integer"):
+            TrainConfig.from_toml(path)
     assert main(["--config", str(tmp_path / "missing.toml")]) == 2
     assert not (tmp_path / "run").exists()  # nothing was started
 

@@ -2,7 +2,9 @@
 
 Multi-GPU / multi-node: `torchrun --nproc_per_node N -m training.train --config ...` (DDP; NCCL on
 CUDA, gloo on CPU). bf16 autocast on CUDA. Each rank draws its own synthetic batches on its own
-device (seeded by (seed, rank, step)) and its own share of any dataset mix.
+device (seeded by (seed, rank, micro-batch)) and its own share of any dataset mix. With
+`accum_steps` N > 1 each optimizer step accumulates the gradients of N micro-batches of
+`batch_size` (a batch N times larger where memory or, on a CPU, cache size limits the batch).
 
 Writes to the run folder (`out_dir` in the config):
   last.safetensors                       the checkpoint (backend.network.checkpoint format)
@@ -14,6 +16,7 @@ Writes to the run folder (`out_dir` in the config):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -21,6 +24,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +57,10 @@ class TrainConfig:
     # "synthetic" is the on-the-fly engine; others go through training.data.mix.build_dataset
     data: list = field(default_factory=lambda: [{"spec": "synthetic", "weight": 1.0}])
     steps: int = 1000  # optimizer steps
-    batch_size: int = 16  # per rank
+    batch_size: int = 16  # per rank and micro-batch
+    # micro-batches per optimizer step (gradient accumulation): each step learns from
+    # batch_size * accum_steps samples per rank
+    accum_steps: int = 1
     lr: float = 3e-4  # peak learning rate (AdamW)
     weight_decay: float = 1e-4
     warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * min_lr_ratio
@@ -83,7 +90,12 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        cfg = cls(**data)
+        for key in ("steps", "batch_size", "accum_steps"):
+            value = getattr(cfg, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{path}: {key} must be a positive integer, got {value!r}")
+        return cfg
 
     def hamr_config(self) -> HamrConfig:
         if self.model_preset not in ("light", "paper"):
@@ -218,25 +230,40 @@ def _plot_curve(rows: list[dict], path: Path) -> None:
 
 def train_step(
     net: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
     weights: LossWeights,
     optim: torch.optim.Optimizer,
     grad_clip: float,
     bf16: bool,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """One optimisation step on a batch: forward (bf16 autocast if asked, on the batch's
-    device), the weighted HAMR loss in float32, backward, global-norm clip, optimizer step.
-    Returns (total loss, {term: value}, gradient norm before clipping)."""
+    """One optimisation step on a batch, or on a list of micro-batches whose gradients add up
+    (each one's loss divided by their number: the mean of their losses). Per micro-batch:
+    forward (bf16 autocast if asked, on the batch's device), the weighted HAMR loss in float32,
+    backward; then the global-norm clip and the optimizer step. Under DDP the gradients are
+    all-reduced once, with the last micro-batch. Returns (total loss, {term: value}, gradient
+    norm before clipping), losses averaged over the micro-batches."""
+    batches = [batch] if isinstance(batch, dict) else list(batch)
+    if not batches:
+        raise ValueError("train_step needs at least one batch")
     net.train()
-    device_type = batch["image"].device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        output = net(batch["image"])
-    total, terms = hamr_loss(output, batch, weights)
     optim.zero_grad(set_to_none=True)
-    total.backward()
+    total_sum, term_sums = None, {}
+    for i, micro in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()
+        with sync:
+            device_type = micro["image"].device.type
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                output = net(micro["image"])
+            total, terms = hamr_loss(output, micro, weights)
+            (total / len(batches)).backward()
+        total_sum = total.detach() if total_sum is None else total_sum + total.detach()
+        for k, v in terms.items():
+            term_sums[k] = term_sums.get(k, 0.0) + v.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
     optim.step()
-    return total, terms, grad_norm
+    n = len(batches)
+    return total_sum / n, {k: v / n for k, v in term_sums.items()}, grad_norm
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
@@ -309,10 +336,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     step = start
     use_bf16 = cfg.bf16 and device.type == "cuda"
     for step in range(start, cfg.steps):
-        batch = source.batch(step)
-        total, terms, grad_norm = train_step(net, batch, weights, optim, cfg.grad_clip, use_bf16)
+        # micro-batch indices step * N .. step * N + N - 1: with N = 1, the step's own data
+        n_micro = cfg.accum_steps
+        batches = [source.batch(step * n_micro + k) for k in range(n_micro)]
+        total, terms, grad_norm = train_step(net, batches, weights, optim, cfg.grad_clip, use_bf16)
+        del batches
         sched.step()
-        samples_seen += cfg.batch_size * world
+        samples_seen += cfg.batch_size * n_micro * world
         progress.update(1)
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             row = {
@@ -459,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig.from_toml(args.config)
         if args.out_dir:
             cfg.out_dir = args.out_dir
-        if args.steps:
+        if args.steps is not None:
+            if args.steps < 1:
+                raise ValueError("--steps must be >= 1")
             cfg.steps = args.steps
         if args.time_limit_min is not None:
             if args.time_limit_min < 0:
