@@ -28,8 +28,9 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import backend_process, operators
+from . import backend_process, operators, orientation
 from .client import BackendError, HamrClient
+from .scene import upright_image
 
 MAX_RENDER_SIDE = 1280  # longer side of the render, pixels (the photo is scaled to match)
 
@@ -86,7 +87,8 @@ def _pixels(image: bpy.types.Image) -> np.ndarray:
 def render_over_photo(
     context: bpy.types.Context, photo_path: str, out_png: str, samples: int = 16
 ) -> str:
-    """Render the scene camera (Cycles, CPU, transparent film) and lay it over the photo."""
+    """Render the scene camera (Cycles, CPU, transparent film) and lay it over the photo (upright,
+    as its EXIF orientation says: the prediction is for the upright photo)."""
     scene = context.scene
     render = scene.render
     render.engine = "CYCLES"
@@ -106,6 +108,13 @@ def render_over_photo(
         bpy.ops.render.render(write_still=True)
         layer = bpy.data.images.load(layer_png)
         photo = bpy.data.images.load(photo_path)
+        turn = orientation.file_orientation(photo_path)
+        if turn != 1:
+            stored = photo
+            try:
+                photo = upright_image(stored, turn, "HAMR upright photo")
+            finally:
+                bpy.data.images.remove(stored)
         try:
             fg = _pixels(layer)
             h, w = fg.shape[:2]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, FloatVectorProperty, StringProperty
 
-from . import backend_process, scene
+from . import backend_process, orientation, scene
 from .client import DEFAULT_URL, BackendError, HamrClient, VideoJob
 from .payload import PayloadError, RigData, parse_prediction, parse_rig, parse_video
 from .rig import NewData, RigOptions, find_hand_armature
@@ -261,7 +261,9 @@ class HAMR_OT_stop_backend(bpy.types.Operator):
 def _image_upload(
     context, filepath: str, image_name: str
 ) -> tuple[str | bytes, str, scene.ImageSource]:
-    """What to send for the chosen photo: (path or encoded bytes, file name, source record)."""
+    """What to send for the chosen photo: (path or encoded bytes, file name, source record).
+    The record keeps the file's EXIF orientation: the backend turns the photo upright, Blender
+    shows it as stored."""
     if image_name:
         image = bpy.data.images.get(image_name)
         if image is None:
@@ -270,8 +272,11 @@ def _image_upload(
         source = scene.ImageSource("image", path if os.path.isfile(path) else "", image.name)
         if image.packed_file is not None:
             ext = os.path.splitext(image.filepath)[1] or ".png"
-            return bytes(image.packed_file.data), image.name + ext, source
+            data = bytes(image.packed_file.data)
+            source.orientation = orientation.exif_orientation(data)
+            return data, image.name + ext, source
         if path and os.path.isfile(path):
+            source.orientation = orientation.file_orientation(path)
             return path, os.path.basename(path), source
         if image.size[0] == 0 or not image.has_data:
             raise ValueError(f"the image {image.name!r} has no pixels to send")
@@ -293,7 +298,8 @@ def _image_upload(
     path = bpy.path.abspath(filepath)
     if not os.path.isfile(path):
         raise ValueError(f"image file not found: {path}")
-    return path, os.path.basename(path), scene.ImageSource("image", path, "")
+    source = scene.ImageSource("image", path, "", orientation.file_orientation(path))
+    return path, os.path.basename(path), source
 
 
 def import_image(

@@ -8,7 +8,10 @@
   camera; each frame keys the bones' quaternions (continuous signs) and the armature's location
   (the hand's translation in the camera frame) with the bulk F-curve API.
 - `align_camera`: the scene camera from a hand's stored camera (convert.opencv_camera_to_blender),
-  render resolution from the image, the photo or the movie clip as the camera's background.
+  render resolution from the image, the photo or the movie clip as the camera's background. A
+  photo stored sideways with an EXIF orientation (phones do this) shows upright there, as the
+  backend saw it: Blender itself ignores the tag, so the background is an upright copy of the
+  photo, packed into the .blend (`upright_image`).
 
 Failure safety: everything is built into new data-blocks that no scene links to, recorded in a
 `rig.NewData`; only the last step links them and changes scene settings. On any error the
@@ -28,13 +31,14 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from . import convert
+from . import convert, orientation
 from .payload import Prediction, RigData, Track, VideoResult, image_size_from_K, video_tracks
 from .rig import KIND_PROP, NewData, RigOptions, bone_rest_rotations, build_hand_rig, pose_hand
 
 PREDICTION_PROP = "hamr_prediction"
 CAMERA_PROP = "hamr_camera"
 CAMERA_NAME = "HAMR Camera"
+UPRIGHT_PROP = "hamr_upright_of"  # on an upright copy: which photo and orientation it turns
 
 
 class SceneBuildError(RuntimeError):
@@ -48,9 +52,15 @@ class ImageSource:
     kind: str = "image"  # "image" or "movie"
     path: str = ""  # file path ("" for an image that only exists inside Blender)
     image_name: str = ""  # name of an image data-block already in Blender
+    orientation: int = 1  # the photo's EXIF orientation (1: shown as stored)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "path": self.path, "image_name": self.image_name}
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "image_name": self.image_name,
+            "orientation": self.orientation,
+        }
 
 
 @dataclass
@@ -213,25 +223,79 @@ def _background_source(record: dict, new: NewData):
         return None
 
 
+def upright_image(raw: bpy.types.Image, turn: int, name: str) -> bpy.types.Image:
+    """A new image holding `raw`'s pixels turned as EXIF orientation `turn` says (the photo as
+    a viewer and the backend show it); not packed, not recorded anywhere."""
+    w, h = raw.size
+    if w == 0 or h == 0:
+        raise RuntimeError(f"the image {raw.name!r} has no pixels")
+    pixels = np.empty(w * h * 4, dtype=np.float32)
+    raw.pixels.foreach_get(pixels)
+    # Blender's rows run bottom to top; EXIF's turns are for rows top to bottom
+    turned = orientation.upright(pixels.reshape(h, w, 4)[::-1], turn)[::-1]
+    out_h, out_w = turned.shape[:2]
+    image = bpy.data.images.new(name, out_w, out_h, alpha=True, float_buffer=raw.is_float)
+    image.colorspace_settings.name = raw.colorspace_settings.name
+    image.alpha_mode = raw.alpha_mode
+    image.pixels.foreach_set(np.ascontiguousarray(turned).ravel())
+    return image
+
+
+def _upright_background(raw_of, src: dict, turn: int, new: NewData):
+    """The upright copy of a sideways photo: one made before for the same photo and turn, or a
+    new one, packed (it exists nowhere on disk). raw_of() gives (the stored image, whether it
+    was loaded just for this)."""
+    key = json.dumps([src.get("path", ""), src.get("image_name", ""), turn])
+    for image in bpy.data.images:
+        if image.get(UPRIGHT_PROP) == key:
+            return image
+    raw, loaded = raw_of()
+    if raw is None:
+        return None
+    try:
+        stem = os.path.splitext(os.path.basename(src.get("path", "")))[0] or raw.name
+        image = new.add(upright_image(raw, turn, f"{stem} (upright)"))
+    finally:
+        if loaded:
+            bpy.data.images.remove(raw)
+    image[UPRIGHT_PROP] = key
+    image.pack()
+    return image
+
+
 def _load_background(record: dict, new: NewData):
     src = record.get("source") or {}
+    turn = int(src.get("orientation", 1) or 1)
+    if src.get("kind") != "movie" and turn != 1:
+        return _upright_background(lambda: _stored_image(src, None), src, turn, new)
+    return _stored_image(src, new)[0] if src.get("kind") != "movie" else _movie(src, new)
+
+
+def _movie(src: dict, new: NewData):
     path = src.get("path", "")
-    if src.get("kind") == "movie":
-        if not path or not os.path.isfile(path):
-            return None
-        for clip in bpy.data.movieclips:
-            if bpy.path.abspath(clip.filepath) == path:
-                return clip
-        return new.add(bpy.data.movieclips.load(path))
+    if not path or not os.path.isfile(path):
+        return None
+    for clip in bpy.data.movieclips:
+        if bpy.path.abspath(clip.filepath) == path:
+            return clip
+    return new.add(bpy.data.movieclips.load(path))
+
+
+def _stored_image(src: dict, new: NewData | None):
+    """(The photo's image as Blender loads it, whether it was loaded now): an image data-block
+    of that name or file, else the file loaded (recorded in `new`, when given); (None, False)
+    when it is gone."""
+    path = src.get("path", "")
     name = src.get("image_name", "")
     if name and name in bpy.data.images:
-        return bpy.data.images[name]
+        return bpy.data.images[name], False
     if path and os.path.isfile(path):
         for image in bpy.data.images:
             if image.filepath and bpy.path.abspath(image.filepath) == path:
-                return image
-        return new.add(bpy.data.images.load(path))
-    return None
+                return image, False
+        image = bpy.data.images.load(path)
+        return (image if new is None else new.add(image)), True
+    return None, False
 
 
 def _prepare_camera(context: bpy.types.Context, arm_obj: bpy.types.Object, new: NewData):

@@ -203,10 +203,36 @@ def test_camera_alignment_video_keying_and_failure_safety(bpy_env: dict[str, str
 
 
 # ------------------------------------------------------------------------------ with the server
+def sideways_photo(photo: Path, folder: Path, suffix: str = ".jpg") -> Path:
+    """The photo stored turned a quarter counter-clockwise, with EXIF orientation 6 (turn it a
+    quarter clockwise to show it), as a phone stores a portrait photo: upright, it is `photo`
+    (exactly so as a PNG, whose eXIf chunk carries the tag)."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(photo).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = folder / f"sideways{suffix}"
+    Image.fromarray(np.rot90(pixels, 1).copy()).save(path, quality=95, exif=exif)
+    return path
+
+
 def test_import_image_through_server(
-    extension_zip: Path, server: str, sample_photo: Path, bpy_env: dict[str, str]
+    extension_zip: Path,
+    server: str,
+    sample_photo: Path,
+    bpy_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
-    out = run_bpy("import_server.py", extension_zip, server, sample_photo, BOX_TEXT, env=bpy_env)
+    out = run_bpy(
+        "import_server.py",
+        extension_zip,
+        server,
+        sample_photo,
+        BOX_TEXT,
+        sideways_photo(sample_photo, tmp_path),
+        env=bpy_env,
+    )
     assert out["check"] == ["FINISHED"] and out["result"] == ["FINISHED"]
     assert out["bl_options"] == ["REGISTER", "UNDO"]
     assert "HAMR Camera" in out["new_objects"]
@@ -222,6 +248,16 @@ def test_import_image_through_server(
     assert out["betas_check"]["mesh_err_m"] < 1e-4 and out["betas_check"]["px_err"] > 0.5
     assert out["generated_result"] == ["FINISHED"]
     assert "image file not found" in out["missing_error"] and out["missing_unchanged"]
+    # the sideways photo: hands and camera as for the upright one, the upright photo behind them
+    assert out["sideways_result"] == ["FINISHED"] and len(out["sideways_hands"]) == 1
+    for hand in out["sideways_hands"]:
+        assert hand["mesh_err_m"] < 1e-4 and hand["px_err"] < 0.5, hand
+        assert hand["image"] == out["sideways_upright_size"] == hand["resolution"]
+    background = out["sideways_background"]
+    assert background["size"] == out["sideways_upright_size"] and background["packed"]
+    assert background["mean_abs_diff"] < 0.01, background  # JPEG decoders differ slightly
+    assert out["sideways_align"] == ["FINISHED"]
+    assert len(out["sideways_new_images"]) == 1  # one upright copy, reused by the new align
 
 
 def test_backend_down_then_started_and_stopped_from_blender(
@@ -277,9 +313,12 @@ def test_hamr_blend_headless_scene_and_render(
 ) -> None:
     from PIL import Image
 
+    """The photo is stored sideways with an EXIF orientation (as phones store portraits): the
+    render lies over the upright photo."""
     blend, png = tmp_path / "scene.blend", tmp_path / "render.png"
+    sideways = sideways_photo(sample_photo, tmp_path, ".png")
     proc = hamr_blend(
-        [sample_photo, "--out", blend, "--render", png, "--backend-url", server]
+        [sideways, "--out", blend, "--render", png, "--backend-url", server]
         + ["--box", BOX_TEXT, "--samples", "8"],
         bpy_env,
     )

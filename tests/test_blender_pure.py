@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from hamr_blender import backend_process, client, convert, payload
+from hamr_blender import backend_process, client, convert, orientation, payload
 
 RNG = np.random.default_rng(1234)
 
@@ -28,11 +28,71 @@ def test_pure_modules_do_not_import_bpy_or_torch() -> None:
 
     code = (
         "import sys; import hamr_blender, hamr_blender.client, hamr_blender.convert, "
-        "hamr_blender.payload, hamr_blender.backend_process; "
+        "hamr_blender.payload, hamr_blender.backend_process, hamr_blender.orientation; "
         "bad = [m for m in ('bpy', 'torch', 'mathutils') if m in sys.modules]; print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------ EXIF orientation
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_orientation_read_and_applied_like_pillow(fmt: str, tmp_path) -> None:
+    """Files Pillow writes with each orientation tag: the tag read back, and the stored pixels
+    turned upright equal to the image the backend decodes (`backend.inference.load_image`,
+    Pillow's decoder and ImageOps.exif_transpose), which is what its prediction is for.
+    Blender shows the stored pixels of all four formats as they are (checked with bpy 5.0)."""
+    import io
+
+    from PIL import Image
+
+    from backend.inference import load_image
+
+    stored = RNG.integers(0, 256, (12, 20, 3), dtype=np.uint8)  # not square: turns show
+    for tag in range(1, 9):
+        exif = Image.Exif()
+        exif[orientation.ORIENTATION_TAG] = tag
+        buf = io.BytesIO()
+        extra = {"lossless": True} if fmt == "WEBP" else {}
+        Image.fromarray(stored).save(buf, format=fmt, exif=exif, **extra)
+        data = buf.getvalue()
+        assert orientation.exif_orientation(data) == tag, (fmt, tag)
+        backend_image, _ = load_image(data)
+        raw = stored
+        if fmt == "JPEG":  # lossy: the pixels as Pillow decodes them, before any turn
+            with Image.open(io.BytesIO(data)) as im:
+                raw = np.asarray(im.convert("RGB"))
+        got = orientation.upright(raw, tag)
+        assert got.shape == backend_image.shape, (fmt, tag)
+        assert np.array_equal(got, backend_image), (fmt, tag)
+        assert (got.shape[0] != stored.shape[0]) == (tag in orientation.SWAPS_SIDES)
+    path = tmp_path / f"photo.{fmt.lower()}"
+    path.write_bytes(data)
+    assert orientation.file_orientation(str(path)) == 8
+    assert orientation.file_orientation(str(tmp_path / "missing.jpg")) == 1
+
+
+def test_exif_orientation_without_a_tag_or_with_damage() -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6)).save(buf, format="JPEG")  # no EXIF at all
+    plain = buf.getvalue()
+    assert orientation.exif_orientation(plain) == 1
+    exif = Image.Exif()
+    exif[orientation.ORIENTATION_TAG] = 6
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6)).save(buf, format="JPEG", exif=exif)
+    tagged = buf.getvalue()
+    assert orientation.exif_orientation(tagged) == 6
+    # cut anywhere, garbage, another format, nothing: "as stored", never an exception
+    for cut in range(0, len(tagged), 7):
+        assert orientation.exif_orientation(tagged[:cut]) in (1, 6)
+    assert orientation.exif_orientation(b"GIF89a" + bytes(40)) == 1
+    assert orientation.exif_orientation(b"") == 1
+    assert orientation.exif_orientation(bytes(RNG.integers(0, 256, 500, dtype=np.uint8))) == 1
 
 
 # ------------------------------------------------------------------------------ frames, rotations

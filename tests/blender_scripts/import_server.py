@@ -1,9 +1,11 @@
 """hamr.import_image through the installed extension against a real `hamr serve`.
 
-argv: ZIP URL IMAGE X0,Y0,X1,Y1. Installs and enables the extension, imports the photo (file),
-then the same photo as a packed image already in Blender, and checks each imported hand:
+argv: ZIP URL IMAGE X0,Y0,X1,Y1 SIDEWAYS. Installs and enables the extension, imports the photo
+(file), then the same photo as a packed image already in Blender, and checks each imported hand:
 the evaluated mesh in the aligned camera's OpenCV frame equals HandModel(θ, β) + transl from the
 stored prediction (1e-4 m), and its joints projected through the camera land on keypoints2d.
+SIDEWAYS is the same photo stored turned, with the EXIF orientation that shows it upright: the
+camera background must be the upright photo (Blender ignores the tag; the backend does not).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from mathutils import Vector
 
 from backend.hand_model.constants import KEYPOINTS_FROM_JOINTS_AND_TIPS
 
-zip_path, url, image_path, box_text = sys.argv[1:5]
+zip_path, url, image_path, box_text, sideways_path = sys.argv[1:6]
 box = [float(v) for v in box_text.split(",")]
 _common.install_extension(zip_path, url)
 out: dict = {}
@@ -109,6 +111,41 @@ gen = bpy.data.images.new("generated", 96, 80)
 out["generated_result"] = list(
     bpy.ops.hamr.import_image(image_name=gen.name, use_box=True, box=(8, 8, 88, 72))
 )
+
+# a photo stored sideways (EXIF orientation 6): the hands and the camera as for the upright
+# photo, whose pixels are the camera's background (an upright copy, packed)
+from PIL import Image, ImageOps  # noqa: E402
+
+bpy.ops.object.select_all(action="DESELECT")
+before4 = _common.snapshot()
+images_before = set(bpy.data.images.keys())
+out["sideways_result"] = list(
+    bpy.ops.hamr.import_image(filepath=sideways_path, use_box=True, box=box, side="auto")
+)
+new4 = sorted(set(_common.snapshot()["objects"]) - set(before4["objects"]))
+arms4 = [bpy.data.objects[n] for n in new4 if bpy.data.objects[n].get("hamr_rig")]
+out["sideways_hands"] = [check_hand(a) for a in arms4]
+backgrounds = [b.image for b in scene.camera.data.background_images if b.image]
+upright_ref = np.asarray(ImageOps.exif_transpose(Image.open(sideways_path)).convert("RGB"))
+if backgrounds:
+    bg = backgrounds[0]
+    w, h = bg.size
+    px = np.empty(w * h * 4, dtype=np.float32)
+    bg.pixels.foreach_get(px)
+    shown = px.reshape(h, w, 4)[::-1, :, :3]  # top row first
+    out["sideways_background"] = {
+        "size": [w, h],
+        "packed": bg.packed_file is not None,
+        "mean_abs_diff": float(np.abs(shown - upright_ref / 255.0).mean())
+        if shown.shape == upright_ref.shape
+        else None,
+    }
+out["sideways_upright_size"] = [upright_ref.shape[1], upright_ref.shape[0]]
+out["sideways_resolution"] = [scene.render.resolution_x, scene.render.resolution_y]
+# aligning again from that hand reuses the upright copy
+bpy.context.view_layer.objects.active = arms4[0]
+out["sideways_align"] = list(bpy.ops.hamr.align_camera())
+out["sideways_new_images"] = sorted(set(bpy.data.images.keys()) - images_before)
 
 # a missing file: clear error, nothing created
 before3 = _common.scene_state()
