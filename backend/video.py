@@ -149,6 +149,10 @@ def open_capture(path: str | os.PathLike) -> Iterator[cv2.VideoCapture]:
     try:
         if not cap.isOpened():
             raise InputError(f"cannot decode the video {path.name}: not a readable video file")
+        # frames turned as the clip's display matrix says (phones store portrait clips sideways
+        # and tag them), as players and Blender's movie clips show them; this OpenCV build
+        # leaves the frames as stored unless asked
+        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         yield cap
     finally:
         cap.release()

@@ -12,7 +12,9 @@
 - `hand_video`: a short synthetic clip (12 frames, 256x256, 10 fps, mp4v) of the open hand
   model rendered with backend.render moving over a background, with its true hand boxes;
 - `sample_photo`, `sample_box`: the InterHand2.6M sample and its annotated hand box (skipped
-  without ../shared/samples).
+  without ../shared/samples);
+- `write_clip`, `with_display_matrix`: an mp4v clip of given frames, and a copy of a clip tagged
+  to be shown turned (as phones tag portrait clips).
 """
 
 from __future__ import annotations
@@ -182,17 +184,42 @@ def render_hand_frames(
     return frames, boxes
 
 
-@pytest.fixture(scope="session")
-def hand_video(tmp_path_factory: pytest.TempPathFactory) -> HandVideo:
+def write_clip(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
+    """(H, W, 3) uint8 RGB frames -> an mp4v clip at `path`."""
     import cv2
 
-    frames, boxes = render_hand_frames()
-    path = tmp_path_factory.mktemp("video") / "hand.mp4"
-    fps = 10.0
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     assert writer.isOpened()
     for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
     writer.release()
-    return HandVideo(path, fps, boxes)
+    return path
+
+
+def with_display_matrix(src: Path, dst: Path, quarter_turns_cw: int) -> Path:
+    """A copy of an MP4 whose first track header ('tkhd' box, ISO 14496-12 8.3.2) carries the
+    display matrix that turns the stored frames `quarter_turns_cw` quarter turns clockwise for
+    display, as phones tag the clips they record held upright."""
+    import struct
+
+    data = src.read_bytes()
+    at = data.find(b"tkhd")
+    assert at > 0, "no track header"
+    version = data[at + 4]
+    # after the box type: version+flags, times, track id, reserved, duration (v0 32-bit, v1
+    # 64-bit), 8 reserved, layer, alternate group, volume, 2 reserved: then the 3x3 matrix
+    start = at + 4 + 4 + (32 if version == 1 else 20) + 8 + 8
+    a, b, c, d = {0: (1, 0, 0, 1), 1: (0, 1, -1, 0), 2: (-1, 0, 0, -1), 3: (0, -1, 1, 0)}[
+        quarter_turns_cw % 4
+    ]
+    matrix = struct.pack(">9i", a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30)
+    dst.write_bytes(data[:start] + matrix + data[start + 36 :])
+    return dst
+
+
+@pytest.fixture(scope="session")
+def hand_video(tmp_path_factory: pytest.TempPathFactory) -> HandVideo:
+    frames, boxes = render_hand_frames()
+    path = write_clip(tmp_path_factory.mktemp("video") / "hand.mp4", frames, 10.0)
+    return HandVideo(path, 10.0, boxes)
