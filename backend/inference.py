@@ -60,8 +60,9 @@ def load_image(data: bytes | str | os.PathLike) -> tuple[np.ndarray, float | Non
             exif = im.getexif()
             f35 = exif.get_ifd(0x8769).get(0xA405) if exif else None
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale to 8 bits
-                arr = np.asarray(im, dtype=np.float64)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit or float grey
+                # values in [0, 1] (float images) as they are, larger ones by the brightest
+                arr = np.nan_to_num(np.asarray(im, dtype=np.float64)).clip(0, None)
                 arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
                 im = Image.fromarray(arr)
             rgb = np.asarray(im.convert("RGB"))

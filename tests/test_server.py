@@ -242,6 +242,25 @@ def test_predict_several_boxes_in_one_field(http, photo_bytes, sample_box) -> No
     assert pred["hands"][0]["camera"]["K"][0][0] == 800.0
 
 
+def test_load_image_scales_wide_grey_modes_to_8_bits() -> None:
+    """16-bit grey keeps its contrast (scaled by its brightest value); float grey in [0, 1]
+    maps to 0-255 as it is; negative or NaN values become black instead of wrapping."""
+    ramp = np.linspace(0, 1, 40 * 30).reshape(30, 40)
+    expected = (ramp * 255).astype(np.uint8)
+    sixteen = Image.fromarray((ramp * 65535).astype(np.uint16))
+    floats = ramp.astype(np.float32)
+    floats[0, :4] = [-1.0, np.nan, -np.inf, 0.5]
+    for image, name in ((sixteen, "png"), (Image.fromarray(floats), "tiff")):
+        buf = io.BytesIO()
+        image.save(buf, format=name.upper())
+        rgb, _ = load_image(buf.getvalue())
+        assert rgb.shape == (30, 40, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+        diff = np.abs(rgb[..., 0].astype(int) - expected)
+        diff[0, :4] = 0
+        assert diff.max() <= 1, name
+    assert rgb[0, :3, 0].tolist() == [0, 0, 0] and rgb[0, 3, 0] == 127
+
+
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
 def test_predict_converts_grey_alpha_and_16_bit(http, sample_photo, sample_box, mode) -> None:
     photo = Image.open(sample_photo)
