@@ -1,16 +1,21 @@
 """Training speed: whole optimisation steps per second, per training config. Prints one JSON object.
 
     python -m benchmarks.train_step [--configs A.toml,B.toml] [--repeats 5] [--budget-min 20]
+                                    [--batch N] [--accum N]
 
 Each config runs on the device training.train would give it ("auto": CUDA when present, else the
 CPU; a "cuda" config is skipped, with the reason, on a machine without one), at its batch size
-(--batch overrides) and precision (bf16 autocast on CUDA when the config asks). Timed, as medians
+(--batch overrides) with its gradient accumulation (`accum_steps` micro-batches per step;
+--accum overrides) and precision (bf16 autocast on CUDA when the config asks). Timed, as medians
 over --repeats after two warm-up runs:
 
-- step: what training.train does per step: draw a fresh synthetic batch on the device, forward,
-  the config's weighted loss, backward, clip, AdamW;
-- model_step (the baseline): the same step on one batch drawn beforehand, no data generation;
-- data: drawing a batch alone.
+- step: what training.train does per step: draw fresh synthetic micro-batches on the device,
+  forward, the config's weighted loss, backward (each micro-batch), clip, AdamW;
+- model_step (the baseline): the same step on micro-batches drawn beforehand, no data generation;
+- data: drawing one step's micro-batches alone.
+
+samples_per_s counts every micro-batch: comparing `--batch 64` with `--batch 32 --accum 2` shows
+what the larger batch costs per sample against accumulating it.
 
 step / model_step is what drawing data on the fly costs. --budget-min adds the number of steps
 that fit in that many minutes, to size `steps` for a run on a time budget (a lent GPU session):
@@ -40,11 +45,17 @@ DEFAULT_CONFIGS = ",".join(
 )
 
 
-def bench_config(path: Path, repeats: int, batch: int | None, budget_min: float | None) -> dict:
+def bench_config(
+    path: Path, repeats: int, batch: int | None, budget_min: float | None, accum: int | None = None
+) -> dict:
     cfg = TrainConfig.from_toml(path)
     if batch:
         cfg.batch_size = batch
+    if accum:
+        cfg.accum_steps = accum
+    n = cfg.accum_steps
     row: dict = {"config": cfg.name, "preset": cfg.model_preset, "batch": cfg.batch_size}
+    row["accum_steps"] = n
     if cfg.device == "cuda" and not torch.cuda.is_available():
         return {**row, "skipped": "the config asks for CUDA and this machine has none"}
     if any(d["spec"] != "synthetic" for d in cfg.data):
@@ -57,16 +68,19 @@ def bench_config(path: Path, repeats: int, batch: int | None, budget_min: float 
     source = BatchSource(cfg, device, 0, 1)
     bf16 = cfg.bf16 and device.type == "cuda"
     counter = itertools.count()
-    fixed = source.batch(10**6)
+    fixed = [source.batch(10**6 + k) for k in range(n)]
+
+    def draw() -> list:
+        return [source.batch(next(counter)) for _ in range(n)]
 
     def step() -> None:
-        train_step(net, source.batch(next(counter)), weights, optim, cfg.grad_clip, bf16)
+        train_step(net, draw(), weights, optim, cfg.grad_clip, bf16)
 
     def model_step() -> None:
         train_step(net, fixed, weights, optim, cfg.grad_clip, bf16)
 
     def data() -> None:
-        source.batch(next(counter))
+        draw()
 
     step_ms = median_ms(step, repeats, device)
     model_ms = median_ms(model_step, repeats, device)
@@ -78,7 +92,7 @@ def bench_config(path: Path, repeats: int, batch: int | None, budget_min: float 
         step_ms=round(step_ms, 1),
         model_step_ms=round(model_ms, 1),
         data_ms=round(data_ms, 1),
-        samples_per_s=round(cfg.batch_size / step_ms * 1e3, 2),
+        samples_per_s=round(cfg.batch_size * n / step_ms * 1e3, 2),
         step_over_model_step=round(step_ms / model_ms, 3),
     )
     if budget_min:
@@ -86,13 +100,19 @@ def bench_config(path: Path, repeats: int, batch: int | None, budget_min: float 
     return row
 
 
-def run(configs: list[str], repeats: int, batch: int | None, budget_min: float | None) -> dict:
+def run(
+    configs: list[str],
+    repeats: int,
+    batch: int | None,
+    budget_min: float | None,
+    accum: int | None = None,
+) -> dict:
     results = []
     for name in configs:
         path = Path(name)
         if not path.is_absolute() and not path.exists():
             path = REPO / path
-        results.append(bench_config(path, repeats, batch, budget_min))
+        results.append(bench_config(path, repeats, batch, budget_min, accum))
     return {
         "benchmark": "hamr_train_step",
         "torch": torch.__version__,
@@ -110,12 +130,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated TOML paths")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=None, help="override every config's batch")
+    parser.add_argument(
+        "--accum", type=int, default=None, help="override every config's accum_steps"
+    )
     parser.add_argument("--budget-min", type=float, default=None, help="minutes to size a run for")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = run(args.configs.split(","), args.repeats, args.batch, args.budget_min)
+    for name in ("batch", "accum", "repeats"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1")
+    report = run(args.configs.split(","), args.repeats, args.batch, args.budget_min, args.accum)
     print(json.dumps(report, indent=1))
 
 
