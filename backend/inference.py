@@ -49,9 +49,48 @@ class InputError(ValueError):
     """Bad input from the user (unreadable image, bad option); the message says what to fix."""
 
 
+# ISO base media "ftyp" brands of HEIF still images (phones' HEIC photos)
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"hevc", b"hevx"})
+_heif_ready: bool | None = None
+
+
+def is_heif(head: bytes) -> bool:
+    """Whether encoded bytes (their first 12 are enough) are a HEIF/HEIC image."""
+    return len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+def enable_heif() -> bool:
+    """Let Pillow open HEIF/HEIC photos through pillow-heif, when it is installed (make setup
+    installs it); whether it is."""
+    global _heif_ready
+    if _heif_ready is None:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _heif_ready = True
+        except ImportError:
+            _heif_ready = False
+    return _heif_ready
+
+
 def load_image(data: bytes | str | os.PathLike) -> tuple[np.ndarray, float | None]:
     """Decode an image (path or bytes) -> (H, W, 3) uint8 RGB and its EXIF 35 mm-equivalent focal
-    length in mm (None when absent). EXIF orientation is applied. Raises InputError."""
+    length in mm (None when absent). EXIF orientation is applied. HEIF/HEIC photos need the
+    pillow-heif package. Raises InputError."""
+    if isinstance(data, (bytes, bytearray)):
+        head = bytes(data[:12])
+    else:
+        try:
+            with open(data, "rb") as fh:
+                head = fh.read(12)
+        except OSError as e:
+            raise InputError(f"cannot read the image: {e}") from e
+    if is_heif(head) and not enable_heif():
+        raise InputError(
+            "this is a HEIF/HEIC photo, and reading it needs the pillow-heif package (make setup "
+            "installs it; by hand: pip install pillow-heif), or export the photo as JPEG"
+        )
     try:
         src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
         with Image.open(src) as im:

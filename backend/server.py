@@ -82,7 +82,15 @@ from backend.cli import (
     parse_smoothing,
 )
 from backend.detect import check_detector
-from backend.inference import REFINE_MODES, HandRequest, InputError, Predictor, load_image
+from backend.inference import (
+    REFINE_MODES,
+    HandRequest,
+    InputError,
+    Predictor,
+    enable_heif,
+    is_heif,
+    load_image,
+)
 from backend.rig import rig_data
 from backend.video import VideoCancelled, probe_video, process_video, will_refine
 
@@ -310,6 +318,8 @@ def decode_image(data: bytes, max_pixels: float) -> tuple[Any, float | None]:
     The pixel count is checked from the header, before anything is decoded."""
     if not data:
         raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
+    if is_heif(data[:12]) and not enable_heif():
+        load_image(data)  # raises its InputError, which says what is missing
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
@@ -348,6 +358,14 @@ def predict_image(
             detector=options.detector,
             refine=options.refine,
         )
+
+
+def encode_upright_png(data: bytes, max_pixels: float) -> bytes:
+    """Image bytes -> PNG bytes of the image `decode_image` gives (blocking)."""
+    image, _ = decode_image(data, max_pixels)
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 # ----------------------------------------------------------------------------- video jobs
@@ -699,6 +717,21 @@ def create_app(
             predict_image, predictor, state.model_lock, data, options, max_pixels
         )
         return JSONResponse(result)
+
+    @app.post("/v1/image")
+    async def upright_image(request: Request) -> Response:
+        """The uploaded photo as the backend reads it for /v1/predict (decoded, turned upright
+        by its EXIF orientation, RGB) as a PNG: for a client that cannot decode the photo
+        itself (Blender and HEIC) or does not turn it. Needs no model."""
+        async with form_fields(request, frozenset({"image"})) as fields:
+            uploads = fields.get("image", [])
+            if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):
+                raise ApiError(
+                    400, "missing_image", "send one image file in the multipart field 'image'"
+                )
+            data = await uploads[0].read()
+        body = await state.run(encode_upright_png, data, max_pixels)
+        return Response(body, media_type="image/png")
 
     @app.post("/v1/jobs")
     async def create_job(request: Request) -> JSONResponse:

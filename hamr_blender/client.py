@@ -164,10 +164,40 @@ class HamrClient:
         timeout: float | None = None,
     ) -> dict:
         """One request -> the decoded JSON object of a 2xx answer; raises BackendError."""
+        raw, status = self._send(method, path, query, body, content_type, timeout)
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BackendError(
+                f"The server at {self.url} answered {method} {path} with something that is not "
+                f"JSON (HTTP {status}); is it a HAMR backend?",
+                status=status,
+                code="bad_response",
+            ) from None
+        if not isinstance(doc, dict):
+            raise BackendError(
+                f"The backend answered {method} {path} with a JSON {type(doc).__name__}, "
+                "expected an object",
+                status=status,
+                code="bad_response",
+            )
+        return doc
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        body: bytes | _Multipart | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+        accept: str = "application/json",
+    ) -> tuple[bytes, int]:
+        """One request -> (the body of a 2xx answer, its status); raises BackendError."""
         url = self.url + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
-        headers = {"Accept": "application/json", "User-Agent": "hamr-blender"}
+        headers = {"Accept": accept, "User-Agent": "hamr-blender"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if content_type:
@@ -208,23 +238,7 @@ class HamrClient:
         finally:
             if isinstance(body, _Multipart):
                 body.close()
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise BackendError(
-                f"The server at {self.url} answered {method} {path} with something that is not "
-                f"JSON (HTTP {status}); is it a HAMR backend?",
-                status=status,
-                code="bad_response",
-            ) from None
-        if not isinstance(doc, dict):
-            raise BackendError(
-                f"The backend answered {method} {path} with a JSON {type(doc).__name__}, "
-                "expected an object",
-                status=status,
-                code="bad_response",
-            )
-        return doc
+        return raw, status
 
     def _http_error(self, e: urllib.error.HTTPError) -> BackendError:
         try:
@@ -298,6 +312,37 @@ class HamrClient:
         return self.request(
             "POST", "/v1/predict", body=body, content_type=body.content_type, timeout=timeout
         )
+
+    def upright_png(
+        self, image: str | os.PathLike | bytes, filename: str | None = None, timeout: float = 120.0
+    ) -> bytes:
+        """POST /v1/image -> PNG bytes of the photo as the backend reads it (decoded, turned
+        upright by its EXIF orientation): for photos Blender cannot read itself (HEIC)."""
+        if isinstance(image, (bytes, bytearray)):
+            source: Any = bytes(image)
+            name = filename or "image"
+        else:
+            path = os.fspath(image)
+            if not os.path.isfile(path):
+                raise BackendError(f"Image file not found: {path}", code="not_found")
+            source, name = path, filename or os.path.basename(path)
+        body = _Multipart({}, {"image": (name, source)})
+        raw, status = self._send(
+            "POST",
+            "/v1/image",
+            body=body,
+            content_type=body.content_type,
+            timeout=timeout,
+            accept="image/png",
+        )
+        if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise BackendError(
+                f"The backend answered POST /v1/image with something that is not a PNG "
+                f"(HTTP {status}); is it an older HAMR backend?",
+                status=status,
+                code="bad_response",
+            )
+        return raw
 
     def submit_video(
         self,

@@ -330,6 +330,9 @@ def import_image(
     rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
     new = NewData()
     try:
+        head = bytes(upload[:12]) if isinstance(upload, bytes) else orientation.file_head(upload)
+        if op_like.align_camera and orientation.is_heif(head):
+            source = _decoded_background(client, upload, name, source, new)
         return scene.import_prediction(
             context,
             prediction,
@@ -343,6 +346,29 @@ def import_image(
     except BaseException:
         new.remove_all()
         raise
+
+
+def _decoded_background(
+    client: HamrClient, upload, name: str, source: scene.ImageSource, new: NewData
+) -> scene.ImageSource:
+    """Blender cannot read HEIF/HEIC photos: their camera background is the backend's decoding
+    of the photo (`HamrClient.upright_png`), packed into the .blend. Where that fails (an older
+    backend), the import goes on without a background."""
+    try:
+        png = client.upright_png(upload, name)
+    except BackendError as e:
+        print(f"HAMR: no camera background for {name}: {e}")
+        return source
+    stem = os.path.splitext(name)[0] or "photo"
+    with tempfile.TemporaryDirectory(prefix="hamr-") as folder:
+        path = os.path.join(folder, f"{stem}.png")
+        with open(path, "wb") as fh:
+            fh.write(png)
+        image = new.add(bpy.data.images.load(path, check_existing=False))
+        image.pack()
+    image.filepath_raw = f"//{stem}.png"  # the temporary file is gone; the pixels are packed
+    image.name = f"{stem} (decoded)"
+    return scene.ImageSource("image", "", image.name, 1)
 
 
 class _HandOptions:

@@ -1,4 +1,5 @@
-"""A photo's EXIF orientation, and its pixels turned upright. Pure Python and numpy (no bpy).
+"""A photo's EXIF orientation, and its pixels turned upright; which photos Blender cannot read.
+Pure Python and numpy (no bpy).
 
 Phones store many photos sideways and record in EXIF (tag 0x0112, Orientation) how to turn them
 for display. The backend decodes a photo with Pillow's `ImageOps.exif_transpose`, so its
@@ -7,7 +8,8 @@ background must be the upright photo, or the hands would not overlay it.
 
 `exif_orientation(data)` reads the tag from JPEG (APP1), PNG (eXIf), WebP (EXIF chunk) and TIFF
 files; `upright(pixels, orientation)` applies it to top-down (H, W, C) pixels as
-`exif_transpose` does.
+`exif_transpose` does. `is_heif(data)` tells a HEIF/HEIC photo (what phones save by default),
+which Blender cannot read at all: the extension shows the backend's decoding of it instead.
 """
 
 from __future__ import annotations
@@ -106,6 +108,24 @@ def exif_orientation(data: bytes) -> int:
     except struct.error:
         pass
     return 1
+
+
+# ISO base media "ftyp" brands of HEIF still images (the backend's list, backend.inference)
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"hevc", b"hevx"})
+
+
+def is_heif(data: bytes) -> bool:
+    """Whether encoded bytes (their first 12 are enough) are a HEIF/HEIC image."""
+    return len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
+
+
+def file_head(path: str, size: int = 64) -> bytes:
+    """The first `size` bytes of a file; b"" when it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(size)
+    except OSError:
+        return b""
 
 
 def file_orientation(path: str) -> int:

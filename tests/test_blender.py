@@ -217,6 +217,17 @@ def sideways_photo(photo: Path, folder: Path, suffix: str = ".jpg") -> Path:
     return path
 
 
+def heic_photo(photo: Path, folder: Path) -> Path:
+    """The photo saved as HEIC (pillow-heif, which make setup installs)."""
+    from PIL import Image
+
+    pillow_heif = pytest.importorskip("pillow_heif", reason="make setup installs pillow-heif")
+    pillow_heif.register_heif_opener()
+    path = folder / "photo.heic"
+    Image.open(photo).convert("RGB").save(path, format="HEIF", quality=95)
+    return path
+
+
 def test_import_image_through_server(
     extension_zip: Path,
     server: str,
@@ -231,6 +242,7 @@ def test_import_image_through_server(
         sample_photo,
         BOX_TEXT,
         sideways_photo(sample_photo, tmp_path),
+        heic_photo(sample_photo, tmp_path),
         env=bpy_env,
     )
     assert out["check"] == ["FINISHED"] and out["result"] == ["FINISHED"]
@@ -258,6 +270,14 @@ def test_import_image_through_server(
     assert background["mean_abs_diff"] < 0.01, background  # JPEG decoders differ slightly
     assert out["sideways_align"] == ["FINISHED"]
     assert len(out["sideways_new_images"]) == 1  # one upright copy, reused by the new align
+    # the HEIC photo: the backend's decoding behind the camera
+    assert out["heic_result"] == ["FINISHED"] and len(out["heic_hands"]) == 1
+    for hand in out["heic_hands"]:
+        assert hand["mesh_err_m"] < 1e-4 and hand["px_err"] < 0.5, hand
+        assert hand["image"] == out["heic_photo_size"] == hand["resolution"]
+    background = out["heic_background"]
+    assert background["size"] == out["heic_photo_size"] and background["packed"]
+    assert background["mean_abs_diff"] < 0.02, background  # HEIC is lossy
 
 
 def test_backend_down_then_started_and_stopped_from_blender(

@@ -72,6 +72,31 @@ def test_exif_orientation_read_and_applied_like_pillow(fmt: str, tmp_path) -> No
     assert orientation.file_orientation(str(tmp_path / "missing.jpg")) == 1
 
 
+def test_heif_photos_are_told_apart_like_the_backend_does(tmp_path) -> None:
+    """is_heif (Blender cannot read these; the extension asks the backend) agrees with the
+    backend's own test on a HEIC that pillow-heif writes and on other formats."""
+    import io
+
+    from PIL import Image
+
+    from backend.inference import HEIF_BRANDS, is_heif
+
+    pillow_heif = pytest.importorskip("pillow_heif", reason="make setup installs pillow-heif")
+    pillow_heif.register_heif_opener()
+    samples = {}
+    for fmt in ("HEIF", "JPEG", "PNG"):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 12), (200, 120, 90)).save(buf, format=fmt)
+        samples[fmt] = buf.getvalue()
+    for fmt, data in samples.items():
+        assert orientation.is_heif(data) == is_heif(data) == (fmt == "HEIF"), fmt
+    path = tmp_path / "photo.heic"
+    path.write_bytes(samples["HEIF"])
+    assert orientation.is_heif(orientation.file_head(str(path)))
+    assert orientation.file_head(str(tmp_path / "missing.heic")) == b""
+    assert orientation.HEIF_BRANDS == HEIF_BRANDS
+
+
 def test_exif_orientation_without_a_tag_or_with_damage() -> None:
     import io
 

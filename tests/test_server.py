@@ -31,7 +31,7 @@ from PIL import Image
 
 from backend import detect_mediapipe
 from backend.cli import OptionError
-from backend.inference import HandRequest, load_image
+from backend.inference import HandRequest, InputError, load_image
 from backend.server import (
     FIT_SHARE,
     ApiError,
@@ -259,6 +259,59 @@ def test_load_image_scales_wide_grey_modes_to_8_bits() -> None:
         diff[0, :4] = 0
         assert diff.max() <= 1, name
     assert rgb[0, :3, 0].tolist() == [0, 0, 0] and rgb[0, 3, 0] == 127
+
+
+def heic_bytes(pixels: np.ndarray, orientation: int = 1) -> bytes:
+    """A HEIC photo of (H, W, 3) pixels (pillow-heif), with an EXIF orientation tag."""
+    pillow_heif = pytest.importorskip("pillow_heif", reason="make setup installs pillow-heif")
+    pillow_heif.register_heif_opener()
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    image.save(buf, format="HEIF", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_heic_photos_are_read_and_a_missing_reader_is_named(sample_photo, monkeypatch) -> None:
+    import backend.inference as inference
+
+    photo = np.asarray(Image.open(sample_photo).convert("RGB"))
+    data = heic_bytes(photo)
+    assert inference.is_heif(data) and not inference.is_heif(sample_photo.read_bytes())
+    rgb, _ = load_image(data)
+    assert rgb.shape == photo.shape
+    assert np.abs(rgb.astype(int) - photo).mean() < 4  # a lossy codec, at quality 95
+    monkeypatch.setattr(inference, "_heif_ready", False)  # as without pillow-heif
+    with pytest.raises(InputError, match="pillow-heif"):
+        load_image(data)
+
+
+def test_upright_image_endpoint(http, sample_photo) -> None:
+    """POST /v1/image: the photo as predict reads it, as a PNG (for Blender, which reads neither
+    HEIC nor EXIF orientation): a sideways JPEG comes back turned, a HEIC decoded."""
+    photo = np.asarray(Image.open(sample_photo).convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored a quarter turn counter-clockwise: shown turned clockwise
+    buf = io.BytesIO()
+    Image.fromarray(np.rot90(photo, 1).copy()).save(buf, format="PNG", exif=exif)
+    for name, data, tolerance in (
+        ("sideways.png", buf.getvalue(), 0),
+        ("photo.heic", heic_bytes(photo), 4),
+    ):
+        response = http.post("/v1/image", files={"image": (name, data, "application/octet-stream")})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "image/png"
+        back = np.asarray(Image.open(io.BytesIO(response.content)))
+        assert back.shape == photo.shape, name
+        assert np.abs(back.astype(int) - photo).mean() <= tolerance, name
+    two = [("image", ("a.png", buf.getvalue(), "image/png"))] * 2
+    missing = http.post("/v1/image", files=two)
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "missing_image"
+    unknown = http.post("/v1/image", files={"image": ("a.png", buf.getvalue())}, data={"x": "1"})
+    assert unknown.status_code == 422
+    garbage = http.post("/v1/image", files={"image": ("x.png", b"not an image", "image/png")})
+    assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "bad_image"
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])

@@ -1,11 +1,13 @@
 """hamr.import_image through the installed extension against a real `hamr serve`.
 
-argv: ZIP URL IMAGE X0,Y0,X1,Y1 SIDEWAYS. Installs and enables the extension, imports the photo
+argv: ZIP URL IMAGE X0,Y0,X1,Y1 SIDEWAYS HEIC. Installs and enables the extension, imports the photo
 (file), then the same photo as a packed image already in Blender, and checks each imported hand:
 the evaluated mesh in the aligned camera's OpenCV frame equals HandModel(θ, β) + transl from the
 stored prediction (1e-4 m), and its joints projected through the camera land on keypoints2d.
 SIDEWAYS is the same photo stored turned, with the EXIF orientation that shows it upright: the
 camera background must be the upright photo (Blender ignores the tag; the backend does not).
+HEIC is the photo as a HEIC file, which Blender cannot read: its background is the backend's
+decoding of it (POST /v1/image), packed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mathutils import Vector
 
 from backend.hand_model.constants import KEYPOINTS_FROM_JOINTS_AND_TIPS
 
-zip_path, url, image_path, box_text, sideways_path = sys.argv[1:6]
+zip_path, url, image_path, box_text, sideways_path, heic_path = sys.argv[1:7]
 box = [float(v) for v in box_text.split(",")]
 _common.install_extension(zip_path, url)
 out: dict = {}
@@ -146,6 +148,31 @@ out["sideways_resolution"] = [scene.render.resolution_x, scene.render.resolution
 bpy.context.view_layer.objects.active = arms4[0]
 out["sideways_align"] = list(bpy.ops.hamr.align_camera())
 out["sideways_new_images"] = sorted(set(bpy.data.images.keys()) - images_before)
+
+# a HEIC photo: Blender reads no pixels of it; the backend's decoding becomes the background
+bpy.ops.object.select_all(action="DESELECT")
+before5 = _common.snapshot()
+out["heic_result"] = list(
+    bpy.ops.hamr.import_image(filepath=heic_path, use_box=True, box=box, side="auto")
+)
+new5 = sorted(set(_common.snapshot()["objects"]) - set(before5["objects"]))
+arms5 = [bpy.data.objects[n] for n in new5 if bpy.data.objects[n].get("hamr_rig")]
+out["heic_hands"] = [check_hand(a) for a in arms5]
+reference = np.asarray(Image.open(image_path).convert("RGB"))
+bg = next((b.image for b in scene.camera.data.background_images if b.image), None)
+if bg is not None:
+    w, h = bg.size
+    px = np.empty(w * h * 4, dtype=np.float32)
+    bg.pixels.foreach_get(px)
+    shown = px.reshape(h, w, 4)[::-1, :, :3]
+    out["heic_background"] = {
+        "size": [w, h],
+        "packed": bg.packed_file is not None,
+        "mean_abs_diff": float(np.abs(shown - reference / 255.0).mean())
+        if shown.shape == reference.shape
+        else None,
+    }
+out["heic_photo_size"] = [reference.shape[1], reference.shape[0]]
 
 # a missing file: clear error, nothing created
 before3 = _common.scene_state()
