@@ -84,6 +84,28 @@ def _pixels(image: bpy.types.Image) -> np.ndarray:
     return buf.reshape(h, w, 4)
 
 
+def _upright_photo(context: bpy.types.Context, photo_path: str) -> bpy.types.Image:
+    """A new image of the photo as the prediction saw it, for the caller to remove: a copy of
+    the aligned camera's background (the photo, its upright copy, or the backend's decoding of
+    a HEIC), else the file itself, turned by its EXIF orientation."""
+    cam = context.scene.camera
+    if cam is not None and cam.type == "CAMERA":
+        for bg in cam.data.background_images:
+            if bg.source == "IMAGE" and bg.image is not None and bg.image.size[0] > 0:
+                return bg.image.copy()
+    photo = bpy.data.images.load(photo_path, check_existing=False)
+    if photo.size[0] == 0 or photo.size[1] == 0:
+        bpy.data.images.remove(photo)
+        raise RuntimeError(f"Blender cannot read the photo {photo_path} to render over it")
+    turn = orientation.file_orientation(photo_path)
+    if turn == 1:
+        return photo
+    try:
+        return upright_image(photo, turn, "HAMR upright photo")
+    finally:
+        bpy.data.images.remove(photo)
+
+
 def render_over_photo(
     context: bpy.types.Context, photo_path: str, out_png: str, samples: int = 16
 ) -> str:
@@ -107,14 +129,11 @@ def render_over_photo(
         render.filepath = layer_png
         bpy.ops.render.render(write_still=True)
         layer = bpy.data.images.load(layer_png)
-        photo = bpy.data.images.load(photo_path)
-        turn = orientation.file_orientation(photo_path)
-        if turn != 1:
-            stored = photo
-            try:
-                photo = upright_image(stored, turn, "HAMR upright photo")
-            finally:
-                bpy.data.images.remove(stored)
+        try:
+            photo = _upright_photo(context, photo_path)
+        except BaseException:
+            bpy.data.images.remove(layer)
+            raise
         try:
             fg = _pixels(layer)
             h, w = fg.shape[:2]
