@@ -22,9 +22,9 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # nine stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # ten stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
-    # rewarm_cpu, restart_cpu and anneal_cpu
+    # rewarm_cpu, restart_cpu, anneal_cpu and batch64_cpu
     chain = []
     stage = meta
     while stage is not None:
@@ -45,8 +45,9 @@ def test_shipped_checkpoint_header_and_record():
         "rewarm_cpu",
         "restart_cpu",
         "anneal_cpu",
+        "batch64_cpu",
     ]
-    for s in chain[:6]:  # the last six stages ran all their steps
+    for s in chain[:7]:  # the last seven stages ran all their steps
         assert s["step"] == s["train_config"]["steps"]
     for prefix in (
         "",
@@ -58,6 +59,7 @@ def test_shipped_checkpoint_header_and_record():
         "stage6_",
         "stage7_",
         "stage8_",
+        "stage9_",
     ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
