@@ -74,6 +74,16 @@ def enable_heif() -> bool:
     return _heif_ready
 
 
+def require_heif_reader(head: bytes) -> None:
+    """Raise InputError, naming what is missing, for a HEIF/HEIC image (by its first 12 bytes)
+    when pillow-heif is not installed; make Pillow able to open it otherwise."""
+    if is_heif(head) and not enable_heif():
+        raise InputError(
+            "this is a HEIF/HEIC photo, and reading it needs the pillow-heif package (make setup "
+            "installs it; by hand: pip install pillow-heif), or export the photo as JPEG"
+        )
+
+
 def load_image(data: bytes | str | os.PathLike) -> tuple[np.ndarray, float | None]:
     """Decode an image (path or bytes) -> (H, W, 3) uint8 RGB and its EXIF 35 mm-equivalent focal
     length in mm (None when absent). EXIF orientation is applied. HEIF/HEIC photos need the
@@ -86,11 +96,7 @@ def load_image(data: bytes | str | os.PathLike) -> tuple[np.ndarray, float | Non
                 head = fh.read(12)
         except OSError as e:
             raise InputError(f"cannot read the image: {e}") from e
-    if is_heif(head) and not enable_heif():
-        raise InputError(
-            "this is a HEIF/HEIC photo, and reading it needs the pillow-heif package (make setup "
-            "installs it; by hand: pip install pillow-heif), or export the photo as JPEG"
-        )
+    require_heif_reader(head)
     try:
         src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
         with Image.open(src) as im:

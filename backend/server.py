@@ -87,9 +87,8 @@ from backend.inference import (
     HandRequest,
     InputError,
     Predictor,
-    enable_heif,
-    is_heif,
     load_image,
+    require_heif_reader,
 )
 from backend.rig import rig_data
 from backend.video import VideoCancelled, probe_video, process_video, will_refine
@@ -318,8 +317,7 @@ def decode_image(data: bytes, max_pixels: float) -> tuple[Any, float | None]:
     The pixel count is checked from the header, before anything is decoded."""
     if not data:
         raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
-    if is_heif(data[:12]) and not enable_heif():
-        load_image(data)  # raises its InputError, which says what is missing
+    require_heif_reader(data[:12])
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size

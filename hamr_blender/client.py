@@ -141,6 +141,19 @@ class _Multipart(io.RawIOBase):
 
 
 # ------------------------------------------------------------------------------ client
+def _image_source(
+    image: str | os.PathLike | bytes, filename: str | None, default_name: str
+) -> tuple[Any, str]:
+    """(what _Multipart uploads, the file name) for an image given as a path or encoded bytes;
+    BackendError when the path is not a file."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image), filename or default_name
+    path = os.fspath(image)
+    if not os.path.isfile(path):
+        raise BackendError(f"Image file not found: {path}", code="not_found")
+    return path, filename or os.path.basename(path)
+
+
 class HamrClient:
     """Talks to one HAMR backend. Each call raises BackendError (or a subclass) on failure."""
 
@@ -291,14 +304,7 @@ class HamrClient:
         detector: what finds the hands without a box ("auto", "mediapipe", "hamr"; None: the
         backend's own setting); refine: fit the hands to MediaPipe's landmarks (None: the
         backend's own setting)."""
-        if isinstance(image, (bytes, bytearray)):
-            source: Any = bytes(image)
-            name = filename or "image.png"
-        else:
-            path = os.fspath(image)
-            if not os.path.isfile(path):
-                raise BackendError(f"Image file not found: {path}", code="not_found")
-            source, name = path, filename or os.path.basename(path)
+        source, name = _image_source(image, filename, "image.png")
         fields = {"side": side}
         if box is not None:
             fields["box"] = ",".join(f"{float(v):g}" for v in box)
@@ -318,14 +324,7 @@ class HamrClient:
     ) -> bytes:
         """POST /v1/image -> PNG bytes of the photo as the backend reads it (decoded, turned
         upright by its EXIF orientation): for photos Blender cannot read itself (HEIC)."""
-        if isinstance(image, (bytes, bytearray)):
-            source: Any = bytes(image)
-            name = filename or "image"
-        else:
-            path = os.fspath(image)
-            if not os.path.isfile(path):
-                raise BackendError(f"Image file not found: {path}", code="not_found")
-            source, name = path, filename or os.path.basename(path)
+        source, name = _image_source(image, filename, "image")
         body = _Multipart({}, {"image": (name, source)})
         raw, status = self._send(
             "POST",

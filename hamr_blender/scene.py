@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import bpy
 import numpy as np
@@ -55,12 +55,7 @@ class ImageSource:
     orientation: int = 1  # the photo's EXIF orientation (1: shown as stored)
 
     def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "path": self.path,
-            "image_name": self.image_name,
-            "orientation": self.orientation,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -265,10 +260,12 @@ def _upright_background(raw_of, src: dict, turn: int, new: NewData):
 
 def _load_background(record: dict, new: NewData):
     src = record.get("source") or {}
+    if src.get("kind") == "movie":
+        return _movie(src, new)
     turn = int(src.get("orientation", 1) or 1)
-    if src.get("kind") != "movie" and turn != 1:
+    if turn != 1:
         return _upright_background(lambda: _stored_image(src, None), src, turn, new)
-    return _stored_image(src, new)[0] if src.get("kind") != "movie" else _movie(src, new)
+    return _stored_image(src, new)[0]
 
 
 def _movie(src: dict, new: NewData):
