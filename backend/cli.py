@@ -4,12 +4,12 @@
                        [--json OUT.json] [--overlay OUT.png] [--checkpoint PATH] [--device cpu|cuda]
     hamr video VIDEO   [--json OUT.json] [--overlay-video OUT.mp4] [same options] [--smoothing S]
     hamr serve         [--host 127.0.0.1] [--port 8734] [--token T] [--checkpoint PATH] ...
-    hamr blend IMAGE   --out SCENE.blend [--render OUT.png] ...   (hamr_blender.headless, bpy)
+    hamr blend IMAGE   --out SCENE.blend [--render OUT.png] ... (bpy: hamr_blender.blender.headless)
 
 Bad input (a missing file, an unreadable image, a bad option, a missing checkpoint) prints one
-line `hamr: error: ...` on stderr and exits with code 2, never a traceback. The option parsers
-and checks at the top (`parse_boxes`, `check_box`, ...) are shared with the HTTP server and the
-video pipeline, so every entry point accepts and refuses the same things.
+line `hamr: error: ...` on stderr and exits with code 2, never a traceback. Options are parsed
+and checked with `backend.options`, as the HTTP service's forms are, so every entry point
+accepts and refuses the same things. Nothing in the backend imports this module.
 
 Heavy imports (torch, the network, OpenCV, FastAPI) happen inside each subcommand so `hamr --help`
 stays fast and this module stays importable anywhere. Never imports the training package; bpy only
@@ -22,90 +22,35 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-if TYPE_CHECKING:
-    from backend.inference import Predictor
+from backend.errors import OptionError
+from backend.options import (
+    DEFAULT_SMOOTHING,
+    DETECTORS,
+    REFINE_MODES,
+    SIDES,
+    check_box,
+    parse_boxes,
+    parse_focal,
+    parse_smoothing,
+)
 
-SIDES = ("auto", "right", "left")
+if TYPE_CHECKING:
+    from backend.pipeline.photo import Predictor
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8734
-DEFAULT_SMOOTHING = 0.5
 T = TypeVar("T")
-
-
-class OptionError(ValueError):
-    """A bad option value (box, side, focal, smoothing); the message says what to fix."""
-
-
-# ----------------------------------------------------------------------------- shared options
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    """'X0,Y0,X1,Y1' (image pixels) -> (x0, y0, x1, y1). Raises OptionError."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise OptionError(f"box must be four numbers X0,Y0,X1,Y1, got {text!r}")
-    x0, y0, x1, y1 = values
-    if not (x1 > x0 and y1 > y0):
-        raise OptionError(f"box {text!r} is empty: need X1 > X0 and Y1 > Y0")
-    return values
-
-
-def parse_boxes(values: list[str] | None) -> list[tuple[float, float, float, float]]:
-    """Repeated box options, each 'X0,Y0,X1,Y1' or several joined by ';' -> boxes."""
-    return [parse_box(part) for v in values or [] for part in v.split(";") if part.strip()]
-
-
-def check_box(box: tuple[float, ...], width: int, height: int) -> None:
-    """Raise OptionError unless `box` (x0, y0, x1, y1) is non-empty and overlaps the image."""
-    x0, y0, x1, y1 = box
-    if not (x1 > x0 and y1 > y0) or x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-        raise OptionError(f"box {list(box)} is empty or outside the {width}x{height} image")
-
-
-def check_side(side: str) -> str:
-    if side not in SIDES:
-        raise OptionError(f"side must be one of {', '.join(SIDES)}, got {side!r}")
-    return side
-
-
-def parse_focal(value: str | float | None) -> float | None:
-    """Focal length in pixels (positive, finite) or None."""
-    if value is None or value == "":
-        return None
-    try:
-        focal = float(value)
-    except ValueError:
-        raise OptionError(f"focal must be a number of pixels, got {value!r}") from None
-    if not (math.isfinite(focal) and focal > 0):
-        raise OptionError(f"focal must be a positive number of pixels, got {value!r}")
-    return focal
-
-
-def parse_smoothing(value: str | float | None) -> float:
-    """Smoothing strength in [0, 1] (DEFAULT_SMOOTHING when None)."""
-    if value is None or value == "":
-        return DEFAULT_SMOOTHING
-    try:
-        strength = float(value)
-    except ValueError:
-        raise OptionError(f"smoothing must be a number between 0 and 1, got {value!r}") from None
-    if not 0.0 <= strength <= 1.0:
-        raise OptionError(f"smoothing must be between 0 and 1, got {value!r}")
-    return strength
 
 
 def resolve_checkpoint(path: str | None) -> Path:
     """The checkpoint to load: `path`, else $HAMR_CHECKPOINT, else the shipped one; must exist."""
-    from backend.inference import DEFAULT_CHECKPOINT
+    from backend.network.runner import DEFAULT_CHECKPOINT
 
     resolved = Path(path or os.environ.get("HAMR_CHECKPOINT") or DEFAULT_CHECKPOINT)
     if not resolved.is_file():
@@ -131,7 +76,7 @@ def _write_json(data: dict[str, Any], out: str | None) -> None:
 
 
 def _load_predictor(args: argparse.Namespace) -> Predictor:
-    from backend.inference import Predictor
+    from backend.pipeline.photo import Predictor
 
     return Predictor(
         resolve_checkpoint(args.checkpoint),
@@ -165,7 +110,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     image_path = _existing_file(args.image, "image")
     boxes = parse_boxes(args.box)
     focal = parse_focal(args.focal)
-    from backend.inference import HandRequest, load_image, overlay
+    from backend.media.image import load_image
+    from backend.options import HandRequest
+    from backend.pipeline.photo import overlay
 
     image, exif_f35 = load_image(image_path)
     height, width = image.shape[:2]
@@ -191,7 +138,8 @@ def _cmd_video(args: argparse.Namespace) -> int:
     smoothing = parse_smoothing(args.smoothing)
     from tqdm import tqdm
 
-    from backend.video import probe_video, process_video, write_overlay_video
+    from backend.media.video import probe_video
+    from backend.pipeline.video import VideoOptions, process_video, write_overlay_video
 
     probe_video(video_path)  # fail fast on an unreadable clip, before loading the model
     predictor = _load_predictor(args)
@@ -222,10 +170,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
             lambda progress: process_video(
                 predictor,
                 video_path,
-                boxes=boxes or None,
-                side=args.side,
-                focal=focal,
-                smoothing=smoothing,
+                VideoOptions(boxes=boxes or None, side=args.side, focal=focal, smoothing=smoothing),
                 progress_cb=progress,
                 fit_progress_cb=fit_progress,
             ),
@@ -251,13 +196,13 @@ def _cmd_blend(argv: list[str]) -> int:
             "hamr blend needs Blender as a Python module (bpy 5.0 on Python 3.11: "
             "pip install bpy==5.0.1)"
         ) from None
-    from hamr_blender.headless import main as blend_main
+    from hamr_blender.blender.headless import main as blend_main
 
     return blend_main(argv)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from backend.server import check_bind, create_app
+    from backend.service import check_bind, create_app
 
     check_bind(args.host, args.token)
     checkpoint = resolve_checkpoint(args.checkpoint)
@@ -295,14 +240,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mano-dir", default=None, help="folder with the official MANO files")
     p.add_argument(
         "--detector",
-        choices=("auto", "mediapipe", "hamr"),
+        choices=DETECTORS,
         default="auto",
         help="what finds hands when no --box is given: MediaPipe Hands, the network itself, or "
         "auto (MediaPipe when installed and it finds a hand, else the network; default)",
     )
     p.add_argument(
         "--refine",
-        choices=("auto", "off"),
+        choices=REFINE_MODES,
         default="auto",
         help="auto (default): fit each hand to MediaPipe's 2D landmarks where it finds them "
         "(a photo's hands one by one, a video's tracks over all their frames); off: the "
@@ -357,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_video)
 
-    # `blend` is dispatched in main() before parsing: its options belong to hamr_blender.headless
+    # `blend` is dispatched in main() before parsing: its options are the extension's
+    # (hamr_blender.blender.headless)
     sub.add_parser(
         "blend", help="the Blender import of a photo, headless (IMAGE --out SCENE.blend ...)"
     )

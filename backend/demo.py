@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.camera import project_points
 from backend.hand_model.model import HandModel, load_hand_arrays
 from backend.hand_model.poses import named_pose
-from backend.render import composite, project_points, rasterize, save_png, shade
+from backend.render import composite, rasterize, save_png, shade
 
 SKIN = (0.86, 0.64, 0.52)
 NAIL = (0.93, 0.78, 0.74)

@@ -66,8 +66,10 @@ def run(repeats: int, frames: int) -> dict:
     import bpy
     import numpy as np
 
-    from backend.rig import encode_array, rig_data
-    from hamr_blender import payload, rig, scene
+    from backend.schema import encode_array
+    from backend.schema import rig_json as rig_data
+    from hamr_blender.blender import rig, scene
+    from hamr_blender.io import payload
 
     doc = rig_data("right")
     n_v = len(payload.decode_array(doc["v_template"]))

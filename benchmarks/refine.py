@@ -6,7 +6,7 @@ video track's box with the image. Prints JSON.
 On the bundled photo (backend/assets/samples/synthetic_hand.jpg) and its hand box, with the
 shipped checkpoint on the CPU:
 - baseline: `Predictor.predict` of that box with refining off (crop, network, camera);
-- mediapipe: `detect_mediapipe.detect` on the whole photo (when mediapipe is installed);
+- mediapipe: `mediapipe_hands.detect` on the whole photo (when mediapipe is installed);
 - fit: `Predictor.refine_hand` of the baseline's hand, on landmarks made by projecting the hand
   model in a known pose through the photo's camera (so the fit always has a full set of 21);
 - track fit: `fit.fit_track` of a video track of --track-frames frames (the baseline's hand
@@ -30,12 +30,15 @@ import cv2
 import numpy as np
 import torch
 
-from backend import detect_mediapipe
-from backend.fit import fit_track
+from backend.camera import project_points
+from backend.detect import mediapipe_hands
+from backend.fuse.landmark_fit import fit_track
 from backend.hand_model.poses import named_pose
-from backend.inference import HandRequest, Predictor, load_image
-from backend.motion import median_flow, template_shift, to_gray
-from backend.render import project_points
+from backend.media.image import load_image
+from backend.options import HandRequest
+from backend.pipeline.photo import Predictor
+from backend.schema import Hand
+from backend.track.motion import median_flow, template_shift, to_gray
 
 from .timing import median_ms
 
@@ -56,7 +59,9 @@ def run(repeats: int, track_frames: int = 64) -> dict:
     landmarks = project_points(joints, K).detach().numpy()
 
     baseline = median_ms(lambda: predictor.predict(image, request), repeats)
-    fit = median_ms(lambda: predictor.refine_hand(copy.deepcopy(hand), landmarks), repeats)
+    fit = median_ms(
+        lambda: predictor.refine_hand(Hand.from_json(copy.deepcopy(hand)), landmarks), repeats
+    )
     drift = torch.zeros(track_frames, 3)
     drift[:, 0] = 0.002 * torch.arange(track_frames)
     track_t = torch.tensor(hand["transl"])[None] + drift
@@ -93,12 +98,12 @@ def run(repeats: int, track_frames: int = 64) -> dict:
         "motion_over_baseline": round(flow / baseline, 3),
         "template_shift_ms": round(template, 2),
     }
-    if detect_mediapipe.available():
-        detect = median_ms(lambda: detect_mediapipe.detect(image), repeats)
+    if mediapipe_hands.available():
+        detect = median_ms(lambda: mediapipe_hands.detect(image), repeats)
         out.update(
             mediapipe_detect_ms=round(detect, 1),
             mediapipe_over_baseline=round(detect / baseline, 2),
-            mediapipe_hands_found=len(detect_mediapipe.detect(image)),
+            mediapipe_hands_found=len(mediapipe_hands.detect(image)),
         )
     else:
         out["mediapipe"] = "not installed"

@@ -19,7 +19,8 @@ import platform
 
 import torch
 
-from backend.render import icosphere, project_points, rasterize, shade, soft_silhouette
+from backend.camera import project_points
+from backend.render import icosphere, rasterize, shade, soft_silhouette
 from benchmarks.timing import median_ms
 
 COVERAGE = 0.4  # fraction of the frame covered by the sphere's silhouette

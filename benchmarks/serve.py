@@ -41,8 +41,12 @@ import httpx
 import numpy as np
 import torch
 
-from backend.inference import DEFAULT_CHECKPOINT, HandRequest, Predictor, load_image
-from backend.video import probe_video, process_video
+from backend.media.image import load_image
+from backend.media.video import probe_video
+from backend.network.runner import DEFAULT_CHECKPOINT
+from backend.options import HandRequest
+from backend.pipeline.photo import Predictor
+from backend.pipeline.video import VideoOptions, process_video
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "samples" / "interhand2.6m" / "image29590.jpg"
@@ -176,10 +180,12 @@ def run_device(
         in_process, tracking_only, over_jobs = [], [], []
         for _ in range(3):
             t0 = time.perf_counter()
-            process_video(predictor, clip, boxes=video_box, side="left")
+            process_video(predictor, clip, VideoOptions(boxes=video_box, side="left"))
             in_process.append(frames / (time.perf_counter() - t0))
             t0 = time.perf_counter()
-            process_video(predictor, clip, boxes=video_box, side="left", min_score=0.0)
+            process_video(
+                predictor, clip, VideoOptions(boxes=video_box, side="left", min_score=0.0)
+            )
             tracking_only.append(frames / (time.perf_counter() - t0))
             with httpx.Client(base_url=url, timeout=300) as client:
                 t0 = time.perf_counter()

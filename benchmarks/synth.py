@@ -13,7 +13,8 @@ import json
 
 import torch
 
-from backend.render import project_points, rasterize, shade
+from backend.camera import project_points
+from backend.render import rasterize, shade
 from benchmarks.timing import median_ms
 from training.synth.engine import SynthConfig, SyntheticHands
 

@@ -1,13 +1,16 @@
 """HAMR for Blender: recover rigged, posed hand meshes from photos and videos.
 
-This file only wires registration (node_wrangler's habit); the parts are rig.py (the hand rig and
-its shape property), operators.py and ui.py. Their imports happen inside `register` so that the
-bpy-free modules (client, convert, payload, backend_process) import anywhere, without bpy.
+This file only wires registration (node_wrangler's habit). Two halves: `io/` is bpy-free (the
+backend's HTTP client, payload parsing, conversions, the backend process) and imports anywhere;
+`blender/` is the bpy side (rig, scene, camera, import use cases, operators, panel, preferences,
+headless `hamr blend`). The parts registered are blender/'s preferences, rig (the hand's shape
+property), operators and ui; their imports happen inside `register`, so importing this package
+needs no bpy.
 """
 
 from __future__ import annotations
 
-_MODULES = ("rig", "operators", "ui")
+_MODULES = ("blender.preferences", "blender.rig", "blender.operators", "blender.ui")
 
 
 def _parts():

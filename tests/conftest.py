@@ -73,7 +73,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(checkpoint: Path):
-    from backend.inference import Predictor
+    from backend.pipeline.photo import Predictor
 
     return Predictor(checkpoint)
 
@@ -154,9 +154,9 @@ def render_hand_frames(
     right and turning slowly over a textured background, and the hand's box in each."""
     from scipy.spatial.transform import Rotation
 
+    from backend.camera import default_focal, intrinsics
     from backend.hand_model.model import HandModel
     from backend.hand_model.poses import named_pose
-    from backend.inference import default_focal, intrinsics
     from backend.render import render_overlay
 
     model = HandModel("right")

@@ -98,7 +98,7 @@ def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(checkpoint: Path, bpy_env: dict[str, str]):
     """A real `hamr serve` on a free loopback port."""
-    from hamr_blender.client import HamrClient
+    from hamr_blender.io.client import HamrClient
 
     port = free_port()
     log = open(Path(bpy_env["XDG_CACHE_HOME"]) / "server.log", "wb")  # noqa: SIM115
@@ -137,7 +137,7 @@ def test_extension_builds_validates_installs_and_registers(
     import zipfile
 
     names = zipfile.ZipFile(extension_zip).namelist()
-    assert "blender_manifest.toml" in names and "__init__.py" in names and "rig.py" in names
+    assert {"blender_manifest.toml", "__init__.py", "blender/rig.py", "io/client.py"} <= set(names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     out = run_bpy("install_check.py", extension_zip, env=bpy_env)
     assert out["enabled"] and all(out["operators"].values()), out["operators"]
@@ -364,10 +364,10 @@ def test_hamr_blend_finds_the_hands_of_a_photo_without_a_box(
 ) -> None:
     """No box: the backend's MediaPipe detector finds both hands of a real photo, and the scene
     gets one rigged hand for each."""
-    from backend import detect_mediapipe
+    from backend.detect import mediapipe_hands
 
     photo = SAMPLES / "wild_hamer" / "test5.jpg"
-    if not photo.is_file() or not detect_mediapipe.available():
+    if not photo.is_file() or not mediapipe_hands.available():
         pytest.skip("needs ../shared/samples and mediapipe")
     blend = tmp_path / "scene.blend"
     proc = hamr_blend(

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from hamr_blender import backend_process, client, convert, orientation, payload
+from hamr_blender.io import backend_process, client, convert, orientation, payload
 
 RNG = np.random.default_rng(1234)
 
@@ -27,8 +27,8 @@ def test_pure_modules_do_not_import_bpy_or_torch() -> None:
     import subprocess
 
     code = (
-        "import sys; import hamr_blender, hamr_blender.client, hamr_blender.convert, "
-        "hamr_blender.payload, hamr_blender.backend_process, hamr_blender.orientation; "
+        "import sys; import hamr_blender, hamr_blender.io.client, hamr_blender.io.convert, "
+        "hamr_blender.io.payload, hamr_blender.io.backend_process, hamr_blender.io.orientation; "
         "bad = [m for m in ('bpy', 'torch', 'mathutils') if m in sys.modules]; print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -39,14 +39,14 @@ def test_pure_modules_do_not_import_bpy_or_torch() -> None:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
 def test_exif_orientation_read_and_applied_like_pillow(fmt: str, tmp_path) -> None:
     """Files Pillow writes with each orientation tag: the tag read back, and the stored pixels
-    turned upright equal to the image the backend decodes (`backend.inference.load_image`,
+    turned upright equal to the image the backend decodes (`backend.media.image.load_image`,
     Pillow's decoder and ImageOps.exif_transpose), which is what its prediction is for.
     Blender shows the stored pixels of all four formats as they are (checked with bpy 5.0)."""
     import io
 
     from PIL import Image
 
-    from backend.inference import load_image
+    from backend.media.image import load_image
 
     stored = RNG.integers(0, 256, (12, 20, 3), dtype=np.uint8)  # not square: turns show
     for tag in range(1, 9):
@@ -79,7 +79,7 @@ def test_heif_photos_are_told_apart_like_the_backend_does(tmp_path) -> None:
 
     from PIL import Image
 
-    from backend.inference import HEIF_BRANDS, is_heif
+    from backend.media.image import HEIF_BRANDS, is_heif
 
     pillow_heif = pytest.importorskip("pillow_heif", reason="make setup installs pillow-heif")
     pillow_heif.register_heif_opener()
@@ -240,13 +240,13 @@ def test_scene_frame_mapping() -> None:
 # ------------------------------------------------------------------------------ payloads
 @pytest.fixture(scope="module")
 def rig_doc() -> dict:
-    from backend.rig import rig_data
+    from backend.schema import rig_json as rig_data
 
     return rig_data("right")
 
 
 def test_parse_rig_decodes_like_the_backend(rig_doc: dict) -> None:
-    from backend.rig import decode_array
+    from backend.schema import decode_array
 
     rig = payload.parse_rig(rig_doc)
     assert rig.side == "right" and len(rig.joint_names) == 16 and rig.joint_names[0] == "wrist"

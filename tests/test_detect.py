@@ -1,4 +1,4 @@
-"""Finding hands without a box: MediaPipe Hands (backend.detect_mediapipe), the choice between it
+"""Finding hands without a box: MediaPipe Hands (backend.mediapipe_hands), the choice between it
 and the network (backend.detect.detect_hands), and the `--detector` / `detector` options.
 
 References: the annotated keypoints of the real photos in ../shared/samples (their tight boxes,
@@ -17,13 +17,14 @@ import pytest
 from conftest import SAMPLES, check_camera_identity, check_prediction
 from PIL import Image
 
-from backend import detect_mediapipe
 from backend.cli import main
-from backend.detect import detect_hands, iou
-from backend.inference import InputError, Predictor
+from backend.crop import iou
+from backend.detect import detect_hands, mediapipe_hands
+from backend.errors import OptionError
+from backend.pipeline.photo import Predictor
 
 pytestmark = pytest.mark.skipif(
-    not detect_mediapipe.available(), reason="mediapipe is not installed (make setup installs it)"
+    not mediapipe_hands.available(), reason="mediapipe is not installed (make setup installs it)"
 )
 ROOT = Path(__file__).resolve().parents[1]
 WILD = SAMPLES / "wild_hamer" / "test5.jpg"  # a woman holding both hands at her face
@@ -54,7 +55,7 @@ def test_mediapipe_finds_the_annotated_hands() -> None:
     per_set: dict[str, list[int]] = {}
     for name, path, hand, side in _sample_hands():
         if path not in cache:
-            cache[path] = detect_mediapipe.detect(_rgb(path))
+            cache[path] = mediapipe_hands.detect(_rgb(path))
         vis = hand.vis > 0
         lo, hi = hand.uv[vis].min(0), hand.uv[vis].max(0)
         truth = (*lo, *hi)
@@ -81,7 +82,7 @@ def test_detect_hands_chooses_the_detector(predictor: Predictor) -> None:
     if not WILD.is_file():
         pytest.skip(f"sample photos not available ({SAMPLES})")
     image = _rgb(WILD)
-    mp_hands = detect_mediapipe.detect(image)
+    mp_hands = mediapipe_hands.detect(image)
     assert len(mp_hands) == 2  # both of her hands
     hands, used = detect_hands(predictor, image, "auto")
     assert used == "mediapipe" and len(hands) == 2
@@ -100,22 +101,22 @@ def test_detect_hands_chooses_the_detector(predictor: Predictor) -> None:
     grey = np.full((240, 320, 3), 128, np.uint8)
     assert detect_hands(predictor, grey, "auto", detector="mediapipe") == ([], "mediapipe")
     assert detect_hands(predictor, grey, "auto")[1] == "hamr"
-    with pytest.raises(InputError, match="detector must be one of"):
+    with pytest.raises(OptionError, match="detector must be one of"):
         detect_hands(predictor, image, "auto", detector="yolo")
 
 
 def test_without_mediapipe_auto_uses_the_network(predictor, monkeypatch) -> None:
     """As on a machine where mediapipe is not installed (its wheels stop at Python 3.12)."""
-    monkeypatch.setattr(detect_mediapipe, "available", lambda: False)
+    monkeypatch.setattr(mediapipe_hands, "available", lambda: False)
     grey = np.full((120, 160, 3), 128, np.uint8)
     assert detect_hands(predictor, grey, "auto")[1] == "hamr"
-    with pytest.raises(InputError, match="needs the mediapipe package"):
+    with pytest.raises(OptionError, match="needs the mediapipe package"):
         detect_hands(predictor, grey, "auto", detector="mediapipe")
 
 
 def test_detect_refuses_a_bad_image() -> None:
     with pytest.raises(ValueError, match="uint8 RGB"):
-        detect_mediapipe.detect(np.zeros((10, 10), np.uint8))
+        mediapipe_hands.detect(np.zeros((10, 10), np.uint8))
 
 
 def test_cli_predict_without_box(checkpoint, tmp_path, xdg_env) -> None:
@@ -139,7 +140,7 @@ def test_cli_predict_without_box(checkpoint, tmp_path, xdg_env) -> None:
     width, height = Image.open(WILD).size
     check_prediction(pred, width, height, hands=2)
     assert pred["detector"] == "mediapipe"
-    truth = detect_mediapipe.detect(_rgb(WILD))
+    truth = mediapipe_hands.detect(_rgb(WILD))
     assert [h["box_xyxy"] for h in pred["hands"]] == [
         pytest.approx(d["box_xyxy"], abs=0.01) for d in truth
     ]
@@ -162,7 +163,7 @@ def test_video_tracks_take_mediapipe_boxes_on_every_frame(predictor, tmp_path) -
     one id and one side each, and their boxes follow the pan."""
     import cv2
 
-    from backend.video import process_video
+    from backend.pipeline.video import VideoOptions, process_video
 
     if not WILD.is_file():
         pytest.skip(f"sample photos not available ({SAMPLES})")
@@ -174,7 +175,7 @@ def test_video_tracks_take_mediapipe_boxes_on_every_frame(predictor, tmp_path) -
         x0 = 150 + shift * i  # the window moves right, so the hands move left in the frame
         writer.write(cv2.cvtColor(photo[250 : 250 + size, x0 : x0 + size], cv2.COLOR_RGB2BGR))
     writer.release()
-    result = process_video(predictor, path, max_hands=2, min_score=0.0, smoothing=0.0)
+    result = process_video(predictor, path, VideoOptions(max_hands=2, min_score=0.0, smoothing=0.0))
     assert len(result["frames"]) == frames
     tracks: dict[int, list] = {}
     for frame in result["frames"]:
@@ -198,7 +199,7 @@ def test_video_refine_fits_tracks_to_the_landmarks(predictor, tmp_path) -> None:
     refine, every frame's hand carries its fit record and lies much closer to the annotated
     keypoints than the network's hand alone (measured 0.41 -> 0.17 of the hand box); without it,
     no hand has a fit. A second refined run gives exactly the same result."""
-    from backend.video import process_video
+    from backend.pipeline.video import VideoOptions, process_video
     from tools.eval_refine import pan_clip, pan_errors
     from training.data.samples import SampleSet
 
@@ -216,13 +217,17 @@ def test_video_refine_fits_tracks_to_the_landmarks(predictor, tmp_path) -> None:
 
     plain_fit_calls, fit_calls = [], []
     plain = process_video(
-        predictor, path, max_hands=2, min_score=0.0, refine=False,
+        predictor,
+        path,
+        VideoOptions(max_hands=2, min_score=0.0, refine=False),
         fit_progress_cb=lambda done, total: plain_fit_calls.append((done, total)),
-    )  # fmt: skip
+    )
     refined = process_video(
-        predictor, path, max_hands=2, min_score=0.0, refine=True,
+        predictor,
+        path,
+        VideoOptions(max_hands=2, min_score=0.0, refine=True),
         fit_progress_cb=lambda done, total: fit_calls.append((done, total)),
-    )  # fmt: skip
+    )
     assert all(h["fit"] is None for f in plain["frames"] for h in f["hands"])
     fits = [h["fit"] for f in refined["frames"] for h in f["hands"]]
     assert fits and all(f is not None and f["landmarks"] == "mediapipe" for f in fits)
@@ -234,7 +239,10 @@ def test_video_refine_fits_tracks_to_the_landmarks(predictor, tmp_path) -> None:
     assert error(refined) < 0.6 * error(plain)
     # the same clip again gives the same hands to the bit: the fit magnifies any difference in
     # where it starts (a translation solved 1e-7 m apart ended 1e-4 m apart)
-    assert process_video(predictor, path, max_hands=2, min_score=0.0, refine=True) == refined
+    assert (
+        process_video(predictor, path, VideoOptions(max_hands=2, min_score=0.0, refine=True))
+        == refined
+    )
     for frame in refined["frames"]:
         for hand_out in frame["hands"]:
             check_camera_identity(hand_out)
@@ -245,7 +253,9 @@ def test_network_only_tracking_keeps_the_crop_on_the_hand(predictor, tmp_path) -
     (tools.eval_tracking's move clip), with the network alone (no MediaPipe, the first frame's
     box given): moved by the image's motion, every frame's crop holds the hand; placed by the
     network's own keypoints (the tracker before `motion`), the crop leaves it."""
-    from backend.video import keypoint_box, probe_video, process_video
+    from backend.media.video import probe_video
+    from backend.pipeline.video import VideoOptions, process_video
+    from backend.track.tracker import keypoint_box
     from tools.eval_tracking import move_clip, score
     from training.data.samples import SampleSet
 
@@ -261,9 +271,12 @@ def test_network_only_tracking_keeps_the_crop_on_the_hand(predictor, tmp_path) -
     kept = {}
     for placement in ("motion", "keypoints"):
         result = process_video(
-            predictor, path, boxes=[box], detector="network", refine=False, min_score=0.0,
-            placement=placement,
-        )  # fmt: skip
+            predictor,
+            path,
+            VideoOptions(
+                boxes=[box], detector="hamr", refine=False, min_score=0.0, placement=placement
+            ),
+        )
         kept[placement] = score(result, truth, vis)["kept"]
     assert kept["motion"] == 1.0 and kept["keypoints"] < 0.5, kept
 
@@ -276,7 +289,9 @@ def test_network_only_tracking_follows_a_hand_over_a_still_background(
     the box follows the points that move apart from the ring around it and keeps the hand in
     every frame; with every point's median (`_apart` patched to keep them all, the tracker
     before the ring) the box stays with the background and loses the hand."""
-    from backend.video import keypoint_box, probe_video, process_video
+    from backend.media.video import probe_video
+    from backend.pipeline.video import VideoOptions, process_video
+    from backend.track.tracker import keypoint_box
     from tools.eval_tracking import move_clip, score
     from training.data.samples import SampleSet
 
@@ -293,13 +308,16 @@ def test_network_only_tracking_follows_a_hand_over_a_still_background(
 
     def kept() -> float:
         result = process_video(
-            predictor, path, boxes=[box], detector="network", refine=False, min_score=0.0,
-            placement="motion",
-        )  # fmt: skip
+            predictor,
+            path,
+            VideoOptions(
+                boxes=[box], detector="hamr", refine=False, min_score=0.0, placement="motion"
+            ),
+        )
         return score(result, truth, vis)["kept"]
 
     with_ring = kept()
-    monkeypatch.setattr("backend.motion._apart", lambda *args: None)
+    monkeypatch.setattr("backend.track.motion._apart", lambda *args: None)
     assert with_ring == 1.0 and kept() < 0.5
 
 
@@ -307,7 +325,7 @@ def test_video_cancelled_while_fitting(predictor, tmp_path) -> None:
     """A cancel that arrives once every frame is read stops the track fit at its next chunk."""
     import threading
 
-    from backend.video import VideoCancelled, process_video
+    from backend.pipeline.video import VideoCancelled, VideoOptions, process_video
     from tools.eval_refine import pan_clip
     from training.data.samples import SampleSet
 
@@ -324,19 +342,22 @@ def test_video_cancelled_while_fitting(predictor, tmp_path) -> None:
 
     with pytest.raises(VideoCancelled, match="while fitting"):
         process_video(
-            predictor, path, min_score=0.0, refine=True, fit_progress_cb=fit_progress,
+            predictor,
+            path,
+            VideoOptions(min_score=0.0, refine=True),
+            fit_progress_cb=fit_progress,
             cancel_event=cancel,
-        )  # fmt: skip
+        )
     assert calls == [0]
 
 
 def test_a_users_box_takes_the_side_of_the_mediapipe_hand_it_overlaps(checkpoint) -> None:
     if not WILD.is_file():
         pytest.skip(f"sample photos not available ({SAMPLES})")
-    from backend.inference import HandRequest
+    from backend.options import HandRequest
 
     image = _rgb(WILD)
-    found = detect_mediapipe.detect(image)
+    found = mediapipe_hands.detect(image)
     predictor = Predictor(checkpoint, refine="off")
     boxes = [HandRequest(tuple(d["box_xyxy"]), "auto") for d in reversed(found)]
     pred = predictor.predict(image, boxes)

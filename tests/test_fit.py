@@ -1,4 +1,5 @@
-"""The fit of a predicted hand to 2D landmarks (backend.fit) and its use in `Predictor.predict`.
+"""The fit of a predicted hand to 2D landmarks (backend.fuse.landmark_fit) and its use in
+`Predictor.predict`.
 
 References: landmarks made by projecting a known hand (the hand model in a named pose, a known
 camera), so the truth the fit should move towards is known; the pinhole projection identity of
@@ -14,12 +15,14 @@ import pytest
 import torch
 from conftest import SAMPLES, check_camera_identity
 
-from backend import detect_mediapipe
-from backend.fit import FitSettings, fit_to_landmarks, fit_track
+from backend.camera import project_points
+from backend.detect import mediapipe_hands
+from backend.errors import OptionError
+from backend.fuse.landmark_fit import FitSettings, fit_to_landmarks, fit_track
 from backend.hand_model.model import HandModel
 from backend.hand_model.poses import named_pose
-from backend.inference import HandRequest, InputError, Predictor
-from backend.render import project_points
+from backend.options import HandRequest
+from backend.pipeline.photo import Predictor
 
 K = np.array([[600.0, 0, 320], [0, 600.0, 240], [0, 0, 1]])
 WILD = SAMPLES / "wild_hamer" / "test5.jpg"
@@ -212,14 +215,14 @@ def test_fit_track_refuses_bad_input(right):
         fit_track(*args, [noisy[0], noisy[1][:20], None], [100.0] * 3, range(3))
 
 
-@pytest.mark.skipif(not detect_mediapipe.available(), reason="needs mediapipe")
+@pytest.mark.skipif(not mediapipe_hands.available(), reason="needs mediapipe")
 def test_predict_refines_on_mediapipe_landmarks(checkpoint):
     if not WILD.is_file():
         pytest.skip(f"sample photos not available ({SAMPLES})")
     from PIL import Image
 
     image = np.asarray(Image.open(WILD).convert("RGB"))
-    found = detect_mediapipe.detect(image)
+    found = mediapipe_hands.detect(image)
     plain = Predictor(checkpoint, refine="off").predict(image)
     refined = Predictor(checkpoint).predict(image)
     assert [h["fit"] for h in plain["hands"]] == [None, None]
@@ -243,5 +246,5 @@ def test_predict_refines_on_mediapipe_landmarks(checkpoint):
     grey = np.full((200, 200, 3), 128, np.uint8)
     lone = Predictor(checkpoint).predict(grey, [HandRequest((50, 50, 150, 150), "right")])
     assert lone["hands"][0]["fit"] is None
-    with pytest.raises(InputError, match="refine must be"):
+    with pytest.raises(OptionError, match="refine must be"):
         Predictor(checkpoint, refine="always")

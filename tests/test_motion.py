@@ -1,4 +1,4 @@
-"""backend.motion.median_flow: box motion from the image, against warps of a known amount (the
+"""backend.track.motion.median_flow: box motion from the image, against warps of a known amount (the
 box moved and scaled by hand from the warp's parameters)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from backend.motion import _median_flow, median_flow, template_shift, to_gray
+from backend.track.motion import _median_flow, median_flow, template_shift, to_gray
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_an_object_moving_over_a_still_background_is_followed(texture, other_tex
     moved = (104, 77, 184, 157)
     # the disc is the minority of the box: the median over all its points (nearly) stands still
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("backend.motion._apart", lambda *args: None)
+        patch.setattr("backend.track.motion._apart", lambda *args: None)
         assert median_flow(before, after, box) == pytest.approx(box, abs=1.0)
     assert median_flow(before, after, box) == pytest.approx(moved, abs=0.6)
 

@@ -156,7 +156,7 @@ def test_weak_to_full_translation_matches_pinhole():
 
 
 def _dlt_system(points: np.ndarray, uv: np.ndarray, K: np.ndarray):
-    """The linear system of backend.inference.solve_translation's docstring, written out row by
+    """The linear system of backend.camera.solve_translation's docstring, written out row by
     row: f (x + Tx) - (u - c)(z + Tz) = 0 for each point and axis -> (A (2N, 3), b (2N,))."""
     rows, rhs = [], []
     for (x, y, z), (u, v) in zip(points, uv, strict=True):
@@ -170,7 +170,7 @@ def _dlt_system(points: np.ndarray, uv: np.ndarray, K: np.ndarray):
 
 
 def test_solve_translation_is_the_least_squares_solution_and_bitwise_repeatable():
-    from backend.inference import intrinsics, solve_translation
+    from backend.camera import intrinsics, solve_translation
 
     rng = np.random.default_rng(3)
     for _ in range(20):

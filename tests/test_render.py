@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from backend.camera import project_points
 from backend.hand_model.constants import KEYPOINT_FINGER, KEYPOINT_PARENTS
 from backend.render import (
     FINGER_COLORS,
@@ -18,7 +19,6 @@ from backend.render import (
     composite,
     icosphere,
     interpolate,
-    project_points,
     rasterize,
     render_overlay,
     save_png,

@@ -29,18 +29,14 @@ from conftest import SAMPLES, check_camera_identity, check_prediction, free_port
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from backend import detect_mediapipe
-from backend.cli import OptionError
-from backend.inference import HandRequest, InputError, load_image
-from backend.server import (
-    FIT_SHARE,
-    ApiError,
-    Job,
-    check_bind,
-    create_app,
-    decode_image,
-    is_loopback,
-)
+from backend.detect import mediapipe_hands
+from backend.errors import InputError, OptionError
+from backend.media.image import load_image
+from backend.options import HandRequest
+from backend.service.app import create_app
+from backend.service.forms import decode_image
+from backend.service.guard import ApiError, check_bind, is_loopback
+from backend.service.jobs import FIT_SHARE, Job
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
@@ -218,7 +214,7 @@ def test_predict_refine_field(http, photo_bytes, sample_box, predictor) -> None:
     np.testing.assert_allclose(
         off["hands"][0]["joints3d_cam"], direct["hands"][0]["joints3d_cam"], atol=1e-5
     )
-    if not detect_mediapipe.available() or not WILD.is_file():
+    if not mediapipe_hands.available() or not WILD.is_file():
         pytest.skip("needs mediapipe and the wild sample photos")
     wild = WILD.read_bytes()
     plain, fitted = post(wild, refine="off"), post(wild, refine="auto")
@@ -274,7 +270,7 @@ def heic_bytes(pixels: np.ndarray, orientation: int = 1) -> bytes:
 
 
 def test_heic_photos_are_read_and_a_missing_reader_is_named(sample_photo, monkeypatch) -> None:
-    import backend.inference as inference
+    import backend.media.image as inference
 
     photo = np.asarray(Image.open(sample_photo).convert("RGB"))
     data = heic_bytes(photo)

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from backend.hand_model.model import hand_model_id
-from backend.inference import DEFAULT_CHECKPOINT, HandRequest, Predictor, load_image
+from backend.media.image import load_image
 from backend.network.checkpoint import read_checkpoint_header
+from backend.network.runner import DEFAULT_CHECKPOINT
+from backend.options import HandRequest
+from backend.pipeline.photo import Predictor
 
 RECORD = DEFAULT_CHECKPOINT.parent / "hamr_light_training"
 BUNDLED_PHOTO = Path(__file__).resolve().parents[1] / "backend" / "assets" / "samples"

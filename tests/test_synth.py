@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from backend.camera import project_points
 from backend.hand_model.model import HandModel
 from backend.network.camera import pixels_to_normalized, weak_project
-from backend.render import project_points
 from training.data.synthetic_folder import SyntheticFolder, decode_mask, encode_mask
 from training.synth.engine import SynthConfig, SyntheticHands
 from training.synth.prior import LIMITS_DEG, angles_to_pose, sample_digit_angles

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from backend.camera import project_points
 from backend.hand_model.model import HandModel
-from backend.render import project_points
 from training.data.transforms import flip_to_right
 from training.metrics import f_score, pa_error, pck_2d, pck_auc_3d, procrustes_align
 from training.synth.engine import SynthConfig, SyntheticHands

@@ -1,5 +1,5 @@
-"""Video pipeline: the One-Euro filter and quaternion helpers (backend.smoothing), the tracker's
-state machine, and `process_video` on a synthetic clip of the rendered hand model.
+"""Video pipeline: the One-Euro filter and quaternion helpers (backend.track.smoothing), the
+tracker's state machine, and `process_video` on a synthetic clip of the rendered hand model.
 
 References: the One-Euro equations worked by hand (Casiez et al. 2012), scipy's Rotation for the
 quaternion maps, a known noise-free trajectory for jitter, per-frame `Predictor.predict` calls for
@@ -19,11 +19,16 @@ import pytest
 from conftest import check_camera_identity, render_hand_frames, with_display_matrix, write_clip
 from scipy.spatial.transform import Rotation
 
-from backend.cli import OptionError
 from backend.crop import box_side
 from backend.detect import detect_hands
-from backend.inference import HandRequest, InputError
-from backend.smoothing import (
+from backend.errors import InputError, OptionError
+from backend.media.video import probe_video, read_frames
+from backend.options import HandRequest
+from backend.pipeline.video import VideoCancelled, VideoOptions, process_video, write_overlay_video
+from backend.schema import VIDEO_SCHEMA as SCHEMA
+from backend.schema import Hand
+from backend.track.finalize import finalize_tracks
+from backend.track.smoothing import (
     OneEuroFilter,
     OneEuroParams,
     QuaternionFilter,
@@ -32,22 +37,14 @@ from backend.smoothing import (
     quaternion_to_axis_angle,
     smooth_track,
 )
-from backend.video import (
+from backend.track.tracker import (
     ANCHOR_RANGE,
-    LANDMARKS_KEY,
     MAX_STEP_SCALE,
     MAX_STEP_SHIFT,
-    SCHEMA,
     HandTracker,
-    VideoCancelled,
-    finalize_tracks,
     follow_box,
     keypoint_box,
     match_detections,
-    probe_video,
-    process_video,
-    read_frames,
-    write_overlay_video,
 )
 
 # ----------------------------------------------------------------------------- One-Euro filter
@@ -167,10 +164,11 @@ def test_smoothing_reduces_jitter_on_a_noisy_trajectory() -> None:
 # ----------------------------------------------------------------------------- tracker logic
 
 
-def _hand(box: tuple[float, float, float, float], score: float, side: str = "right") -> dict:
+def _hand(box: tuple[float, float, float, float], score: float, side: str = "right") -> Hand:
+    """A hand whose keypoints spread over `box`; the tracker reads nothing else."""
     x0, y0, x1, y1 = box
     keypoints = np.stack(np.meshgrid(np.linspace(x0, x1, 7), np.linspace(y0, y1, 3)), -1)
-    return {"side": side, "score": score, "keypoints2d": keypoints.reshape(21, 2).tolist()}
+    return Hand(side, score, [], [], [], [], [], {}, [], [], keypoints.reshape(21, 2).tolist())
 
 
 def test_keypoint_box_grows_like_training_and_clips() -> None:
@@ -204,7 +202,7 @@ def test_tracker_keeps_ids_loses_and_refinds_tracks() -> None:
     hands = tracker.update(
         [_hand((12, 12, 62, 62), 0.9), _hand((200, 12, 250, 62), 0.1, "left")], 640, 480
     )
-    assert [h["track"] for h in hands] == [0, 1]
+    assert [h.track for h in hands] == [0, 1]
     # the keypoints' box (7, 7, 67, 67) held to 1.1 x the 50-pixel side: 55 around (37, 37)
     assert tracker.tracks[0].box_xyxy == pytest.approx((9.5, 9.5, 64.5, 64.5))
     assert not tracker.needs_detection()  # one low frame < patience
@@ -222,7 +220,7 @@ def test_tracker_moves_a_box_onto_mediapipe_landmarks_when_the_hand_has_them() -
     tracker = HandTracker(max_hands=1, min_score=0.2, patience=2, redetect_every=5)
     tracker.add_detections([HandRequest((10, 10, 60, 60), "right")])
     hand = _hand((30, 30, 80, 80), 0.9)  # the network's keypoints, off to one side
-    hand[LANDMARKS_KEY] = np.asarray(_hand((12, 12, 62, 62), 1.0)["keypoints2d"])
+    hand.landmarks = np.asarray(_hand((12, 12, 62, 62), 1.0).keypoints2d)
     tracker.update([hand], 640, 480)
     assert tracker.tracks[0].box_xyxy == pytest.approx((7.0, 7.0, 67.0, 67.0))  # the landmarks'
     tracker.update([_hand((30, 30, 80, 80), 0.9)], 640, 480)  # none: the network's keypoints
@@ -239,15 +237,15 @@ def test_tracker_drops_duplicate_tracks() -> None:
     # both tracks take the landmarks of the same hand: the weaker one goes
     first, second = _hand((0, 0, 50, 50), 0.5), _hand((2, 0, 52, 50), 0.7)
     for hand in (first, second):
-        hand[LANDMARKS_KEY] = np.asarray(_hand((1, 0, 51, 50), 1.0)["keypoints2d"])
+        hand.landmarks = np.asarray(_hand((1, 0, 51, 50), 1.0).keypoints2d)
     hands = tracker.update([first, second], 640, 480)
-    assert [h["track"] for h in hands] == [1] and [t.id for t in tracker.tracks] == [1]
+    assert [h.track for h in hands] == [1] and [t.id for t in tracker.tracks] == [1]
 
 
 def test_follow_box_holds_back_a_runaway_prediction() -> None:
     previous = (100.0, 100.0, 200.0, 200.0)  # side 100, centre (150, 150)
     # keypoints collapsed to a 10-pixel blob at the centre: the side shrinks by 1.1 at most
-    blob = _hand((145, 145, 155, 155), 0.9)["keypoints2d"]
+    blob = _hand((145, 145, 155, 155), 0.9).keypoints2d
     side = 100 / MAX_STEP_SCALE
     assert follow_box(previous, 100.0, blob, 640, 480) == pytest.approx(
         (150 - side / 2, 150 - side / 2, 150 + side / 2, 150 + side / 2)
@@ -258,12 +256,12 @@ def test_follow_box_holds_back_a_runaway_prediction() -> None:
         box = follow_box(box, 100.0, blob, 640, 480)
     assert box_side(box) == pytest.approx(100 / ANCHOR_RANGE)
     # keypoints far to the right: the centre moves MAX_STEP_SHIFT of the side per frame
-    far = _hand((400, 140, 480, 160), 0.9)["keypoints2d"]
+    far = _hand((400, 140, 480, 160), 0.9).keypoints2d
     moved = follow_box(previous, 100.0, far, 640, 480)
     assert (moved[0] + moved[2]) / 2 == pytest.approx(150 + MAX_STEP_SHIFT * 100)
     assert (moved[1] + moved[3]) / 2 == pytest.approx(150)
     # a prediction within the bounds is taken as it is (keypoint_box's)
-    near = np.asarray(_hand((110, 105, 190, 195), 0.9)["keypoints2d"])
+    near = np.asarray(_hand((110, 105, 190, 195), 0.9).keypoints2d)
     assert follow_box(previous, 100.0, near, 640, 480) == keypoint_box(near, 640, 480)
 
 
@@ -278,7 +276,7 @@ def test_tracker_moves_a_network_placed_box_with_the_image() -> None:
     tracker = HandTracker(max_hands=2, min_score=0.2, patience=2, redetect_every=5)
     tracker.add_detections([HandRequest((60, 60, 140, 140)), HandRequest((200, 60, 280, 140))])
     landmarked = _hand((205, 65, 275, 135), 0.9)
-    landmarked[LANDMARKS_KEY] = np.asarray(landmarked["keypoints2d"])
+    landmarked.landmarks = np.asarray(landmarked.keypoints2d)
     tracker.update([_hand((90, 90, 150, 150), 0.9), landmarked], 320, 240)
     after_landmarks = tracker.tracks[1].box_xyxy
     tracker.move(image, shifted)
@@ -289,7 +287,7 @@ def test_tracker_moves_a_network_placed_box_with_the_image() -> None:
     # for a landmark track, the shift between two frames' landmark boxes in a row
     assert tracker.tracks[1].velocity is None  # one landmark frame only: none yet
     landmarked = _hand((215, 60, 285, 130), 0.9)
-    landmarked[LANDMARKS_KEY] = np.asarray(landmarked["keypoints2d"])
+    landmarked.landmarks = np.asarray(landmarked.keypoints2d)
     tracker.update([_hand((66, 56, 146, 136), 0.9), landmarked], 320, 240)
     assert tracker.tracks[1].velocity == pytest.approx((10, -5))
 
@@ -312,10 +310,7 @@ def unsmoothed(predictor, hand_video) -> dict:
     return process_video(
         predictor,
         hand_video.path,
-        boxes=[hand_video.boxes[0]],
-        smoothing=0.0,
-        min_score=0.0,
-        refine=False,
+        VideoOptions(boxes=[hand_video.boxes[0]], smoothing=0.0, min_score=0.0, refine=False),
     )
 
 
@@ -324,10 +319,7 @@ def test_video_result_schema_tracks_and_identity(predictor, hand_video) -> None:
     result = process_video(
         predictor,
         hand_video.path,
-        boxes=[hand_video.boxes[0]],
-        side="right",
-        smoothing=0.5,
-        min_score=0.0,
+        VideoOptions(boxes=[hand_video.boxes[0]], side="right", smoothing=0.5, min_score=0.0),
         progress_cb=lambda done, total: progress.append((done, total)),
     )
     assert result["schema"] == SCHEMA and result["fps"] == pytest.approx(hand_video.fps)
@@ -374,11 +366,14 @@ def test_finalize_tracks_smooths_noisy_rotations(predictor, unsmoothed) -> None:
     ]
 
     def finalized(strength: float) -> list[dict]:
-        frames = copy.deepcopy(unsmoothed["frames"])
-        for frame, pose in zip(frames, noisy, strict=True):
-            frame["hands"][0]["pose_axis_angle"] = pose
+        frames = [
+            (f["index"], [Hand.from_json(copy.deepcopy(h)) for h in f["hands"]])
+            for f in unsmoothed["frames"]
+        ]
+        for (_, hands), pose in zip(frames, noisy, strict=True):
+            hands[0].pose_axis_angle = pose
         finalize_tracks(predictor, frames, unsmoothed["fps"], strength)
-        return [f["hands"][0] for f in frames]
+        return [hands[0].to_json() for _, hands in frames]
 
     def error(hands: list[dict]) -> float:
         return float(
@@ -411,7 +406,7 @@ def test_video_two_hands_keep_their_ids(predictor, hand_video, tmp_path: Path) -
     writer.release()
     x0, y0, x1, y1 = hand_video.boxes[0]
     boxes = [(x0, y0, x1, y1), (2 * width - x1, y0, 2 * width - x0, y1)]
-    result = process_video(predictor, path, boxes=boxes, min_score=0.0, smoothing=0.5)
+    result = process_video(predictor, path, VideoOptions(boxes=boxes, min_score=0.0, smoothing=0.5))
     for frame in result["frames"]:
         by_track = {h["track"]: h for h in frame["hands"]}
         assert sorted(by_track) == [0, 1]
@@ -422,7 +417,7 @@ def test_video_two_hands_keep_their_ids(predictor, hand_video, tmp_path: Path) -
 
 
 def test_video_detects_hands_without_boxes(predictor, hand_video) -> None:
-    result = process_video(predictor, hand_video.path, max_hands=1, min_score=0.0)
+    result = process_video(predictor, hand_video.path, VideoOptions(max_hands=1, min_score=0.0))
     assert len(result["frames"]) == hand_video.num_frames
     # the first frame gets what the detector finds there (MediaPipe, or the tiny test network,
     # which finds a hand), and a hand found is tracked with one id from then on
@@ -446,7 +441,7 @@ def test_video_cancellation(predictor, hand_video) -> None:
         process_video(
             predictor,
             hand_video.path,
-            boxes=[hand_video.boxes[0]],
+            VideoOptions(boxes=[hand_video.boxes[0]]),
             progress_cb=progress,
             cancel_event=cancel,
         )
@@ -476,8 +471,8 @@ def test_a_clip_tagged_to_turn_is_read_as_it_is_shown(predictor, hand_video, tmp
     tagged = with_display_matrix(sideways, tmp_path / "tagged.mp4", 1)
     options = {"boxes": [hand_video.boxes[0]], "smoothing": 0.0, "min_score": 0.0}
     options["refine"] = False
-    turned = process_video(predictor, tagged, **options)
-    upright = process_video(predictor, hand_video.path, **options)
+    turned = process_video(predictor, tagged, VideoOptions(**options))
+    upright = process_video(predictor, hand_video.path, VideoOptions(**options))
     assert turned["image"] == upright["image"]
     errors = [
         np.abs(np.subtract(a["hands"][0]["keypoints2d"], b["hands"][0]["keypoints2d"])).mean()
@@ -494,9 +489,9 @@ def test_video_bad_inputs(predictor, hand_video, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such video"):
         process_video(predictor, tmp_path / "missing.mp4")
     with pytest.raises(OptionError, match="outside"):
-        process_video(predictor, hand_video.path, boxes=[(300, 300, 400, 400)])
+        process_video(predictor, hand_video.path, VideoOptions(boxes=[(300, 300, 400, 400)]))
     with pytest.raises(OptionError, match="smoothing"):
-        process_video(predictor, hand_video.path, smoothing=2.0)
+        process_video(predictor, hand_video.path, VideoOptions(smoothing=2.0))
 
 
 def test_overlay_video(predictor, hand_video, unsmoothed, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Measure the fit to MediaPipe's landmarks (backend.fit): `python -m tools.eval_refine`.
+"""Measure the fit to MediaPipe's landmarks (backend.fuse.landmark_fit):
+`python -m tools.eval_refine`.
 
 Two references, both independent of MediaPipe:
 1. the synthetic test split (`training.evaluate`, --count crops): on each crop where MediaPipe finds
@@ -23,9 +24,12 @@ import time
 import numpy as np
 import torch
 
-from backend import detect_mediapipe
-from backend.detect import iou
-from backend.inference import HandRequest, Predictor, load_image
+from backend.crop import iou
+from backend.detect import mediapipe_hands
+from backend.media.image import load_image
+from backend.options import HandRequest
+from backend.pipeline.photo import Predictor
+from backend.schema import Hand
 
 
 def _pa_mm(pred, gt) -> float:
@@ -42,10 +46,10 @@ def _px(uv, truth) -> float:
 def _two(predictor: Predictor, image, request: HandRequest, landmarks):
     """(the network's hand, the refined hand, seconds the fit took)."""
     net = predictor.predict(image, [request], refine=False)["hands"][0]
-    refined = json.loads(json.dumps(net))
+    hand = Hand.from_json(json.loads(json.dumps(net)))
     t0 = time.perf_counter()
-    predictor.refine_hand(refined, landmarks)
-    return net, refined, time.perf_counter() - t0
+    predictor.refine_hand(hand, landmarks)
+    return net, hand.to_json(), time.perf_counter() - t0
 
 
 def synthetic(predictor: Predictor, count: int) -> dict:
@@ -56,7 +60,7 @@ def synthetic(predictor: Predictor, count: int) -> dict:
         for i in range(len(batch["image"])):
             image = batch["image"][i].permute(1, 2, 0).numpy() * 255 + 0.5
             image = image.clip(0, 255).astype(np.uint8)
-            found = detect_mediapipe.detect(image, 1)
+            found = mediapipe_hands.detect(image, 1)
             if not found:
                 continue
             side = "left" if int(batch["side"][i]) == 1 else "right"
@@ -95,7 +99,7 @@ def samples(predictor: Predictor) -> dict:
             vis = hand.vis > 0
             lo, hi = hand.uv[vis].min(0), hand.uv[vis].max(0)
             truth = (*lo, *hi)
-            best = max(detect_mediapipe.detect(image), key=lambda d: iou(d["box_xyxy"], truth),
+            best = max(mediapipe_hands.detect(image), key=lambda d: iou(d["box_xyxy"], truth),
                        default=None)  # fmt: skip
             if best is None or iou(best["box_xyxy"], truth) <= 0.5:
                 continue
@@ -177,7 +181,7 @@ def video(predictor: Predictor, frames: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from backend.video import process_video
+    from backend.pipeline.video import VideoOptions, process_video
     from training.data.samples import DEFAULT_SAMPLES_ROOT
 
     if not DEFAULT_SAMPLES_ROOT.is_dir():
@@ -186,16 +190,14 @@ def video(predictor: Predictor, frames: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for name, k, hand, image, vis in clip_hands():
             lo, hi = hand.uv[vis].min(0), hand.uv[vis].max(0)
-            if not any(
-                iou(d["box_xyxy"], (*lo, *hi)) > 0.5 for d in detect_mediapipe.detect(image)
-            ):
+            if not any(iou(d["box_xyxy"], (*lo, *hi)) > 0.5 for d in mediapipe_hands.detect(image)):
                 continue
             path = Path(tmp) / f"{name}_{k}.mp4"
             shift, top = pan_clip(image, path, frames)
             row = {"set": name, "hand": k}
             for refine in (False, True):
                 t0 = time.perf_counter()
-                result = process_video(predictor, path, min_score=0.0, refine=refine)
+                result = process_video(predictor, path, VideoOptions(min_score=0.0, refine=refine))
                 seconds = (time.perf_counter() - t0) / frames
                 errors = pan_errors(result, hand.uv, vis, shift, top)
                 key = "refined" if refine else "net"
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not detect_mediapipe.available():
+    if not mediapipe_hands.available():
         raise SystemExit("tools.eval_refine needs mediapipe (make setup installs it)")
     predictor = Predictor(args.checkpoint)
     result: dict = {"checkpoint": predictor.checkpoint.name}

@@ -34,8 +34,10 @@ import cv2
 import numpy as np
 import torch
 
-from backend.inference import Predictor
-from backend.video import PLACEMENTS, keypoint_box, probe_video, process_video
+from backend.media.video import probe_video
+from backend.pipeline.photo import Predictor
+from backend.pipeline.video import VideoOptions, process_video
+from backend.track.tracker import PLACEMENTS, keypoint_box
 from tools.eval_refine import clip_hands, pan_clip, rounded
 
 KEPT_SHARE = 0.8  # a frame keeps the hand when its crop holds this share of the true keypoints
@@ -151,9 +153,16 @@ def run(predictor: Predictor, frames: int, grow: float, placements=PLACEMENTS) -
                 for placement in placements:
                     t0 = time.perf_counter()
                     result = process_video(
-                        predictor, path, boxes=[box], detector="network", refine=False,
-                        min_score=0.0, placement=placement,
-                    )  # fmt: skip
+                        predictor,
+                        path,
+                        VideoOptions(
+                            boxes=[box],
+                            detector="hamr",
+                            refine=False,
+                            min_score=0.0,
+                            placement=placement,
+                        ),
+                    )
                     seconds = (time.perf_counter() - t0) / frames
                     s = score(result, truth, vis)
                     rows.append(

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from backend.inference import Predictor, load_image, overlay
+from backend.media.image import load_image
+from backend.pipeline.photo import Predictor, overlay
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples"

@@ -11,7 +11,6 @@ from .raster import (
     Fragments,
     interpolate,
     interpolate_at,
-    project_points,
     rasterize,
     vertex_normals,
 )
@@ -27,7 +26,6 @@ __all__ = [
     "icosphere",
     "interpolate",
     "interpolate_at",
-    "project_points",
     "rasterize",
     "render_overlay",
     "save_png",

@@ -14,8 +14,9 @@ import torch
 from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw
 
+from ..camera import project_points
 from ..hand_model.constants import KEYPOINT_FINGER, KEYPOINT_PARENTS
-from .raster import project_points, rasterize
+from .raster import rasterize
 from .shading import shade
 
 # Skeleton colour per finger, indexed by KEYPOINT_FINGER: wrist, thumb, index, middle, ring, pinky.

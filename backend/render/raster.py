@@ -52,17 +52,6 @@ class Fragments:
     mask: Tensor
 
 
-def project_points(points_cam: Tensor, K: Tensor) -> Tensor:
-    """Pinhole projection of camera-frame points to pixel coordinates.
-
-    points_cam: (B, N, 3) camera frame (OpenCV axes); K: (B, 3, 3). Returns (B, N, 2) pixel
-    coordinates (u, v) = (K p)[:2] / (K p)[2]. Points with z <= 0 give meaningless values; callers
-    that rasterise rely on `rasterize` skipping faces with z <= near.
-    """
-    homogeneous = points_cam @ K.transpose(-1, -2)  # (B, N, 3)
-    return homogeneous[..., :2] / homogeneous[..., 2:3]
-
-
 def bbox_pixel_chunks(
     u_min: Tensor,
     u_max: Tensor,

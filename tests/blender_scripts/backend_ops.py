@@ -38,7 +38,7 @@ out["stop_nothing"] = call(bpy.ops.hamr.stop_backend)
 prefs.start_command = "hamr-no-such-program serve"
 out["start_missing"] = call(bpy.ops.hamr.start_backend)
 out["unchanged"] = _common.scene_state() == before
-out["status_text"] = pkg.operators.STATUS["text"]
+out["status_text"] = pkg.blender.operators.STATUS["text"]
 
 # a real backend, started and stopped from Blender
 prefs.backend_url = free_url
@@ -48,10 +48,10 @@ prefs.start_timeout = 120.0
 t0 = time.perf_counter()
 out["start"] = call(bpy.ops.hamr.start_backend)
 out["start_s"] = time.perf_counter() - t0
-proc = pkg.backend_process.BACKEND.process
-out["running"] = pkg.backend_process.BACKEND.running
+proc = pkg.io.backend_process.BACKEND.process
+out["running"] = pkg.io.backend_process.BACKEND.running
 out["check_up"] = call(bpy.ops.hamr.check_backend)
 out["stop"] = call(bpy.ops.hamr.stop_backend)
 out["exit_code"] = None if proc is None else proc.poll()
-out["running_after"] = pkg.backend_process.BACKEND.running
+out["running_after"] = pkg.io.backend_process.BACKEND.running
 _common.emit(out)

@@ -26,8 +26,9 @@ from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 
 from backend.hand_model.constants import KEYPOINTS_FROM_JOINTS_AND_TIPS
-from backend.rig import rig_data
-from hamr_blender import convert, payload, rig, scene
+from backend.schema import rig_json as rig_data
+from hamr_blender.blender import camera, rig, scene
+from hamr_blender.io import convert, payload
 
 rng = np.random.default_rng(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
 out: dict = {}
@@ -106,7 +107,7 @@ out["camera"] = {
 # align_camera again after moving the hand: the camera follows the hand
 arm0 = result.armatures[0]
 arm0.location.x += 0.5
-scene.align_camera(context, arm0, rig.NewData())
+camera.align_camera(context, arm0, rig.NewData())
 out["camera"]["camera_follows_hand"] = float(
     np.abs(
         np.array(cam_obj.matrix_world.translation)

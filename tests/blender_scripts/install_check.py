@@ -42,7 +42,7 @@ out["prefs"] = {
 }
 out["scene_settings"] = hasattr(bpy.context.scene, "hamr") and bpy.context.scene.hamr.side
 out["object_betas"] = "hamr_betas" in bpy.types.Object.bl_rna.properties
-out["user_dir"] = pkg.operators.user_dir()
+out["user_dir"] = pkg.blender.importer.user_dir()
 out["torch_imported"] = (not had_torch) and "torch" in sys.modules
 out["backend_imported"] = any(m == "backend" or m.startswith("backend.") for m in sys.modules)
 out["package_file"] = pkg.__file__
@@ -91,11 +91,11 @@ class FakePanel:
 
 
 # a hand for the Active Hand panel
-from backend.rig import rig_data  # noqa: E402  (after the torch/backend checks above)
+from backend.schema import rig_json as rig_data  # noqa: E402  (after the torch/backend checks above)
 
-new = pkg.rig.NewData()
-arm, mesh, _ = pkg.rig.build_hand_rig(
-    pkg.payload.parse_rig(rig_data("right")), None, pkg.rig.RigOptions(), new
+new = pkg.blender.rig.NewData()
+arm, mesh, _ = pkg.blender.rig.build_hand_rig(
+    pkg.io.payload.parse_rig(rig_data("right")), None, pkg.blender.rig.RigOptions(), new
 )
 bpy.context.scene.collection.objects.link(arm)
 bpy.context.scene.collection.objects.link(mesh)

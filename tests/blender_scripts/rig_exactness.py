@@ -18,8 +18,10 @@ import _common  # noqa: F401  (puts the repository on sys.path)
 import bpy
 import numpy as np
 
-from backend.rig import encode_array, rig_data
-from hamr_blender import convert, payload, rig
+from backend.schema import encode_array
+from backend.schema import rig_json as rig_data
+from hamr_blender.blender import rig
+from hamr_blender.io import convert, payload
 
 rng = np.random.default_rng(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
 out: dict = {"sides": {}}

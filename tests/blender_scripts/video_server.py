@@ -21,7 +21,7 @@ import numpy as np
 
 zip_path, url, video_path = sys.argv[1:4]
 pkg = _common.install_extension(zip_path, url)
-convert, client_mod, payload = pkg.convert, pkg.client, pkg.payload
+convert, client_mod, payload = pkg.io.convert, pkg.io.client, pkg.io.payload
 scene = bpy.context.scene
 scene.render.fps, scene.render.fps_base, scene.frame_start = 24, 1.0, 1
 out: dict = {}

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from backend.camera import project_points
 from backend.crop import CROP_SCALE, CROP_SIZE, crop_intrinsics, crop_to_box, square_crop
 from backend.hand_model.model import HandModel, load_hand_arrays, mirror_points, mirror_pose
 from backend.network.rotation import axis_angle_to_matrix, matrix_to_axis_angle
-from backend.render import composite, project_points, rasterize, shade
+from backend.render import composite, rasterize, shade
 
 from .appearance import (
     ImageFolderBackgrounds,

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from . import convert
-from .payload import NUM_BETAS, RigData
+from ..io import convert
+from ..io.payload import NUM_BETAS, RigData
 
 RIG_PROP = "hamr_rig"  # JSON on the armature object: what set_betas needs
 KIND_PROP = "hamr_kind"  # "armature" / "mesh" / "camera" on HAMR's objects

@@ -1,11 +1,11 @@
 """`hamr blend`: the Blender import without Blender's UI, in Blender-as-a-module (bpy).
 
-    python -m hamr_blender.headless IMAGE --out SCENE.blend [--render OUT.png]
+    python -m hamr_blender.blender.headless IMAGE --out SCENE.blend [--render OUT.png]
            [--backend-url URL] [--checkpoint PATH] [--device cpu|cuda]
            [--side auto|right|left] [--box X0,Y0,X1,Y1] [--focal PX] [--samples N]
 
 `run_blend` builds exactly the scene the `hamr.import_image` operator builds (the same functions:
-operators.import_image -> scene.import_prediction -> rig.build_hand_rig, and the aligned
+importer.import_image -> scene.import_prediction -> rig.build_hand_rig, and the aligned
 camera with the photo as its background), saves it, and optionally renders the hands over the
 photo: Cycles on the CPU with a transparent film, then the render is laid over the photo
 (alpha over, straight alpha) and written as PNG.
@@ -28,16 +28,17 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import backend_process, operators, orientation
-from .client import BackendError, HamrClient
-from .scene import upright_image
+from ..io import backend_process, orientation
+from ..io.client import BackendError, HamrClient
+from . import importer
+from .camera import upright_image
 
 MAX_RENDER_SIDE = 1280  # longer side of the render, pixels (the photo is scaled to match)
 
 
 @dataclass
 class BlendOptions:
-    """The import options (the attributes `operators.import_image` reads)."""
+    """The import options (the attributes `importer.import_image` reads)."""
 
     side: str = "auto"
     detector: str = "auto"
@@ -193,7 +194,7 @@ def run_blend(
         if proc is not None:
             proc.wait_ready(client, timeout=start_timeout)
         context = _empty_scene()
-        result = operators.import_image(
+        result = importer.import_image(
             context, options, filepath=image_path, client=client, location=(0.0, 0.0, 0.0)
         )
     finally:

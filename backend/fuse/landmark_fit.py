@@ -35,7 +35,7 @@ A track longer than `FitSettings.chunk` frames is fitted in chunks of that many,
 the whole track, then each chunk's pose and translation with that shape, the chunk's temporal term
 also seeing the last two fitted frames of the one before.
 
-Imports torch and the backend's hand model only.
+Imports torch and the backend's hand model and camera only.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from backend.camera import project_points
 from backend.hand_model.anatomy import geometric_loss
-from backend.render import project_points
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,18 @@
-"""Find hands in a photo without a user box.
-
-`detect_hands` picks the detector (`DETECTORS`):
-- "mediapipe": MediaPipe Hands (`backend.detect_mediapipe`), when the package is installed;
-- "hamr": the network itself (`find_hands`, below);
-- "auto" (the default): MediaPipe when it is installed and finds a hand, else the network.
+"""The network as a hand detector, for photos where MediaPipe finds nothing (gloves, a
+box it does not see) or when asked for (`--detector hamr`).
 
 The network as a detector (`find_hands`; documented in the README):
 1. proposals: connected blobs of skin-like colour (YCrCb box of Chai & Ngan 1999, widened)
    and a coarse grid of square windows at three scales (1/4, 2/5 and 3/5 of the shorter side);
 2. scoring: each proposal's crop goes through the network as a right hand and, mirrored, as a
-   left hand; the score is the heat-maps' mean peak (`Predictor.heatmap_confidence`), the side
+   left hand; the score is the heat-maps' mean peak (`HandNetwork.heatmap_confidence`), the side
    the better of the two;
 3. refinement: proposals above `min_score` are re-cropped around the tight box of their predicted
    2D keypoints (grown by 20 %) and scored again;
 4. non-maximum suppression (IoU > 0.3) keeps at most `max_hands`.
 Its quality follows the network's: with the shipped CPU-trained checkpoint it is a rough
-detector (README: detection results on the sample photos). Imports numpy, scipy, torch.
+detector (README: detection results on the sample photos). Imports numpy, scipy, torch and
+the backend's crop geometry and network.
 """
 
 from __future__ import annotations
@@ -23,10 +20,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backend.crop import CROP_SIZE, points_from_crop
+from backend.crop import CROP_SIZE, iou, points_from_crop
 from backend.network.camera import normalized_to_pixels
+from backend.network.runner import HandNetwork
+from backend.options import HandRequest
 
-DETECTORS = ("auto", "mediapipe", "hamr")
 WINDOW_SCALES = (0.25, 0.4, 0.6)
 MIN_SCORE = 0.3
 NMS_IOU = 0.3
@@ -69,15 +67,7 @@ def window_boxes(width: int, height: int) -> list[tuple[float, ...]]:
     return boxes
 
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def score_boxes(predictor, image: np.ndarray, boxes, side: str):
+def score_boxes(network: HandNetwork, image: np.ndarray, boxes, side: str):
     """For each box: (score, side, keypoint box in the image) from the network."""
     results = []
     sides = ("right", "left") if side == "auto" else (side,)
@@ -86,11 +76,11 @@ def score_boxes(predictor, image: np.ndarray, boxes, side: str):
         crops, metas = [], []
         for box in chunk:
             for s in sides:
-                rgb, crop = predictor.crops_for(image, box, flip=s == "left")
+                rgb, crop = network.crops_for(image, box, flip=s == "left")
                 crops.append(rgb)
                 metas.append((s, crop))
-        out = predictor.run_crops(np.stack(crops))
-        conf = predictor.heatmap_confidence(out).cpu()
+        out = network.run_crops(np.stack(crops))
+        conf = network.heatmap_confidence(out).cpu()
         kp = normalized_to_pixels(out.keypoints2d, CROP_SIZE).cpu()
         for j in range(len(chunk)):
             k = max(range(len(sides)), key=lambda t: float(conf[j * len(sides) + t]))
@@ -108,22 +98,20 @@ def score_boxes(predictor, image: np.ndarray, boxes, side: str):
 
 
 def find_hands(
-    predictor,
+    network: HandNetwork,
     image: np.ndarray,
     side: str = "auto",
     max_hands: int = 4,
     min_score: float = MIN_SCORE,
-) -> list:
+) -> list[HandRequest]:
     """HandRequests for the hands found in `image` (best first); [] when none passes."""
-    from backend.inference import HandRequest
-
     h, w = image.shape[:2]
     proposals = skin_boxes(image) + window_boxes(w, h)
-    first = score_boxes(predictor, image, proposals, side)
+    first = score_boxes(network, image, proposals, side)
     keep = [r for r in first if r[0] >= min_score]
     keep.sort(key=lambda r: -r[0])
     keep = keep[: 4 * max_hands]
-    refined = score_boxes(predictor, image, [r[2] for r in keep], side) if keep else []
+    refined = score_boxes(network, image, [r[2] for r in keep], side) if keep else []
     found: list[tuple[float, str, tuple]] = []
     for score, s, box in sorted(refined, key=lambda r: -r[0]):
         box = (max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3]))
@@ -136,58 +124,3 @@ def find_hands(
     return [
         HandRequest(box_xyxy=b, side=s if side == "auto" else side, score=sc) for sc, s, b in found
     ]
-
-
-def detect_hands(
-    predictor,
-    image: np.ndarray,
-    side: str = "auto",
-    max_hands: int = 4,
-    detector: str | None = None,
-) -> tuple[list, str]:
-    """(HandRequests for the hands found, best first; the detector that found them).
-
-    detector: one of DETECTORS; None means the predictor's own setting (`Predictor.detector`).
-    side: "auto" takes each hand's side from the detector; "right" / "left" forces it.
-    Raises InputError for an unknown detector, or "mediapipe" when it is not installed."""
-    from backend import detect_mediapipe
-    from backend.inference import HandRequest, InputError
-
-    asked = check_detector(detector or getattr(predictor, "detector", "auto"))
-    if resolve_detector(predictor, asked) == "mediapipe":
-        found = detect_mediapipe.detect(image, max_hands)
-        if found or asked == "mediapipe":
-            hands = [
-                HandRequest(
-                    d["box_xyxy"],
-                    d["side"] if side == "auto" else side,
-                    d["score"],
-                    landmarks=d["keypoints2d"],
-                )
-                for d in found
-            ]
-            return hands, "mediapipe"
-    elif asked == "mediapipe":
-        raise InputError(
-            "detector 'mediapipe' needs the mediapipe package (make setup installs it; by hand: "
-            "pip install --no-deps mediapipe==0.10.21 and the 'detect' extra)"
-        )
-    return find_hands(predictor, image, side, max_hands), "hamr"
-
-
-def resolve_detector(predictor, detector: str | None = None) -> str:
-    """The detector `detect_hands` tries first: "mediapipe" or "hamr" (None: the predictor's)."""
-    from backend import detect_mediapipe
-
-    detector = check_detector(detector or getattr(predictor, "detector", "auto"))
-    if detector == "hamr" or not detect_mediapipe.available():
-        return "hamr"
-    return "mediapipe"
-
-
-def check_detector(detector: str) -> str:
-    from backend.inference import InputError
-
-    if detector not in DETECTORS:
-        raise InputError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
-    return detector

@@ -12,23 +12,32 @@ Errors are reported with self.report({'ERROR'}, msg) and the operator returns {'
 leaves the scene as it was. Imports and video keying are one undo step each ('UNDO').
 
 In background mode (scripts, `hamr blend`, tests) there is no event loop, so the modal operators
-run the same steps blocking. Imports bpy; the HTTP and parsing work is in client.py / payload.py.
+run the same steps blocking. The import use cases are in `importer`; the HTTP and parsing work
+in `..io.client` / `..io.payload`. Imports bpy.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from dataclasses import dataclass
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, FloatVectorProperty, StringProperty
 
-from . import backend_process, orientation, scene
-from .client import DEFAULT_URL, BackendError, HamrClient, VideoJob
-from .payload import PayloadError, RigData, parse_prediction, parse_rig, parse_video
-from .rig import NewData, RigOptions, find_hand_armature
+from ..io import backend_process
+from ..io.client import BackendError, HamrClient, VideoJob
+from ..io.payload import parse_video
+from . import camera, scene
+from .importer import (
+    DOMAIN_ERRORS,
+    client_for,
+    fetch_rigs,
+    import_image,
+    rig_options,
+    settings,
+    user_dir,
+)
+from .rig import NewData, find_hand_armature
 
 SIDE_ITEMS = (
     ("auto", "Auto", "Let the backend decide whether each hand is left or right"),
@@ -45,56 +54,6 @@ CORRECTIVE_ITEMS = (
     ("ON", "On", "Always create the 135 driven pose-corrective shape keys"),
     ("OFF", "Off", "No pose correctives"),
 )
-# Errors an import can meet for reasons outside the extension's control (backend, payload,
-# files, Blender refusing data): reported to the user. BackendError, PayloadError, RigBuildError
-# and SceneBuildError are RuntimeError / ValueError subclasses; bpy raises RuntimeError.
-DOMAIN_ERRORS = (RuntimeError, ValueError, OSError)
-
-
-# ------------------------------------------------------------------------------ preferences
-@dataclass
-class Settings:
-    """The preferences the operators need (defaults when the extension is not registered as an
-    add-on, e.g. when `hamr blend` imports these modules directly)."""
-
-    url: str = DEFAULT_URL
-    token: str = ""
-    command: str = backend_process.DEFAULT_COMMAND
-    python: str = ""
-    checkpoint: str = ""
-    start_timeout: float = backend_process.DEFAULT_START_TIMEOUT_S
-
-
-def settings(context: bpy.types.Context) -> Settings:
-    addon = context.preferences.addons.get(__package__)
-    prefs = getattr(addon, "preferences", None)
-    if prefs is None:
-        return Settings()
-    return Settings(
-        url=prefs.backend_url,
-        token=prefs.token,
-        command=prefs.start_command,
-        python=prefs.python_path,
-        checkpoint=prefs.checkpoint,
-        start_timeout=prefs.start_timeout,
-    )
-
-
-def client_for(context: bpy.types.Context, timeout: float = 30.0) -> HamrClient:
-    s = settings(context)
-    return HamrClient(s.url, s.token, timeout=timeout)
-
-
-def user_dir() -> str:
-    """The extension's user folder (logs); a temporary folder outside an installed extension."""
-    try:
-        return bpy.utils.extension_path_user(__package__, create=True)
-    except (ValueError, AttributeError, KeyError):
-        path = os.path.join(tempfile.gettempdir(), "hamr_blender")
-        os.makedirs(path, exist_ok=True)
-        return path
-
-
 # Last known backend state, for the panel (drawing must never wait on HTTP).
 STATUS = {"text": "not checked", "ok": False, "time": 0.0}
 
@@ -105,31 +64,6 @@ def _set_status(text: str, ok: bool) -> None:
         for area in window.screen.areas:
             if area.type == "VIEW_3D":
                 area.tag_redraw()
-
-
-# Rig data fetched from a backend, per (url, side); reused while the hand model id matches.
-_RIG_CACHE: dict[tuple[str, str], RigData] = {}
-
-
-def fetch_rigs(client: HamrClient, sides: set[str], hand_model: str = "") -> dict[str, RigData]:
-    """Rig data of each side, from the cache when the hand model id matches."""
-    out = {}
-    for side in sorted(sides):
-        cached = _RIG_CACHE.get((client.url, side))
-        if cached is None or (hand_model and cached.hand_model != hand_model):
-            cached = parse_rig(client.model(side))
-            if hand_model and cached.hand_model and cached.hand_model != hand_model:
-                raise PayloadError(
-                    f"the backend's hand model ({cached.hand_model}) is not the one of the "
-                    f"prediction ({hand_model}); was the backend restarted with another model?"
-                )
-            _RIG_CACHE[(client.url, side)] = cached
-        out[side] = cached
-    return out
-
-
-def _options(op) -> RigOptions:
-    return RigOptions(name="HAMR Hand", shape_keys=op.shape_keys, correctives=op.correctives)
 
 
 def _report_notes(op, notes: list[str]) -> None:
@@ -255,120 +189,6 @@ class HAMR_OT_stop_backend(bpy.types.Operator):
         _set_status("stopped", False)
         self.report({"INFO"}, f"HAMR backend stopped (exit code {code})")
         return {"FINISHED"}
-
-
-# ------------------------------------------------------------------------------ import
-def _image_upload(
-    context, filepath: str, image_name: str
-) -> tuple[str | bytes, str, scene.ImageSource]:
-    """What to send for the chosen photo: (path or encoded bytes, file name, source record).
-    The record keeps the file's EXIF orientation: the backend turns the photo upright, Blender
-    shows it as stored."""
-    if image_name:
-        image = bpy.data.images.get(image_name)
-        if image is None:
-            raise ValueError(f"there is no image named {image_name!r} in this file")
-        path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
-        source = scene.ImageSource("image", path if os.path.isfile(path) else "", image.name)
-        if image.packed_file is not None:
-            ext = os.path.splitext(image.filepath)[1] or ".png"
-            data = bytes(image.packed_file.data)
-            source.orientation = orientation.exif_orientation(data)
-            return data, image.name + ext, source
-        if path and os.path.isfile(path):
-            source.orientation = orientation.file_orientation(path)
-            return path, os.path.basename(path), source
-        if image.size[0] == 0 or not image.has_data:
-            raise ValueError(f"the image {image.name!r} has no pixels to send")
-        # generated or rendered pixels: encode a PNG copy (through a temporary file)
-        with tempfile.TemporaryDirectory(prefix="hamr-") as folder:
-            tmp = os.path.join(folder, "image.png")
-            copy = image.copy()
-            try:
-                copy.filepath_raw = tmp
-                copy.file_format = "PNG"
-                copy.save()
-            finally:
-                bpy.data.images.remove(copy)
-            with open(tmp, "rb") as fh:
-                data = fh.read()
-        return data, image.name + ".png", source
-    if not filepath:
-        raise ValueError("choose an image file or an image already in Blender")
-    path = bpy.path.abspath(filepath)
-    if not os.path.isfile(path):
-        raise ValueError(f"image file not found: {path}")
-    source = scene.ImageSource("image", path, "", orientation.file_orientation(path))
-    return path, os.path.basename(path), source
-
-
-def import_image(
-    context,
-    op_like,
-    filepath: str = "",
-    image_name: str = "",
-    client: HamrClient | None = None,
-    location=None,
-) -> scene.ImportResult:
-    """The import behind hamr.import_image (also used by `hamr blend`): predict, fetch the rigs,
-    build. `op_like` holds the options (side, use_box, box, detector, refine, focal, shape_keys,
-    correctives, align_camera); client: the backend (default: the preferences'). Raises one of
-    DOMAIN_ERRORS; leaves nothing behind on failure."""
-    upload, name, source = _image_upload(context, filepath, image_name)
-    client = client or client_for(context, timeout=30.0)
-    box = tuple(op_like.box) if op_like.use_box else None
-    doc = client.predict(
-        upload,
-        filename=name,
-        side=op_like.side,
-        box=box,
-        focal=op_like.focal or None,
-        detector=None if box else op_like.detector,
-        refine=op_like.refine,
-    )
-    prediction = parse_prediction(doc)
-    rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
-    new = NewData()
-    try:
-        head = bytes(upload[:12]) if isinstance(upload, bytes) else orientation.file_head(upload)
-        if op_like.align_camera and orientation.is_heif(head):
-            source = _decoded_background(client, upload, name, source, new)
-        return scene.import_prediction(
-            context,
-            prediction,
-            rigs,
-            _options(op_like),
-            source,
-            new,
-            align=op_like.align_camera,
-            location=location,
-        )
-    except BaseException:
-        new.remove_all()
-        raise
-
-
-def _decoded_background(
-    client: HamrClient, upload, name: str, source: scene.ImageSource, new: NewData
-) -> scene.ImageSource:
-    """Blender cannot read HEIF/HEIC photos: their camera background is the backend's decoding
-    of the photo (`HamrClient.upright_png`), packed into the .blend. Where that fails (an older
-    backend), the import goes on without a background."""
-    try:
-        png = client.upright_png(upload, name)
-    except BackendError as e:
-        print(f"HAMR: no camera background for {name}: {e}")
-        return source
-    stem = os.path.splitext(name)[0] or "photo"
-    with tempfile.TemporaryDirectory(prefix="hamr-") as folder:
-        path = os.path.join(folder, f"{stem}.png")
-        with open(path, "wb") as fh:
-            fh.write(png)
-        image = new.add(bpy.data.images.load(path, check_existing=False))
-        image.pack()
-    image.filepath_raw = f"//{stem}.png"  # the temporary file is gone; the pixels are packed
-    image.name = f"{stem} (decoded)"
-    return scene.ImageSource("image", "", image.name, 1)
 
 
 class _HandOptions:
@@ -569,7 +389,7 @@ class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
                 context,
                 video,
                 rigs,
-                _options(self),
+                rig_options(self),
                 scene.ImageSource("movie", self._path, ""),
                 new,
                 align=self.align_camera,
@@ -597,7 +417,7 @@ class HAMR_OT_align_camera(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         arm = find_hand_armature(context.active_object)
-        return arm is not None and scene.CAMERA_PROP in arm
+        return arm is not None and camera.CAMERA_PROP in arm
 
     def execute(self, context):
         arm = find_hand_armature(context.active_object)
@@ -606,7 +426,7 @@ class HAMR_OT_align_camera(bpy.types.Operator):
             return {"CANCELLED"}
         new = NewData()
         try:
-            cam = scene.align_camera(context, arm, new)
+            cam = camera.align_camera(context, arm, new)
         except DOMAIN_ERRORS as e:
             new.remove_all()
             self.report({"ERROR"}, f"HAMR: {e}")

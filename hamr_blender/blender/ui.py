@@ -1,12 +1,11 @@
-"""The HAMR sidebar tab in the 3D viewport, the scene's HAMR settings and the preferences.
+"""The HAMR sidebar tab in the 3D viewport and the scene's HAMR settings.
 
 Panels (View3D > Sidebar > HAMR): Backend (last known status, check / start / stop), Image
 (file or Blender image, box, focal, import), Video (file, smoothing, keyframe), Hand (side, shape
 keys, pose correctives, camera) and, for the active HAMR hand, its shape sliders and Align
 Camera. Drawing never talks to the backend: the status is the one the last operator saw.
 
-Preferences: the backend URL, how to start it (command or a Python / virtual environment with
-HAMR installed, optional checkpoint), a token, the start timeout. Imports bpy.
+The preferences are `preferences`'. Imports bpy.
 """
 
 from __future__ import annotations
@@ -23,64 +22,11 @@ from bpy.props import (
     StringProperty,
 )
 
-from . import backend_process, operators
-from .client import DEFAULT_URL
-from .payload import describe
+from ..io import backend_process
+from ..io.payload import describe
+from . import operators
 from .rig import find_hand_armature, hand_mesh
 from .scene import PREDICTION_PROP
-
-
-class HAMR_Preferences(bpy.types.AddonPreferences):
-    bl_idname = __package__
-
-    backend_url: StringProperty(
-        name="Backend URL",
-        description="Where the HAMR backend (`hamr serve`) listens",
-        default=DEFAULT_URL,
-    )
-    start_command: StringProperty(
-        name="Start Command",
-        description="Command that serves HAMR (--host and --port are added from the URL)",
-        default=backend_process.DEFAULT_COMMAND,
-    )
-    python_path: StringProperty(
-        name="Python",
-        description=(
-            "Optional: the Python interpreter or virtual environment folder where HAMR is "
-            "installed; when set, the backend runs as `PYTHON -m backend.cli serve`"
-        ),
-        subtype="FILE_PATH",
-        default="",
-    )
-    checkpoint: StringProperty(
-        name="Checkpoint",
-        description="Optional: a HAMR checkpoint for the backend (default: the shipped one)",
-        subtype="FILE_PATH",
-        default="",
-    )
-    token: StringProperty(
-        name="Token",
-        description="Bearer token, if the backend was started with --token",
-        subtype="PASSWORD",
-        default="",
-    )
-    start_timeout: FloatProperty(
-        name="Start Timeout (s)",
-        description="How long to wait for a started backend to load its model",
-        default=backend_process.DEFAULT_START_TIMEOUT_S,
-        min=5.0,
-    )
-
-    def draw(self, context):
-        layout = self.layout
-        layout.prop(self, "backend_url")
-        layout.prop(self, "token")
-        box = layout.box()
-        box.label(text="Starting the backend from Blender")
-        box.prop(self, "start_command")
-        box.prop(self, "python_path")
-        box.prop(self, "checkpoint")
-        box.prop(self, "start_timeout")
 
 
 class HAMR_SceneSettings(bpy.types.PropertyGroup):
@@ -222,7 +168,6 @@ class HAMR_PT_active(_HamrPanel, bpy.types.Panel):
 
 
 classes = (
-    HAMR_Preferences,
     HAMR_SceneSettings,
     HAMR_PT_main,
     HAMR_PT_image,

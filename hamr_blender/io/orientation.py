@@ -110,7 +110,7 @@ def exif_orientation(data: bytes) -> int:
     return 1
 
 
-# ISO base media "ftyp" brands of HEIF still images (the backend's list, backend.inference)
+# ISO base media "ftyp" brands of HEIF still images (the backend's list, backend.media.image)
 HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"hevc", b"hevx"})
 
 

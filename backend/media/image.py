@@ -1,0 +1,95 @@
+"""The only place photo bytes become pixels: decode (JPEG, PNG, WebP, TIFF, 16-bit and float
+grey, HEIF/HEIC through pillow-heif), EXIF orientation applied, the EXIF 35 mm-equivalent focal
+length read, size limits checked; and pixels back to PNG bytes.
+
+Raises `errors.InputError` with a message that says what to fix. Imports numpy and PIL only.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from backend.errors import InputError
+
+MAX_IMAGE_PIXELS = 80_000_000  # refuse larger images (decompression bombs)
+
+# ISO base media "ftyp" brands of HEIF still images (phones' HEIC photos)
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"hevc", b"hevx"})
+_heif_ready: bool | None = None
+
+
+def is_heif(head: bytes) -> bool:
+    """Whether encoded bytes (their first 12 are enough) are a HEIF/HEIC image."""
+    return len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+def enable_heif() -> bool:
+    """Let Pillow open HEIF/HEIC photos through pillow-heif, when it is installed (make setup
+    installs it); whether it is."""
+    global _heif_ready
+    if _heif_ready is None:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _heif_ready = True
+        except ImportError:
+            _heif_ready = False
+    return _heif_ready
+
+
+def require_heif_reader(head: bytes) -> None:
+    """Raise InputError, naming what is missing, for a HEIF/HEIC image (by its first 12 bytes)
+    when pillow-heif is not installed; make Pillow able to open it otherwise."""
+    if is_heif(head) and not enable_heif():
+        raise InputError(
+            "this is a HEIF/HEIC photo, and reading it needs the pillow-heif package (make setup "
+            "installs it; by hand: pip install pillow-heif), or export the photo as JPEG"
+        )
+
+
+def load_image(data: bytes | str | os.PathLike) -> tuple[np.ndarray, float | None]:
+    """Decode an image (path or bytes) -> (H, W, 3) uint8 RGB and its EXIF 35 mm-equivalent focal
+    length in mm (None when absent). EXIF orientation is applied. HEIF/HEIC photos need the
+    pillow-heif package. Raises InputError."""
+    if isinstance(data, (bytes, bytearray)):
+        head = bytes(data[:12])
+    else:
+        try:
+            with open(data, "rb") as fh:
+                head = fh.read(12)
+        except OSError as e:
+            raise InputError(f"cannot read the image: {e}") from e
+    require_heif_reader(head)
+    try:
+        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+        with Image.open(src) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise InputError(f"image too large ({im.width}x{im.height} pixels)")
+            exif = im.getexif()
+            f35 = exif.get_ifd(0x8769).get(0xA405) if exif else None
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit or float grey
+                # values in [0, 1] (float images) as they are, larger ones by the brightest
+                arr = np.nan_to_num(np.asarray(im, dtype=np.float64)).clip(0, None)
+                arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
+                im = Image.fromarray(arr)
+            rgb = np.asarray(im.convert("RGB"))
+    except InputError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise InputError(f"cannot read the image: {e}") from e
+    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
+        raise InputError(f"image too small ({rgb.shape[1]}x{rgb.shape[0]}); need at least 8x8")
+    return rgb, (float(f35) if f35 else None)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 RGB -> PNG bytes (fast compression: the bytes go to a local client)."""
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG", compress_level=1)
+    return out.getvalue()

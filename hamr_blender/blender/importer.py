@@ -1,0 +1,208 @@
+"""The import use cases, without operators: a photo's prediction fetched and built into the
+scene (`import_image`), the rigs fetched and cached (`fetch_rigs`), the preferences read
+(`settings`). The operators (`operators`) and the headless command (`headless`) both call
+these, so `hamr blend` builds exactly what the panel builds.
+
+Errors are one of DOMAIN_ERRORS and leave nothing behind. Imports bpy.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import bpy
+
+from ..io import backend_process, orientation
+from ..io.client import DEFAULT_URL, BackendError, HamrClient
+from ..io.payload import PayloadError, RigData, parse_prediction, parse_rig
+from . import ADDON, scene
+from .rig import NewData, RigOptions
+
+# Errors an import can meet for reasons outside the extension's control (backend, payload,
+# files, Blender refusing data): reported to the user. BackendError, PayloadError, RigBuildError
+# and SceneBuildError are RuntimeError / ValueError subclasses; bpy raises RuntimeError.
+DOMAIN_ERRORS = (RuntimeError, ValueError, OSError)
+
+
+@dataclass
+class Settings:
+    """The preferences the operators need (defaults when the extension is not registered as an
+    add-on, e.g. when `hamr blend` imports these modules directly)."""
+
+    url: str = DEFAULT_URL
+    token: str = ""
+    command: str = backend_process.DEFAULT_COMMAND
+    python: str = ""
+    checkpoint: str = ""
+    start_timeout: float = backend_process.DEFAULT_START_TIMEOUT_S
+
+
+def settings(context: bpy.types.Context) -> Settings:
+    addon = context.preferences.addons.get(ADDON)
+    prefs = getattr(addon, "preferences", None)
+    if prefs is None:
+        return Settings()
+    return Settings(
+        url=prefs.backend_url,
+        token=prefs.token,
+        command=prefs.start_command,
+        python=prefs.python_path,
+        checkpoint=prefs.checkpoint,
+        start_timeout=prefs.start_timeout,
+    )
+
+
+def client_for(context: bpy.types.Context, timeout: float = 30.0) -> HamrClient:
+    s = settings(context)
+    return HamrClient(s.url, s.token, timeout=timeout)
+
+
+def user_dir() -> str:
+    """The extension's user folder (logs); a temporary folder outside an installed extension."""
+    try:
+        return bpy.utils.extension_path_user(ADDON, create=True)
+    except (ValueError, AttributeError, KeyError):
+        path = os.path.join(tempfile.gettempdir(), "hamr_blender")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+
+# Rig data fetched from a backend, per (url, side); reused while the hand model id matches.
+_RIG_CACHE: dict[tuple[str, str], RigData] = {}
+
+
+def fetch_rigs(client: HamrClient, sides: set[str], hand_model: str = "") -> dict[str, RigData]:
+    """Rig data of each side, from the cache when the hand model id matches."""
+    out = {}
+    for side in sorted(sides):
+        cached = _RIG_CACHE.get((client.url, side))
+        if cached is None or (hand_model and cached.hand_model != hand_model):
+            cached = parse_rig(client.model(side))
+            if hand_model and cached.hand_model and cached.hand_model != hand_model:
+                raise PayloadError(
+                    f"the backend's hand model ({cached.hand_model}) is not the one of the "
+                    f"prediction ({hand_model}); was the backend restarted with another model?"
+                )
+            _RIG_CACHE[(client.url, side)] = cached
+        out[side] = cached
+    return out
+
+
+def rig_options(op) -> RigOptions:
+    """The rig options an operator (or `headless.BlendOptions`) carries."""
+    return RigOptions(name="HAMR Hand", shape_keys=op.shape_keys, correctives=op.correctives)
+
+
+def _image_upload(
+    context, filepath: str, image_name: str
+) -> tuple[str | bytes, str, scene.ImageSource]:
+    """What to send for the chosen photo: (path or encoded bytes, file name, source record).
+    The record keeps the file's EXIF orientation: the backend turns the photo upright, Blender
+    shows it as stored."""
+    if image_name:
+        image = bpy.data.images.get(image_name)
+        if image is None:
+            raise ValueError(f"there is no image named {image_name!r} in this file")
+        path = bpy.path.abspath(image.filepath, library=image.library) if image.filepath else ""
+        source = scene.ImageSource("image", path if os.path.isfile(path) else "", image.name)
+        if image.packed_file is not None:
+            ext = os.path.splitext(image.filepath)[1] or ".png"
+            data = bytes(image.packed_file.data)
+            source.orientation = orientation.exif_orientation(data)
+            return data, image.name + ext, source
+        if path and os.path.isfile(path):
+            source.orientation = orientation.file_orientation(path)
+            return path, os.path.basename(path), source
+        if image.size[0] == 0 or not image.has_data:
+            raise ValueError(f"the image {image.name!r} has no pixels to send")
+        # generated or rendered pixels: encode a PNG copy (through a temporary file)
+        with tempfile.TemporaryDirectory(prefix="hamr-") as folder:
+            tmp = os.path.join(folder, "image.png")
+            copy = image.copy()
+            try:
+                copy.filepath_raw = tmp
+                copy.file_format = "PNG"
+                copy.save()
+            finally:
+                bpy.data.images.remove(copy)
+            with open(tmp, "rb") as fh:
+                data = fh.read()
+        return data, image.name + ".png", source
+    if not filepath:
+        raise ValueError("choose an image file or an image already in Blender")
+    path = bpy.path.abspath(filepath)
+    if not os.path.isfile(path):
+        raise ValueError(f"image file not found: {path}")
+    source = scene.ImageSource("image", path, "", orientation.file_orientation(path))
+    return path, os.path.basename(path), source
+
+
+def import_image(
+    context,
+    op_like,
+    filepath: str = "",
+    image_name: str = "",
+    client: HamrClient | None = None,
+    location=None,
+) -> scene.ImportResult:
+    """The import behind hamr.import_image (also used by `hamr blend`): predict, fetch the rigs,
+    build. `op_like` holds the options (side, use_box, box, detector, refine, focal, shape_keys,
+    correctives, align_camera); client: the backend (default: the preferences'). Raises one of
+    DOMAIN_ERRORS; leaves nothing behind on failure."""
+    upload, name, source = _image_upload(context, filepath, image_name)
+    client = client or client_for(context, timeout=30.0)
+    box = tuple(op_like.box) if op_like.use_box else None
+    doc = client.predict(
+        upload,
+        filename=name,
+        side=op_like.side,
+        box=box,
+        focal=op_like.focal or None,
+        detector=None if box else op_like.detector,
+        refine=op_like.refine,
+    )
+    prediction = parse_prediction(doc)
+    rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
+    new = NewData()
+    try:
+        head = bytes(upload[:12]) if isinstance(upload, bytes) else orientation.file_head(upload)
+        if op_like.align_camera and orientation.is_heif(head):
+            source = _decoded_background(client, upload, name, source, new)
+        return scene.import_prediction(
+            context,
+            prediction,
+            rigs,
+            rig_options(op_like),
+            source,
+            new,
+            align=op_like.align_camera,
+            location=location,
+        )
+    except BaseException:
+        new.remove_all()
+        raise
+
+
+def _decoded_background(
+    client: HamrClient, upload, name: str, source: scene.ImageSource, new: NewData
+) -> scene.ImageSource:
+    """Blender cannot read HEIF/HEIC photos: their camera background is the backend's decoding
+    of the photo (`HamrClient.upright_png`), packed into the .blend. Where that fails (an older
+    backend), the import goes on without a background."""
+    try:
+        png = client.upright_png(upload, name)
+    except BackendError as e:
+        print(f"HAMR: no camera background for {name}: {e}")
+        return source
+    stem = os.path.splitext(name)[0] or "photo"
+    with tempfile.TemporaryDirectory(prefix="hamr-") as folder:
+        path = os.path.join(folder, f"{stem}.png")
+        with open(path, "wb") as fh:
+            fh.write(png)
+        image = new.add(bpy.data.images.load(path, check_existing=False))
+        image.pack()
+    image.filepath_raw = f"//{stem}.png"  # the temporary file is gone; the pixels are packed
+    image.name = f"{stem} (decoded)"
+    return scene.ImageSource("image", "", image.name, 1)
