@@ -1,6 +1,7 @@
 """The only place photo bytes become pixels: decode (JPEG, PNG, WebP, TIFF, 16-bit and float
 grey, HEIF/HEIC through pillow-heif), EXIF orientation applied, the EXIF 35 mm-equivalent focal
-length read, size limits checked; and pixels back to PNG bytes.
+length read (only when it is one plausible number), size limits checked, large photos decoded at
+a reduced size on request (`load_image_within`); and pixels back to PNG bytes.
 
 Raises `errors.InputError` with a message that says what to fix. Imports numpy and PIL only.
 """
@@ -8,6 +9,7 @@ Raises `errors.InputError` with a message that says what to fix. Imports numpy a
 from __future__ import annotations
 
 import io
+import math
 import os
 
 import numpy as np
@@ -16,6 +18,10 @@ from PIL import Image, ImageOps
 from backend.errors import InputError
 
 MAX_IMAGE_PIXELS = 80_000_000  # refuse larger images (decompression bombs)
+# EXIF FocalLengthIn35mmFilm outside this range is no camera's (the widest fisheye is ~8 mm, the
+# longest lens ~5,000 mm) and is ignored, like a missing tag: it would put the camera's focal
+# length in pixels out of float range
+EXIF_F35_RANGE_MM = (1.0, 5000.0)
 
 # ISO base media "ftyp" brands of HEIF still images (phones' HEIC photos)
 HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"hevc", b"hevx"})
@@ -54,8 +60,21 @@ def require_heif_reader(head: bytes) -> None:
 
 def load_image(data: bytes | str | os.PathLike) -> tuple[np.ndarray, float | None]:
     """Decode an image (path or bytes) -> (H, W, 3) uint8 RGB and its EXIF 35 mm-equivalent focal
-    length in mm (None when absent). EXIF orientation is applied. HEIF/HEIC photos need the
-    pillow-heif package. Raises InputError."""
+    length in mm (None when absent or implausible). EXIF orientation is applied. HEIF/HEIC photos
+    need the pillow-heif package. Raises InputError."""
+    rgb, f35, _ = load_image_within(data, None)
+    return rgb, f35
+
+
+def load_image_within(
+    data: bytes | str | os.PathLike, pixel_budget: float | None
+) -> tuple[np.ndarray, float | None, tuple[int, int]]:
+    """`load_image`, decoded at a reduced size when the image has more than `pixel_budget`
+    pixels (None: never): JPEGs through the decoder's DCT scaling (1/2, 1/4, 1/8: the full
+    image never exists in memory), others decoded, then reduced by an integer factor (box
+    filter). Returns (pixels, EXIF focal, (width, height) of the full upright image); the
+    pixels span the same picture, so a point (u, v) in them is (u * width / their width,
+    v * height / their height) in the full image."""
     if isinstance(data, (bytes, bytearray)):
         head = bytes(data[:12])
     else:
@@ -71,21 +90,49 @@ def load_image(data: bytes | str | os.PathLike) -> tuple[np.ndarray, float | Non
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise InputError(f"image too large ({im.width}x{im.height} pixels)")
             exif = im.getexif()
-            f35 = exif.get_ifd(0x8769).get(0xA405) if exif else None
+            f35 = exif_f35_mm(exif.get_ifd(0x8769).get(0xA405)) if exif else None
+            stored_w, stored_h = im.size
+            turned = exif.get(0x0112) in (5, 6, 7, 8) if exif else False
+            full_size = (stored_h, stored_w) if turned else (stored_w, stored_h)
+            if pixel_budget is not None and im.width * im.height > pixel_budget:
+                factor = math.ceil(math.sqrt(im.width * im.height / pixel_budget))
+                if im.format == "JPEG":  # DCT scaling: at least the size asked for
+                    im.draft(im.mode, (im.width // factor, im.height // factor))
+                im.load()
+                if im.width * im.height > pixel_budget:
+                    im = im.reduce(math.ceil(math.sqrt(im.width * im.height / pixel_budget)))
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit, 32-bit or float grey
                 # values in [0, 1] (float images) as they are, larger ones by the brightest
                 arr = np.nan_to_num(np.asarray(im, dtype=np.float64)).clip(0, None)
                 arr = (arr / max(arr.max(), 1) * 255).astype(np.uint8)
                 im = Image.fromarray(arr)
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except InputError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise InputError(f"cannot read the image: {e}") from e
     if rgb.shape[0] < 8 or rgb.shape[1] < 8:
         raise InputError(f"image too small ({rgb.shape[1]}x{rgb.shape[0]}); need at least 8x8")
-    return rgb, (float(f35) if f35 else None)
+    return rgb, f35, full_size
+
+
+def exif_f35_mm(value: object) -> float | None:
+    """The EXIF FocalLengthIn35mmFilm tag as stored -> mm, or None. The standard says one SHORT;
+    some writers store text, a rational or several values: one number (or text of one) within
+    EXIF_F35_RANGE_MM counts, anything else is ignored like a missing tag."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            return None
+        value = value[0]
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    try:
+        f35 = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    lo, hi = EXIF_F35_RANGE_MM
+    return f35 if lo <= f35 <= hi else None
 
 
 def encode_png(image: np.ndarray) -> bytes:
