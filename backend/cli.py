@@ -3,7 +3,8 @@
     hamr predict IMAGE [--side auto|left|right] [--box X0,Y0,X1,Y1 ...] [--focal PX]
                        [--json OUT.json] [--overlay OUT.png] [--checkpoint PATH] [--device cpu|cuda]
     hamr video VIDEO   [--json OUT.json] [--overlay-video OUT.mp4] [same options] [--smoothing S]
-    hamr serve         [--host 127.0.0.1] [--port 8734] [--token T] [--checkpoint PATH] ...
+    hamr serve         [--host 127.0.0.1] [--port 8734] [--token T] [--allow-path DIR ...]
+                       [--allow-origin URL ...] [--allow-host NAME ...] [--checkpoint PATH] ...
     hamr blend IMAGE   --out SCENE.blend [--render OUT.png] ... (bpy: hamr_blender.blender.headless)
 
 Bad input (a missing file, an unreadable image, a bad option, a missing checkpoint) prints one
@@ -211,7 +212,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise OptionError("device 'cuda' requested but no CUDA device is available")
+    for folder in args.allow_path or []:
+        if not Path(folder).expanduser().is_dir():
+            raise OptionError(f"--allow-path {folder}: no such folder")
     import uvicorn
+
+    from backend.service.protocol import HamrH11Protocol
 
     app = create_app(
         checkpoint=checkpoint,
@@ -221,8 +227,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         mano_dir=args.mano_dir,
         detector=args.detector,
         refine=args.refine,
+        allow_paths=args.allow_path or [],
+        allow_origins=args.allow_origin or [],
+        allow_hosts=[args.host, *(args.allow_host or [])],
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http=HamrH11Protocol,  # a header timeout and JSON 400s (backend.service.protocol)
+        timeout_keep_alive=5,
+    )
     return 0
 
 
@@ -314,7 +330,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token",
         default=os.environ.get("HAMR_TOKEN"),
-        help="require 'Authorization: Bearer TOKEN' (default $HAMR_TOKEN); needed off loopback",
+        help="require 'Authorization: Bearer TOKEN' (default $HAMR_TOKEN), at least 16 "
+        "characters; needed off loopback",
+    )
+    p.add_argument(
+        "--allow-path",
+        action="append",
+        metavar="DIR",
+        help="a folder whose clips video jobs may name by path (repeatable; default none: "
+        "clips are uploaded)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="URL",
+        help="a web origin (scheme://host[:port]) whose pages may call the API (repeatable; "
+        "default none: requests with any Origin header are refused)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="NAME",
+        help="a host name requests may be addressed to, besides localhost, IP addresses and "
+        "--host (repeatable); others are refused (DNS rebinding)",
     )
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload (default 50)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

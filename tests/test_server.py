@@ -39,8 +39,9 @@ from backend.service.guard import ApiError, check_bind, is_loopback
 from backend.service.jobs import FIT_SHARE, Job
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"  # at least 16 characters (guard.MIN_TOKEN_CHARS)
 MAX_UPLOAD_MB = 2
+LOCAL = "http://127.0.0.1"  # TestClient's own Host, "testserver", is refused like any foreign one
 WILD = SAMPLES / "wild_hamer" / "test5.jpg"  # a woman holding both hands at her face
 
 
@@ -112,8 +113,12 @@ def server_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint: Path, server_env: dict[str, str]) -> Iterator[Server]:
-    server = start_server(checkpoint, server_env)
+def server(
+    checkpoint: Path, server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    # jobs may name clips by path under the tests' temporary folders (the clips live there)
+    allowed = str(tmp_path_factory.getbasetemp())
+    server = start_server(checkpoint, server_env, "--allow-path", allowed)
     yield server
     stop_server(server)
     # a clean shutdown (uvicorn exits by re-raising SIGTERM) that left no upload behind
@@ -553,7 +558,15 @@ def test_jobs_queue_and_cancel(server: Server, http, long_video, hand_video) -> 
 def test_bad_jobs(http, hand_video, tmp_path) -> None:
     bad = http.post("/v1/jobs", files={"video": ("clip.mp4", b"not a video" * 50, "video/mp4")})
     assert_error(bad, 400, "bad_video")
-    assert_error(http.post("/v1/jobs", json={"path": str(tmp_path / "none.mp4")}), 400)
+    # a missing file and a file that is no video get the same answer
+    missing = http.post("/v1/jobs", json={"path": str(tmp_path / "none.mp4")})
+    (tmp_path / "notes.txt").write_text("not a video")
+    text = http.post("/v1/jobs", json={"path": str(tmp_path / "notes.txt")})
+    assert_error(missing, 400, "bad_video")
+    assert missing.json() == text.json()
+    # a path outside the --allow-path folders: refused whether it exists or not
+    for outside in ("/etc/hostname", "/etc/no-such-file", "relative.mp4", "~root/x.mp4"):
+        assert_error(http.post("/v1/jobs", json={"path": outside}), 403, "path_not_allowed")
     assert_error(http.post("/v1/jobs", json={"path": str(hand_video.path), "speed": 2}), 422)
     assert_error(http.post("/v1/jobs", json={"path": str(hand_video.path), "smoothing": 3}), 422)
     assert_error(
@@ -593,9 +606,13 @@ def test_bind_rules() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
     check_bind("127.0.0.1", None)
-    check_bind("0.0.0.0", "token")
+    check_bind("0.0.0.0", TOKEN)
     with pytest.raises(OptionError, match="without --token"):
         check_bind("0.0.0.0", None)
+    # short, blank or spaced tokens are refused on any address
+    for bad in ("x", " ", "short-token", " " * 20, "sixteen chars with spaces"):
+        with pytest.raises(OptionError, match="token"):
+            check_bind("127.0.0.1", bad)
 
 
 def test_decode_image(photo_bytes) -> None:
@@ -613,7 +630,7 @@ def test_app_reports_a_failed_model_load(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a checkpoint")
-    with TestClient(create_app(broken)) as client:
+    with TestClient(create_app(broken), base_url=LOCAL) as client:
         deadline = time.monotonic() + 30
         while (health := client.get("/v1/health")).json()["status"] == "loading":
             assert health.status_code == 503 and time.monotonic() < deadline
@@ -626,7 +643,7 @@ def test_app_reports_a_failed_model_load(tmp_path, monkeypatch) -> None:
 
 def test_app_in_process(checkpoint, tmp_path, monkeypatch, photo_bytes, sample_box) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    with TestClient(create_app(checkpoint, token=TOKEN)) as client:
+    with TestClient(create_app(checkpoint, token=TOKEN), base_url=LOCAL) as client:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         deadline = time.monotonic() + 60
         while client.get("/v1/health").status_code != 200:

@@ -20,10 +20,15 @@ Endpoints (DESIGN.md "HTTP API"); every error is JSON {"error": {"code", "messag
     DELETE /v1/jobs/{id}         cancels a queued or running job and removes its upload; on a
                                  finished job, forgets it. Returns the job's status.
 
+    GET    /openapi.json         the API with its request bodies (`openapi`)
+
 Statuses: 400 unreadable input (not an image, truncated, too small, empty, undecodable video),
-401 missing or wrong token, 404 unknown job or route, 409 result not ready, 413 too large
-(upload bytes or pixels), 415 not multipart, 422 bad options (side, box, focal, smoothing,
-detector, refine, unknown fields), 429 too many jobs, 503 not ready.
+401 missing or wrong token, 403 an Origin not allowed or a path outside --allow-path, 404
+unknown job or route, 408 a stalled request, 409 result not ready, 413 too large (upload bytes
+or pixels), 415 not multipart, 421 a Host that names another server, 422 bad options (side, box,
+focal, smoothing, detector, refine, unknown fields, more than MAX_BOXES boxes, a result out of
+float range), 429 too many jobs, 503 not ready or busy (with Retry-After). Never 500 for an
+input: an unexpected failure is logged with a request id, and the answer gives only that id.
 
 How it runs (STYLE.md, FastAPI/LitServe habits): the model loads once, in a background thread that
 the lifespan starts, so health answers at once; request parsing is async, and every blocking step
@@ -33,6 +38,10 @@ that the job takes per frame, so single photos are served between a video's fram
 capped while they stream in (`Guard`), spooled to $XDG_CACHE_HOME/hamr (default ~/.cache/hamr) and
 removed when their job ends. Loopback by default: `check_bind` refuses another address without a
 token, and with a token every endpoint but health needs `Authorization: Bearer <token>`.
+
+Bounded work: at most MAX_BOXES boxes per request, at most MAX_PENDING_INFERENCE photo requests
+waiting for the worker (more: 503 busy), a request whose client has gone is dropped before its
+turn comes, photos over PREDICT_MAX_PIXELS are predicted at a reduced size and mapped back.
 
 Imports FastAPI, Starlette and the backend's pipelines; never bpy or the training package.
 """
@@ -44,62 +53,143 @@ import functools
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.camera import default_focal, intrinsics, project_points
 from backend.errors import InputError, OptionError
 from backend.media.image import encode_png
 from backend.options import HandRequest, check_box
 from backend.pipeline.photo import Predictor
 from backend.schema import rig_json
 
+from . import openapi
 from .forms import (
     JOB_FIELDS,
     PREDICT_FIELDS,
+    PREDICT_MAX_PIXELS,
     HandOptions,
     decode_image,
+    decode_photo,
     form_fields,
     json_fields,
     parse_hand_options,
 )
 from .guard import HEALTH_PATH, ApiError, Guard, error_response
-from .jobs import JobManager, cache_dir, submit_job
+from .jobs import (
+    JobManager,
+    JobRecords,
+    PathPolicy,
+    all_finite,
+    cache_dir,
+    submit_job,
+    sweep_stale,
+    upload_root_for,
+)
 
 log = logging.getLogger("hamr.server")
 T = TypeVar("T")
 
 
+MAX_PENDING_INFERENCE = 16  # photo requests in or waiting for the worker; more is 503 busy
+MAX_JSON_BYTES = 64 * 1024  # a JSON job request
+
+
 def predict_image(
-    predictor: Predictor, lock: threading.Lock, data: bytes, options: HandOptions, max_pixels: float
+    predictor: Predictor,
+    lock: threading.Lock,
+    data: bytes,
+    options: HandOptions,
+    max_pixels: float,
+    cancelled: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """decode -> check boxes -> predict (blocking: run it in the inference worker)."""
-    image, exif_f35 = decode_image(data, max_pixels)
-    height, width = image.shape[:2]
+    """decode -> check boxes -> predict (blocking: run it in the inference worker). A photo over
+    PREDICT_MAX_PIXELS is decoded at a reduced size and predicted there with the focal length
+    scaled to it; the result is then put back in the full photo's pixels (`to_full_image`).
+    Raises ApiError 400 `client_disconnected` when `cancelled` is set before the work starts,
+    422 `non_finite` for a result out of float range."""
+    image, exif_f35, (full_w, full_h) = decode_photo(data, max_pixels, PREDICT_MAX_PIXELS)
     for box in options.boxes:
-        check_box(box, width, height)
-    hands = [HandRequest(box, options.side) for box in options.boxes] or None
+        check_box(box, full_w, full_h)
+    height, width = image.shape[:2]
+    sx, sy = width / full_w, height / full_h
+    reduced = (width, height) != (full_w, full_h)
+    focal = options.focal
+    full_focal = focal or default_focal(full_w, full_h, exif_f35)
+    boxes = options.boxes
+    if reduced:  # the reduced photo's own pixels and focal length, the latter given as the
+        # 35 mm equivalent that makes it (default_focal: f35 / 36 * longer side), since a focal in
+        # pixels is checked against the limits of full-size photos
+        focal, exif_f35 = None, full_focal * sx * 36.0 / max(width, height)
+        boxes = [(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
+    hands = [HandRequest(box, options.side) for box in boxes] or None
     with lock:
-        return predictor.predict(
+        if cancelled is not None and cancelled.is_set():
+            raise ApiError(400, "client_disconnected", "the client went away; nothing was done")
+        result = predictor.predict(
             image,
             hands,
-            focal=options.focal,
+            focal=focal,
             exif_f35_mm=exif_f35,
             side=options.side,
             detector=options.detector,
             refine=options.refine,
         )
+    if reduced:
+        result = to_full_image(result, full_w, full_h, full_focal, sx, sy, options.boxes)
+    if not all_finite(result):
+        raise ApiError(
+            422,
+            "non_finite",
+            "the result has numbers out of range (NaN or infinite); check the focal length "
+            "and the boxes",
+        )
+    return result
+
+
+def to_full_image(
+    result: dict[str, Any],
+    width: int,
+    height: int,
+    focal: float,
+    sx: float,
+    sy: float,
+    boxes: list[tuple[float, float, float, float]],
+) -> dict[str, Any]:
+    """A prediction made on a reduced copy of a photo (its pixels sx, sy of the full one's, its
+    focal length focal * sx) -> the same hands in the full width x height photo: boxes and crops
+    scaled back (given boxes as given), K of the full photo, keypoints2d the projection of
+    joints3d_cam with it (3D is the same: the reduced camera sees the same rays), fit residuals
+    in full pixels."""
+    K = intrinsics(width, height, focal)
+    result["image"] = {"width": width, "height": height}
+    for i, hand in enumerate(result["hands"]):
+        if boxes:
+            hand["box_xyxy"] = [round(float(v), 2) for v in boxes[i]]
+        else:
+            hand["box_xyxy"] = _scaled_box(hand["box_xyxy"], sx, sy)
+        if hand.get("crop_xyxy"):
+            hand["crop_xyxy"] = _scaled_box(hand["crop_xyxy"], sx, sy)
+        hand["camera"] = {"K": K.tolist()}
+        joints = np.asarray(hand["joints3d_cam"], dtype=np.float64)
+        hand["keypoints2d"] = project_points(joints, K).tolist()
+        fit = hand.get("fit")
+        if isinstance(fit, dict):
+            for key in [k for k in fit if k.startswith("rms_px")]:
+                fit[key] = round(float(fit[key]) / sx, 2)
+    return result
 
 
 def encode_upright_png(data: bytes, max_pixels: float) -> bytes:
@@ -127,6 +217,7 @@ class ServerState:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hamr-infer")
         self.rig_cache: dict[str, bytes] = {}
         self.jobs: JobManager | None = None  # created by the lifespan
+        self.pending = 0  # calls in or waiting for the inference worker
 
     @property
     def job_manager(self) -> JobManager:
@@ -168,9 +259,21 @@ class ServerState:
         )
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking work in the single inference worker."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+        """Run blocking work in the single inference worker; 503 `busy` (Retry-After) when
+        MAX_PENDING_INFERENCE calls are in it or waiting for it already."""
+        if self.pending >= MAX_PENDING_INFERENCE:
+            raise ApiError(
+                503,
+                "busy",
+                f"{self.pending} requests are waiting for the model; retry shortly",
+                {"Retry-After": "2"},
+            )
+        self.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+        finally:
+            self.pending -= 1
 
     def rig_json(self, side: str) -> bytes:
         if side not in self.rig_cache:
@@ -189,28 +292,51 @@ def create_app(
     mano_dir: str | os.PathLike | None = None,
     detector: str = "auto",
     refine: str = "auto",
+    allow_paths: Iterable[str | os.PathLike] = (),
+    allow_origins: Iterable[str] = (),
+    allow_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """The FastAPI app. checkpoint: None for $HAMR_CHECKPOINT or the shipped one; token: require
     it as a bearer token on every endpoint but health; max_upload_mb: largest request body;
     max_pixels: largest image or video frame (width x height); detector: what finds hands when a
     request gives no box (`backend.detect.DETECTORS`), unless the request's own field says;
     refine: "auto" fits predicted hands (photos and video tracks) to MediaPipe's landmarks where
-    it finds them, or "off"; a request's own refine field overrides it."""
+    it finds them, or "off"; a request's own refine field overrides it. allow_paths: folders
+    whose files a job may name by `path` (none: uploads only); allow_origins: web origins
+    (scheme://host[:port]) whose pages may call the API (none by default); allow_hosts: host
+    names, besides localhost and IP addresses, that requests may be addressed to."""
     state = ServerState(checkpoint, device, mano_dir, detector, refine)
+    paths = PathPolicy(allow_paths)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        upload_root = Path(tempfile.mkdtemp(prefix="uploads-", dir=cache_dir()))
-        state.jobs = JobManager(state.ready, state.model_lock, upload_root)
+        root = cache_dir()
+        for folder in sweep_stale(root):
+            log.info("removed %s, left behind by a server that is gone", folder)
+        upload_root = upload_root_for(root)
+        records = JobRecords(root / "jobs")
+        state.jobs = JobManager(state.ready, state.model_lock, upload_root, records)
         state.jobs.start()
         threading.Thread(target=state.load, name="hamr-load", daemon=True).start()
         yield
         state.jobs.stop()
         state.executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="HAMR backend", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="HAMR backend",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,  # the pages load scripts from the web; the description is /openapi.json
+        redoc_url=None,
+    )
     app.state.hamr = state
-    app.add_middleware(Guard, token=token, max_body_bytes=int(max_upload_mb * 1024 * 1024))
+    app.add_middleware(
+        Guard,
+        token=token,
+        max_body_bytes=int(max_upload_mb * 1024 * 1024),
+        allow_origins=allow_origins,
+        allow_hosts=allow_hosts,
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -231,12 +357,27 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "bad_option", str(exc.errors()))
+        problems = "; ".join(
+            f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()
+        )
+        return error_response(422, "bad_option", problems or "invalid request")
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        return error_response(500, "internal", repr(exc))
+        request_id = uuid.uuid4().hex[:12]
+        log.error(
+            "request %s: unhandled error on %s %s",
+            request_id,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
+        return error_response(
+            500,
+            "internal",
+            f"the server failed on this request (request id {request_id}; its log has the details)",
+        )
 
     @app.get(HEALTH_PATH)
     async def health() -> JSONResponse:
@@ -259,7 +400,7 @@ def create_app(
             }
         )
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", openapi_extra=openapi.MODEL)
     async def model(side: str = "right") -> Response:
         if side not in ("right", "left"):
             raise OptionError(f"side must be right or left, got {side!r}")
@@ -267,7 +408,7 @@ def create_app(
         body = await state.run(state.rig_json, side)
         return Response(body, media_type="application/json")
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", openapi_extra=openapi.PREDICT)
     async def predict(request: Request) -> JSONResponse:
         predictor = state.ready()
         async with form_fields(request, PREDICT_FIELDS) as fields:
@@ -278,12 +419,17 @@ def create_app(
                     400, "missing_image", "send one image file in the multipart field 'image'"
                 )
             data = await uploads[0].read()
-        result = await state.run(
-            predict_image, predictor, state.model_lock, data, options, max_pixels
-        )
+        cancelled = threading.Event()
+        watcher = asyncio.create_task(watch_disconnect(request, cancelled))
+        try:
+            result = await state.run(
+                predict_image, predictor, state.model_lock, data, options, max_pixels, cancelled
+            )
+        finally:
+            watcher.cancel()
         return JSONResponse(result)
 
-    @app.post("/v1/image")
+    @app.post("/v1/image", openapi_extra=openapi.IMAGE)
     async def upright_image(request: Request) -> Response:
         """The uploaded photo as the backend reads it for /v1/predict (decoded, turned upright
         by its EXIF orientation, RGB) as a PNG: for a client that cannot decode the photo
@@ -298,36 +444,64 @@ def create_app(
         body = await state.run(encode_upright_png, data, max_pixels)
         return Response(body, media_type="image/png")
 
-    @app.post("/v1/jobs")
+    @app.post("/v1/jobs", status_code=202, openapi_extra=openapi.JOBS)
     async def create_job(request: Request) -> JSONResponse:
         state.ready()
         if request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                fields = json_fields(await request.json())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from exc
+            fields = json_fields(await read_json(request))
             unknown = sorted(set(fields) - JOB_FIELDS)
             if unknown:
                 raise ApiError(422, "unknown_field", f"unknown field(s) {unknown}")
-            job = await submit_job(state.job_manager, fields, max_pixels)
+            job = await submit_job(state.job_manager, fields, max_pixels, paths)
         else:
             async with form_fields(request, JOB_FIELDS) as fields:
-                job = await submit_job(state.job_manager, fields, max_pixels)
+                job = await submit_job(state.job_manager, fields, max_pixels, paths)
         return JSONResponse({"id": job.id}, status_code=202)
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", openapi_extra=openapi.JOB_ID)
     async def job_status(job_id: str) -> JSONResponse:
         return JSONResponse(state.job_manager.get(job_id).status())
 
-    @app.get("/v1/jobs/{job_id}/result")
+    @app.get("/v1/jobs/{job_id}/result", openapi_extra=openapi.JOB_RESULT)
     async def job_result(job_id: str) -> JSONResponse:
         job = state.job_manager.get(job_id)
         if job.state != "done" or job.result is None:
             raise ApiError(409, "not_done", f"job {job_id} is {job.state}, not done")
         return JSONResponse(job.result)
 
-    @app.delete("/v1/jobs/{job_id}")
+    @app.delete("/v1/jobs/{job_id}", openapi_extra=openapi.JOB_ID)
     async def cancel_job(job_id: str) -> JSONResponse:
         return JSONResponse(state.job_manager.cancel(job_id))
 
     return app
+
+
+def _scaled_box(box: list[float], sx: float, sy: float) -> list[float]:
+    """A box in a reduced photo's pixels -> the full photo's (rounded as the pipeline rounds)."""
+    x0, y0, x1, y1 = box
+    return [round(x0 / sx, 2), round(y0 / sy, 2), round(x1 / sx, 2), round(y1 / sy, 2)]
+
+
+async def read_json(request: Request) -> Any:
+    """A request's JSON body (at most MAX_JSON_BYTES); 400 `bad_json` for anything that is not
+    JSON, nested too deep included."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise ApiError(413, "too_large", f"a JSON body is at most {MAX_JSON_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "bad_json", "the body is not valid JSON: nested too deep") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, too many digits
+        raise ApiError(400, "bad_json", f"the body is not valid JSON: {exc}") from None
+
+
+async def watch_disconnect(request: Request, cancelled: threading.Event) -> None:
+    """Set `cancelled` when the client of a request (its body already read) goes away."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancelled.set()
+            return

@@ -8,6 +8,8 @@ Imports Starlette, PIL and the backend's options and media.
 from __future__ import annotations
 
 import io
+import json
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,10 +23,12 @@ from starlette.requests import ClientDisconnect, Request
 
 from backend.detect import mediapipe_hands
 from backend.errors import InputError, OptionError
-from backend.media.image import load_image, require_heif_reader
+from backend.media.image import load_image_within, require_heif_reader
 from backend.options import check_detector, check_refine, check_side, parse_boxes, parse_focal
 
 from .guard import ApiError
+
+log = logging.getLogger("hamr.server")
 
 PREDICT_FIELDS = frozenset({"image", "side", "box", "focal", "detector", "refine"})
 JOB_FIELDS = frozenset({"video", "path", "side", "box", "focal", "smoothing", "detector", "refine"})
@@ -83,19 +87,42 @@ def single_field(fields: Mapping[str, list[Any]], name: str) -> str | None:
 
 
 def json_fields(body: Any) -> dict[str, list[Any]]:
-    """A JSON job request -> the {name: [values]} shape of a form; boxes as 'x0,y0,x1,y1' text."""
+    """A JSON job request -> the {name: [values]} shape of a form: each field one string, number
+    or boolean (as text); box as 'x0,y0,x1,y1' text, a list of four numbers, or a list of
+    either. Anything else (objects, nested lists) is a 422 before it is looked at further."""
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "the JSON body must be an object")
-    fields = {}
+    fields: dict[str, list[Any]] = {}
     for name, value in body.items():
         if name == "box":
             items = value if isinstance(value, list) else [value]
-            if items and all(isinstance(v, int | float) for v in items):
+            if items and all(_is_number(v) for v in items):
                 items = [items]  # one box as a flat list of four numbers
-            fields[name] = [",".join(map(str, v)) if isinstance(v, list) else v for v in items]
+            texts = []
+            for item in items:
+                if isinstance(item, str):
+                    texts.append(item)
+                elif isinstance(item, list) and all(_is_number(v) for v in item):
+                    texts.append(",".join(map(str, item)))
+                else:
+                    raise OptionError(
+                        "box must be 'x0,y0,x1,y1' text or a list of four numbers, or a list "
+                        "of those"
+                    )
+            fields[name] = texts
+        elif isinstance(value, (str, int, float)) or value is None:
+            fields[name] = [value if isinstance(value, str) else json.dumps(value)]
         else:
-            fields[name] = [value]
+            raise OptionError(f"{name} must be a string or a number, not a JSON {_kind(value)}")
     return fields
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    return "object" if isinstance(value, dict) else "array"
 
 
 @dataclass(frozen=True)
@@ -139,12 +166,31 @@ def check_detector_option(detector: str | None) -> str | None:
     return detector
 
 
+# photos with more pixels are predicted on a copy decoded at a reduced size (an integer factor;
+# JPEGs by DCT scaling) and the results mapped back (app.predict_image): the decoded pixels and
+# the network's crops then cost at most a 16 Mpx photo's memory (12 Mpx phone photos are read
+# whole)
+PREDICT_MAX_PIXELS = 16e6
+
+
 def decode_image(data: bytes, max_pixels: float) -> tuple[Any, float | None]:
     """Image bytes -> ((H, W, 3) uint8 RGB, EXIF 35 mm focal or None); raises ApiError 400/413.
     The pixel count is checked from the header, before anything is decoded."""
+    image, exif_f35, _ = decode_photo(data, max_pixels, None)
+    return image, exif_f35
+
+
+def decode_photo(
+    data: bytes, max_pixels: float, pixel_budget: float | None
+) -> tuple[Any, float | None, tuple[int, int]]:
+    """`decode_image` at a reduced size above `pixel_budget` pixels (None: never), and the full
+    upright image's (width, height) (`backend.media.image.load_image_within`)."""
     if not data:
         raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
-    require_heif_reader(data[:12])
+    try:
+        require_heif_reader(data[:12])
+    except InputError as exc:
+        raise ApiError(400, "bad_image", str(exc)) from exc
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
@@ -152,6 +198,9 @@ def decode_image(data: bytes, max_pixels: float) -> tuple[Any, float | None]:
         raise ApiError(413, "too_many_pixels", f"image too large: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ApiError(400, "bad_image", f"cannot read the image: {exc}") from exc
+    except Exception as exc:  # a decoder's own failure on hostile bytes is still a bad image
+        log.info("image header: %r", exc)
+        raise ApiError(400, "bad_image", "cannot read the image") from exc
     if width * height > max_pixels:
         raise ApiError(
             413,
@@ -159,6 +208,11 @@ def decode_image(data: bytes, max_pixels: float) -> tuple[Any, float | None]:
             f"image too large ({width}x{height} pixels); the limit is {max_pixels:.0f} pixels",
         )
     try:
-        return load_image(data)
+        return load_image_within(data, pixel_budget)
     except InputError as exc:
         raise ApiError(400, "bad_image", str(exc)) from exc
+    except MemoryError as exc:
+        raise ApiError(413, "too_many_pixels", "the image is too large to decode") from exc
+    except Exception as exc:
+        log.info("image decode: %r", exc)
+        raise ApiError(400, "bad_image", "cannot read the image") from exc

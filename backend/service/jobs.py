@@ -1,12 +1,23 @@
 """Video jobs: a queue run one job at a time in its own thread, each job's state and progress,
 its upload in its own folder under the cache, removed when the job ends.
 
+A job's clip is an upload or a `path` on the server's machine, only under the folders the server
+was started with (`--allow-path`, `PathPolicy`); any path there that is not a readable clip gets
+one answer, so the service tells no one which files exist.
+
+Jobs outlive a killed server as records: each queued or running job has a small JSON file in the
+cache's `jobs/` folder, removed when it ends. A server that starts finds the records of servers
+that are gone (by their process id) and reports those jobs as failed (`server_stopped`), and it
+removes the upload folders such servers left behind (`sweep_stale`).
+
 Imports Starlette and the backend's video pipeline and options.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import queue
 import re
@@ -14,7 +25,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +44,9 @@ from .guard import ApiError
 
 log = logging.getLogger("hamr.server")
 
-MAX_ACTIVE_JOBS = 16  # queued + running; more is 429
+MAX_ACTIVE_JOBS = 16  # queued + running; more is 429 with Retry-After
+RETRY_AFTER_S = 5  # what a refused job's Retry-After says
+MAX_PATH_CHARS = 4096  # a job's path, as text
 # the share of a refined job's time that its track fit takes: 0.71-0.74 on two-hand pan clips of
 # 16 and 64 frames, 0.71-0.73 on one-hand ones (OneHand10K 33.jpg; both the frames and the fit
 # scale with the hands) (/v1/jobs progress runs over the frames to 1 - FIT_SHARE, then the fit)
@@ -89,17 +102,40 @@ class JobManager:
     """Queues video jobs and runs them one at a time in its own thread."""
 
     def __init__(
-        self, get_predictor: Callable[[], Predictor], model_lock: threading.Lock, upload_root: Path
+        self,
+        get_predictor: Callable[[], Predictor],
+        model_lock: threading.Lock,
+        upload_root: Path,
+        records: JobRecords | None = None,
     ) -> None:
         self.get_predictor = get_predictor
         self.model_lock = model_lock
         self.upload_root = upload_root
+        self.records = records or JobRecords(None)
         self.lock = threading.Lock()
         self.jobs: dict[str, Job] = {}
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="hamr-jobs", daemon=True)
 
     def start(self) -> None:
+        """Report the jobs of servers that died as failed, then start the job thread."""
+        now = time.time()
+        with self.lock:
+            for job_id, state in self.records.orphans():
+                message = (
+                    f"the server stopped while the job was {state} (it was killed or crashed); "
+                    "submit it again"
+                )
+                self.jobs[job_id] = Job(
+                    job_id,
+                    Path(),
+                    VideoOptions(),
+                    None,
+                    state="failed",
+                    error={"code": "server_stopped", "message": message},
+                    finished_at=now,
+                )
+            self._forget_old()
         self.thread.start()
 
     def stop(self) -> None:
@@ -109,6 +145,9 @@ class JobManager:
         self.queue.put(None)
         self.thread.join(timeout=10)
         shutil.rmtree(self.upload_root, ignore_errors=True)
+        with self.lock:  # a clean stop: its unfinished jobs were cancelled, not lost
+            for job in self.jobs.values():
+                self.records.remove(job.id)
 
     def submit(
         self,
@@ -121,10 +160,16 @@ class JobManager:
         with self.lock:
             active = sum(j.state in ("queued", "running") for j in self.jobs.values())
             if active >= MAX_ACTIVE_JOBS:
-                raise ApiError(429, "too_many_jobs", f"{active} jobs are waiting; try later")
+                raise ApiError(
+                    429,
+                    "too_many_jobs",
+                    f"{active} jobs are waiting; try later",
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
             job = Job(job_id, path, options, upload_dir, frames_total=frames_total)
             self.jobs[job_id] = job
             self._forget_old()
+        self.records.write(job_id)
         self.queue.put(job)
         return job
 
@@ -146,6 +191,7 @@ class JobManager:
                 job.state, job.finished_at = "cancelled", time.time()
                 if was_queued:  # never started: nothing holds its file
                     self._remove_upload(job)
+                    self.records.remove(job.id)
             else:
                 self.jobs.pop(job_id, None)
             return job.status()
@@ -169,6 +215,7 @@ class JobManager:
                 if job.state != "queued":
                     continue
                 job.state = "running"
+            self.records.write(job.id, "running")
 
             def progress(done: int, total: int, job: Job = job) -> None:
                 job.frames_done, job.frames_total = done, total
@@ -195,15 +242,25 @@ class JobManager:
                 state, error = "failed", {"code": "bad_video", "message": str(exc)}
             except OptionError as exc:
                 state, error = "failed", {"code": "bad_option", "message": str(exc)}
-            except Exception as exc:  # keep the job thread alive whatever the clip does
+            except Exception:  # keep the job thread alive whatever the clip does
                 log.exception("video job %s failed", job.id)
-                state, error = "failed", {"code": "internal", "message": repr(exc)}
+                message = f"the job failed inside the server (see its log, job {job.id})"
+                state, error = "failed", {"code": "internal", "message": message}
             finally:
                 self._remove_upload(job)
+            if result is not None and not all_finite(result):
+                log.error("video job %s: its result has NaN or infinite numbers", job.id)
+                state, result = "failed", None
+                error = {
+                    "code": "non_finite",
+                    "message": "the result has numbers out of range (NaN or infinite); "
+                    "check the job's focal length and boxes",
+                }
             with self.lock:
                 if job.state == "running":  # a DELETE may have marked it cancelled already
                     job.state, job.result, job.error = state, result, error
                     job.finished_at = time.time()
+            self.records.remove(job.id)
 
 
 def cache_dir() -> Path:
@@ -213,7 +270,146 @@ def cache_dir() -> Path:
     return root
 
 
-async def submit_job(jobs: JobManager, fields: Mapping[str, list[Any]], max_pixels: float) -> Job:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a recycled id counts: its folder waits a start)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def upload_root_for(root: Path) -> Path:
+    """A new upload folder for this server: uploads-<pid>-<random>, so a later server knows
+    whose it is."""
+    path = root / f"uploads-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    return path
+
+
+def sweep_stale(root: Path) -> list[Path]:
+    """Remove the upload folders of servers that are gone (killed mid-job: nothing else removes
+    them), and those of an older naming without a process id. Returns what was removed."""
+    removed = []
+    for folder in root.glob("uploads-*"):
+        parts = folder.name.split("-")
+        pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
+        if pid != os.getpid() and not process_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+class JobRecords:
+    """One small JSON file per unfinished job, {"id", "pid", "state"}, in a folder of the cache
+    (None: kept nowhere). `orphans` takes those of servers that are gone."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, job_id: str, state: str = "queued") -> None:
+        if self.folder is None:
+            return
+        record = {"id": job_id, "pid": os.getpid(), "state": state}
+        tmp = self.folder / f".{job_id}.tmp"
+        try:
+            tmp.write_text(json.dumps(record))
+            tmp.replace(self.folder / f"{job_id}.json")
+        except OSError:
+            log.warning("cannot write the record of job %s", job_id, exc_info=True)
+
+    def remove(self, job_id: str) -> None:
+        if self.folder is not None:
+            (self.folder / f"{job_id}.json").unlink(missing_ok=True)
+
+    def orphans(self) -> list[tuple[str, str]]:
+        """(id, state) of the jobs whose server is gone; their records are removed."""
+        if self.folder is None:
+            return []
+        found = []
+        for path in self.folder.glob("*.json"):
+            try:
+                record = json.loads(path.read_text())
+                job_id, pid, state = str(record["id"]), int(record["pid"]), str(record["state"])
+            except (OSError, ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)
+                continue
+            if pid == os.getpid() or process_alive(pid):
+                continue  # another live server's job
+            found.append((job_id, state))
+            path.unlink(missing_ok=True)
+        return found
+
+
+def all_finite(value: Any) -> bool:
+    """Whether every float in a JSON-like value is finite (JSON has no NaN or infinity)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return True
+
+
+class PathPolicy:
+    """Which local files a job may name by `path`: those under the folders the server was started
+    with (`--allow-path`, symbolic links resolved first, so a link cannot lead out). Nothing is
+    allowed without such folders: clients then upload the clip."""
+
+    def __init__(self, folders: Iterable[str | os.PathLike]) -> None:
+        self.folders = [Path(os.path.realpath(os.path.expanduser(f))) for f in folders]
+
+    def resolve(self, text: str) -> Path:
+        """The file a job's `path` names. 403 `path_not_allowed` for a path outside the allowed
+        folders (decided from the text alone: the answer is the same whether it exists); 400
+        `bad_video`, one message, for anything there that is not a readable regular file."""
+        if not self.folders:
+            raise ApiError(
+                403,
+                "path_not_allowed",
+                "this server reads no local paths (start it with --allow-path DIR); upload the "
+                "video instead",
+            )
+        path = None
+        if len(text) <= MAX_PATH_CHARS and "\0" not in text and os.path.isabs(text):
+            try:
+                path = Path(os.path.realpath(text))
+            except (OSError, ValueError):
+                path = None
+        if path is None or not any(path.is_relative_to(f) for f in self.folders):
+            raise ApiError(
+                403,
+                "path_not_allowed",
+                "path must be an absolute path under a folder this server was started with "
+                "(--allow-path); upload the video instead",
+            )
+        try:
+            readable = path.is_file() and os.access(path, os.R_OK)
+        except (OSError, ValueError):
+            readable = False
+        if not readable:
+            raise cannot_read_video()
+        return path
+
+
+def cannot_read_video() -> ApiError:
+    return ApiError(400, "bad_video", "cannot read this video")
+
+
+async def submit_job(
+    jobs: JobManager, fields: Mapping[str, list[Any]], max_pixels: float, paths: PathPolicy
+) -> Job:
     """Validate a job request's fields, take its clip (an upload is copied into the job's own
     folder), probe it and queue the job."""
     hand = parse_hand_options(fields)
@@ -228,11 +424,16 @@ async def submit_job(jobs: JobManager, fields: Mapping[str, list[Any]], max_pixe
     job_id = uuid.uuid4().hex
     upload_dir = jobs.upload_root / job_id  # created only for an uploaded clip
     try:
-        path = await _job_video(fields, upload_dir)
+        path, by_path = await _job_video(fields, upload_dir, paths)
         try:
             info = await run_in_threadpool(probe_video, path)
-        except InputError as exc:
-            raise ApiError(400, "bad_video", str(exc)) from exc
+        except Exception as exc:  # InputError, or OpenCV's own failure on a hostile file
+            if by_path:  # one answer for every unreadable local file
+                raise cannot_read_video() from exc
+            if isinstance(exc, InputError):
+                raise ApiError(400, "bad_video", str(exc)) from exc
+            log.info("probing an uploaded video: %r", exc)
+            raise ApiError(400, "bad_video", "cannot decode the video") from exc
         if info.width * info.height > max_pixels:
             raise ApiError(
                 413,
@@ -249,18 +450,17 @@ async def submit_job(jobs: JobManager, fields: Mapping[str, list[Any]], max_pixe
         raise
 
 
-async def _job_video(fields: Mapping[str, list[Any]], upload_dir: Path) -> Path:
-    """The clip of a job request: `path`, or the uploaded `video` copied into `upload_dir`
-    (created here)."""
+async def _job_video(
+    fields: Mapping[str, list[Any]], upload_dir: Path, paths: PathPolicy
+) -> tuple[Path, bool]:
+    """(the clip of a job request, whether it came by path): `path` (`PathPolicy`), or the
+    uploaded `video` copied into `upload_dir` (created here)."""
     uploads = fields.get("video", [])
     path = single_field({"path": [str(v) for v in fields.get("path", [])]}, "path")
     if uploads and path:
         raise OptionError("give either a video upload or a path, not both")
     if path:
-        resolved = Path(path).expanduser()
-        if not resolved.is_file():
-            raise ApiError(400, "video_not_found", f"no such video file: {path}")
-        return resolved
+        return await run_in_threadpool(paths.resolve, path), True
     if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):
         raise ApiError(400, "missing_video", "send one video file in the field 'video' or a path")
     upload = uploads[0]
@@ -268,7 +468,7 @@ async def _job_video(fields: Mapping[str, list[Any]], upload_dir: Path) -> Path:
     target = upload_dir / ("video" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""))
     upload_dir.mkdir(parents=True)
     await run_in_threadpool(_copy_upload, upload, target)
-    return target
+    return target, False
 
 
 def _copy_upload(upload: UploadFile, target: Path) -> None:
