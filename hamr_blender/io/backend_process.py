@@ -10,6 +10,10 @@ folder) that has HAMR installed, run as ``PYTHON -m backend.cli serve``, or a co
 (default ``hamr serve``). ``--host`` and ``--port`` are taken from the backend URL unless the
 command gives them. Only loopback URLs can be started: a backend elsewhere is not ours to run.
 
+A local backend reads a video job's clip by its path only under the folders it was started with
+(``--allow-path``): `start` passes the user's home folder (where Blender's file browser picks
+clips; `default_allow_paths`), and the client uploads a clip from anywhere else.
+
 Standard library only (no bpy), so it is tested under plain pytest and reused headless.
 """
 
@@ -55,9 +59,11 @@ def build_command(
     python: str = "",
     checkpoint: str = "",
     extra: Sequence[str] = (),
+    allow_paths: Sequence[str] = (),
 ) -> list[str]:
     """The argv that serves HAMR at `url` (loopback only). python, when set, wins over command;
-    `extra` arguments are appended (e.g. ``--device cuda``)."""
+    `allow_paths`: folders whose clips the backend may read by path (``--allow-path``, unless
+    the command gives its own); `extra` arguments are appended (e.g. ``--device cuda``)."""
     url = normalize_url(url)
     if not is_loopback(url):
         raise BackendStartError(
@@ -81,7 +87,17 @@ def build_command(
         argv += ["--port", str(port)]
     if checkpoint and "--checkpoint" not in argv:
         argv += ["--checkpoint", checkpoint]
+    if "--allow-path" not in argv:
+        for folder in allow_paths:
+            argv += ["--allow-path", folder]
     return argv + list(extra)
+
+
+def default_allow_paths() -> list[str]:
+    """The folders a backend started from Blender reads clips from by path: the user's home
+    (when it is a folder). Clips elsewhere are uploaded (`HamrClient.submit_video`)."""
+    home = os.path.expanduser("~")
+    return [home] if os.path.isdir(home) and home not in ("/", "~") else []
 
 
 def log_tail(path: Path | None, lines: int = 8) -> str:
@@ -118,13 +134,17 @@ class BackendProcess:
         checkpoint: str = "",
         env: dict[str, str] | None = None,
         extra: Sequence[str] = (),
+        allow_paths: Sequence[str] | None = None,
     ) -> list[str]:
-        """Launch the backend (returns at once; see `poll` / `wait_ready`). Returns the argv."""
+        """Launch the backend (returns at once; see `poll` / `wait_ready`). Returns the argv.
+        allow_paths: folders it may read clips from by path (None: `default_allow_paths`)."""
         if self.running:
             raise BackendStartError(
                 f"a backend started from here is already running (pid {self.process.pid})"
             )
-        argv = build_command(url, command, python, checkpoint, extra)
+        if allow_paths is None:
+            allow_paths = default_allow_paths()
+        argv = build_command(url, command, python, checkpoint, extra, allow_paths)
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / LOG_NAME

@@ -355,7 +355,9 @@ class HamrClient:
         refine: bool | None = None,
     ) -> str:
         """POST /v1/jobs -> the job id. `upload` streams the file; otherwise only its path is
-        sent (the backend must then run on this machine and read the file itself). smoothing:
+        sent (the backend must then run on this machine and read the file itself), and the file
+        is uploaded after all when the backend reads no paths there (403 `path_not_allowed`: it
+        reads only folders it was started with, `--allow-path`). smoothing:
         the backend's temporal smoothing strength in [0, 1] (None: its default); refine: fit
         each track to MediaPipe's landmarks (None: the backend's own setting)."""
         path = os.fspath(video_path)
@@ -370,13 +372,21 @@ class HamrClient:
             fields["detector"] = detector
         if refine is not None:
             fields["refine"] = "auto" if refine else "off"
-        if upload:
-            body = _Multipart(fields, {"video": (os.path.basename(path), path)})
-        else:
+        doc = None
+        if not upload:
             body = _Multipart({**fields, "path": os.path.abspath(path)}, {})
-        doc = self.request(
-            "POST", "/v1/jobs", body=body, content_type=body.content_type, timeout=timeout
-        )
+            try:
+                doc = self.request(
+                    "POST", "/v1/jobs", body=body, content_type=body.content_type, timeout=timeout
+                )
+            except BackendError as e:
+                if e.code != "path_not_allowed":
+                    raise
+        if doc is None:
+            body = _Multipart(fields, {"video": (os.path.basename(path), path)})
+            doc = self.request(
+                "POST", "/v1/jobs", body=body, content_type=body.content_type, timeout=timeout
+            )
         job_id = doc.get("id")
         if not isinstance(job_id, str) or not job_id:
             raise BackendError("The backend did not return a job id", code="bad_response")
