@@ -54,8 +54,10 @@ class Hand:
     keypoints2d: list[list[float]]  # (21, 2) joints3d_cam projected with K, image pixels
     fit: dict[str, Any] | None = None  # which signals made the hand and their residuals
     track: int | None = None  # video only: the hand's track id, stable across frames
-    # working data, never in the JSON: MediaPipe's (21, 2) landmarks for this hand, if any
+    # working data, never in the JSON: MediaPipe's (21, 2) landmarks for this hand, if any, and
+    # its (21, 3) world landmarks (metres)
     landmarks: np.ndarray | None = field(default=None, repr=False, compare=False)
+    world: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -79,7 +81,7 @@ class Hand:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Hand:
         """A hand dict of `hamr.prediction/1` or `hamr.video/1` -> Hand."""
-        names = [f for f in cls.__dataclass_fields__ if f != "landmarks"]
+        names = [f for f in cls.__dataclass_fields__ if f not in ("landmarks", "world")]
         return cls(**{name: data.get(name) for name in names})
 
 

@@ -1,4 +1,4 @@
-"""Measure the fit to MediaPipe's landmarks (backend.fuse.landmark_fit):
+"""Measure the fusion with MediaPipe's landmarks (backend.fuse.fusion):
 `python -m tools.eval_refine`.
 
 Two references, both independent of MediaPipe:
@@ -43,12 +43,12 @@ def _px(uv, truth) -> float:
     return float(np.linalg.norm(np.asarray(uv) - truth, axis=1).mean())
 
 
-def _two(predictor: Predictor, image, request: HandRequest, landmarks):
-    """(the network's hand, the refined hand, seconds the fit took)."""
+def _two(predictor: Predictor, image, request: HandRequest, found: dict):
+    """(the network's hand, the hand fused with MediaPipe's hand `found`, seconds it took)."""
     net = predictor.predict(image, [request], refine=False)["hands"][0]
     hand = Hand.from_json(json.loads(json.dumps(net)))
     t0 = time.perf_counter()
-    predictor.refine_hand(hand, landmarks)
+    predictor.refine_hand(hand, found["keypoints2d"], found["keypoints3d_world"])
     return net, hand.to_json(), time.perf_counter() - t0
 
 
@@ -65,7 +65,7 @@ def synthetic(predictor: Predictor, count: int) -> dict:
                 continue
             side = "left" if int(batch["side"][i]) == 1 else "right"
             request = HandRequest(found[0]["box_xyxy"], side)
-            net, refined, seconds = _two(predictor, image, request, found[0]["keypoints2d"])
+            net, refined, seconds = _two(predictor, image, request, found[0])
             gt3, gt2 = batch["keypoints3d"][i].numpy(), batch["keypoints2d"][i].numpy()
             rows.append(
                 {
@@ -104,7 +104,7 @@ def samples(predictor: Predictor) -> dict:
             if best is None or iou(best["box_xyxy"], truth) <= 0.5:
                 continue
             request = HandRequest(best["box_xyxy"], best["side"])
-            net, refined, _ = _two(predictor, image, request, best["keypoints2d"])
+            net, refined, _ = _two(predictor, image, request, best)
             size = float(max(hi - lo))
             row = {"set": name}
             for key, uv in (

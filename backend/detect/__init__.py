@@ -34,15 +34,18 @@ def detect_hands(
     side: str = "auto",
     max_hands: int = 4,
     detector: str | None = None,
+    views: bool = True,
 ) -> tuple[list, str]:
     """(HandRequests for the hands found, best first; the detector that found them).
 
     detector: one of DETECTORS; None means the network's own setting (`Predictor.detector`).
-    side: "auto" takes each hand's side from the detector; "right" / "left" forces it.
+    side: "auto" takes each hand's side from the detector; "right" / "left" forces it. views:
+    let MediaPipe look again at tiles and closer views (`mediapipe_hands.detect`; a photo's
+    default), or the whole image only (video frames).
     Raises InputError for an unknown detector, or "mediapipe" when it is not installed."""
     asked = check_detector(detector or getattr(network, "detector", "auto"))
     if resolve_detector(network, asked) == "mediapipe":
-        found = mediapipe_hands.detect(image, max_hands)
+        found = mediapipe_hands.detect(image, max_hands, tiles=views, closer=views)
         if found or asked == "mediapipe":
             hands = [
                 HandRequest(
@@ -50,6 +53,7 @@ def detect_hands(
                     d["side"] if side == "auto" else side,
                     d["score"],
                     landmarks=d["keypoints2d"],
+                    world=d["keypoints3d_world"],
                 )
                 for d in found
             ]
@@ -71,19 +75,20 @@ def resolve_detector(network, detector: str | None = None) -> str:
 
 
 def with_mediapipe(
-    image: np.ndarray, hands: list[HandRequest], found: list[dict] | None = None
+    image: np.ndarray, hands: list[HandRequest], found: list[dict] | None = None, views=True
 ) -> list[HandRequest]:
     """The requests, each given MediaPipe's landmarks (and, where its side is "auto", MediaPipe's
     handedness) from the MediaPipe hand that best overlaps its box (IoU > LANDMARK_MATCH_IOU).
     MediaPipe runs once on the whole image, and only for requests without landmarks, unless its
     hands in this image are given as `found` (`mediapipe_hands.detect`'s list); a request it
-    does not match is returned as it is (so are all, when MediaPipe is not installed)."""
+    does not match is returned as it is (so are all, when MediaPipe is not installed). views: as
+    `detect_hands`'."""
     if all(h.landmarks is not None for h in hands):
         return list(hands)
     if found is None:
         if not mediapipe_hands.available():
             return list(hands)
-        found = mediapipe_hands.detect(image, max(2, len(hands)))
+        found = mediapipe_hands.detect(image, max(2, len(hands)), tiles=views, closer=views)
     used: set[int] = set()
     out = []
     for req in hands:
@@ -93,6 +98,8 @@ def with_mediapipe(
             used.add(best[1])
             det = found[best[1]]
             side = det["side"] if req.side == "auto" else req.side
-            req = HandRequest(req.box_xyxy, side, req.score, det["keypoints2d"])
+            req = HandRequest(
+                req.box_xyxy, side, req.score, det["keypoints2d"], det["keypoints3d_world"]
+            )
         out.append(req)
     return out

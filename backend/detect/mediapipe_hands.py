@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import sys
 import threading
@@ -27,6 +28,13 @@ import threading
 import numpy as np
 
 MIN_CONFIDENCE = 0.5  # palm detection and landmark presence thresholds
+# longer side MediaPipe sees: larger photos are shrunk (area-averaged) first. MediaPipe resamples
+# the whole photo to its palm detector's 192 px input without averaging, so on a phone-sized
+# photo (a 1024-px photo that works, upscaled 3x) the aliased palm is not found at all
+MAX_SIDE = 1280
+TILE = 512  # pixels: the side each tile is looked at (`detect`)
+TILE_MERGE_IOU = 0.3  # a hand found in two tiles is one hand
+CLOSER_GROW = 2.0  # the closer view's side, in the hand box's longer side
 MODEL_COMPLEXITY = 1  # the bundled "full" landmark model
 # a box smaller than this (pixels) is dropped: too small for the network's 256-px crop to help
 MIN_BOX = 8.0
@@ -75,14 +83,103 @@ def _solution(max_hands: int):
     return _solutions[max_hands], False
 
 
-def detect(image: np.ndarray, max_hands: int = 4) -> list[dict]:
-    """(H, W, 3) uint8 RGB -> hands, best first: {"box_xyxy", "side", "score", "keypoints2d"}.
+def detect(
+    image: np.ndarray, max_hands: int = 4, tiles: bool = True, closer: bool = True
+) -> list[dict]:
+    """(H, W, 3) uint8 RGB -> hands, best first: {"box_xyxy", "side", "score", "keypoints2d",
+    "keypoints3d_world"}.
 
     side is "right" or "left" for the photo as it is (not mirrored); keypoints2d are MediaPipe's
     21 landmarks in image pixels, in the same joint order as the project's (wrist, then thumb,
-    index, middle, ring, pinky, each from the base to the tip)."""
+    index, middle, ring, pinky, each from the base to the tip); keypoints3d_world are its world
+    landmarks (21, 3): metres, roughly the camera's axes (x right, y down, z away from the
+    camera), origin near the hand's centre (measured: tests/test_fusion.py).
+
+    MediaPipe looks at the whole photo (shrunk to MAX_SIDE when larger). Its palm detector sees
+    that at 192 px and misses hands it finds in a closer view: a hand found in a 1024-px photo
+    was missed in the same photo at 2, 3, 4 and 6 times the size, and at most sizes between 480
+    and 1280 px. Where the whole photo gives nothing and `tiles` is on, it looks again at square
+    tiles of the photo's shorter side, overlapping by half, each at TILE px; hands found twice
+    are merged (IoU > TILE_MERGE_IOU, the higher score kept). With `closer`, each hand found is
+    looked at once more in a square view CLOSER_GROW times its box, at TILE px: its landmarks
+    then come from a view that the hand's own size sets, not the photo's (the same photo at 1, 3
+    and 6 times the size gives the same landmarks to within 1 % of the hand box), and a small
+    hand in a large photo is seen at the landmark model's working size."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+
+    hands = _detect_view(image, max_hands)
+    if not hands and tiles:
+        hands = _detect_tiles(image, max_hands)
+    if closer:
+        hands = [_closer(image, hand) for hand in hands]
+    return hands
+
+
+def _in_view(image: np.ndarray, view: tuple[float, float, float], max_hands: int) -> list[dict]:
+    """`_detect_view` of the square view (cx, cy, side) of the photo, resampled to TILE px, its
+    hands in the photo's pixels (boxes clipped to the photo)."""
+    from backend.crop import crop_image
+
+    h, w = image.shape[:2]
+    cx, cy, side = view
+    found = []
+    for hand in _detect_view(crop_image(image, view, TILE), max_hands):
+        pts = hand["keypoints2d"] * (side / TILE) + np.array([cx - side / 2, cy - side / 2])
+        lo = np.clip(pts.min(0), 0, [w, h])
+        hi = np.clip(pts.max(0), 0, [w, h])
+        if (hi - lo).min() < MIN_BOX:
+            continue
+        box = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+        found.append({**hand, "box_xyxy": box, "keypoints2d": pts})
+    return found
+
+
+def _closer(image: np.ndarray, hand: dict) -> dict:
+    """The hand as a view around its own box sees it (`detect`'s `closer`); as it is when that
+    view finds no hand over it."""
+    from backend.crop import iou
+
+    x0, y0, x1, y1 = hand["box_xyxy"]
+    view = ((x0 + x1) / 2, (y0 + y1) / 2, CLOSER_GROW * max(x1 - x0, y1 - y0))
+    again = [d for d in _in_view(image, view, 2) if iou(d["box_xyxy"], hand["box_xyxy"]) > 0.5]
+    if not again:
+        return hand
+    best = max(again, key=lambda d: iou(d["box_xyxy"], hand["box_xyxy"]))
+    return {**best, "side": hand["side"], "score": hand["score"]}
+
+
+def _detect_tiles(image: np.ndarray, max_hands: int) -> list[dict]:
+    """`detect`'s tiles: square views of the shorter side, overlapping by half."""
+    from backend.crop import iou
+
+    h, w = image.shape[:2]
+    side = float(min(h, w))
+    count = max(1, math.ceil((max(h, w) - side) / (side / 2)) + 1)
+    found: list[dict] = []
+    for t in np.linspace(side / 2, max(h, w) - side / 2, count):
+        centre = (t, h / 2) if w >= h else (w / 2, t)
+        found += _in_view(image, (*centre, side), max_hands)
+    merged: list[dict] = []
+    for hand in sorted(found, key=lambda d: -d["score"]):
+        if all(iou(hand["box_xyxy"], kept["box_xyxy"]) <= TILE_MERGE_IOU for kept in merged):
+            merged.append(hand)
+    return merged[:max_hands]
+
+
+def _detect_view(image: np.ndarray, max_hands: int) -> list[dict]:
+    """`detect` on one view of the photo: the whole of it, shrunk to MAX_SIDE when larger."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    full_h, full_w = image.shape[:2]
+    ratio = np.ones(2)  # (x, y): MediaPipe's pixels per image pixel
+    if max(full_h, full_w) > MAX_SIDE:
+        import cv2
+
+        f = MAX_SIDE / max(full_h, full_w)
+        size = (max(1, round(full_w * f)), max(1, round(full_h * f)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        ratio = np.array([size[0] / full_w, size[1] / full_h])
     h, w = image.shape[:2]
     # MediaPipe projects its landmarks correctly only for square inputs (it warns otherwise):
     # pad to a square at the bottom / right, which leaves pixel coordinates unchanged
@@ -94,14 +191,22 @@ def detect(image: np.ndarray, max_hands: int = 4) -> list[dict]:
         with _stderr_to_devnull() if first else contextlib.nullcontext():
             result = solution.process(square)
     hands = []
-    for landmarks, handedness in zip(
-        result.multi_hand_landmarks or [], result.multi_handedness or [], strict=True
+    world = result.multi_hand_world_landmarks or [None] * len(result.multi_hand_landmarks or [])
+    for landmarks, handedness, world_landmarks in zip(
+        result.multi_hand_landmarks or [], result.multi_handedness or [], world, strict=True
     ):
-        pts = np.array([[p.x * side, p.y * side] for p in landmarks.landmark], np.float64)
-        lo = np.clip(pts.min(0), 0, [w, h])
-        hi = np.clip(pts.max(0), 0, [w, h])
+        # pixel coordinates of the (shrunk) image, origin at its top-left corner, back in the
+        # photo's pixels: the corner maps to the corner, so dividing by the ratio is exact
+        pts = np.array([[p.x * side, p.y * side] for p in landmarks.landmark], np.float64) / ratio
+        lo = np.clip(pts.min(0), 0, [full_w, full_h])
+        hi = np.clip(pts.max(0), 0, [full_w, full_h])
         if (hi - lo).min() < MIN_BOX:
             continue
+        xyz = (
+            np.array([[p.x, p.y, p.z] for p in world_landmarks.landmark], np.float64)
+            if world_landmarks is not None
+            else np.full((21, 3), np.nan)
+        )
         label = handedness.classification[0]
         hands.append(
             {
@@ -109,6 +214,7 @@ def detect(image: np.ndarray, max_hands: int = 4) -> list[dict]:
                 "side": "right" if label.label == "Left" else "left",  # mirrored labels
                 "score": float(label.score),
                 "keypoints2d": pts,
+                "keypoints3d_world": xyz,
             }
         )
     hands.sort(key=lambda d: -d["score"])

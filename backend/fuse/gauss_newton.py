@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from backend.camera import project_points
 from backend.hand_model.constants import MANO_PARENTS, NUM_BETAS, NUM_JOINTS
 from backend.hand_model.model import HandModel
 from backend.network.rotation import axis_angle_to_matrix
@@ -116,9 +117,11 @@ def _keypoints(layer: KeypointLayer, x: Tensor) -> Tensor:
 
 
 def _project(K: Tensor, points: Tensor) -> Tensor:
-    """(B, N, 2) pixels of camera points (B, N, 3) under intrinsics (B, 3, 3)."""
-    p = points @ K.transpose(-1, -2)
-    return p[..., :2] / p[..., 2:].clamp(min=_MIN_DEPTH)
+    """(B, N, 2) pixels of camera points (B, N, 3) under intrinsics (B, 3, 3), each point held
+    at least _MIN_DEPTH in front of the camera (a step that throws the hand behind the camera
+    must give a large, finite residual, not a sign flip)."""
+    held = torch.cat([points[..., :2], points[..., 2:].clamp(min=_MIN_DEPTH)], dim=-1)
+    return project_points(held, K)
 
 
 def _centre(points: Tensor, weight: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Anatomical constraints on 21 hand keypoints: digit planarity and bending direction.
 
-Shared by training (`training.losses`, the geometric-constraint loss of HAMR) and inference
-(`backend.fuse.landmark_fit`, the prior of the fit to 2D landmarks). Imports torch only.
+Used by training (`training.losses`, the geometric-constraint loss of HAMR). Imports torch
+only.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import torch
 from backend.camera import default_focal, intrinsics, project_points, solve_translation
 from backend.crop import CROP_SIZE, box_side, points_from_crop
 from backend.detect import detect_hands, with_mediapipe
-from backend.fuse.landmark_fit import fit_to_landmarks
+from backend.fuse.fusion import fuse_hands
 from backend.hand_model.model import mirror_pose
 from backend.network.camera import normalized_to_pixels, weak_to_full_translation
 from backend.network.runner import HandNetwork
@@ -81,29 +81,32 @@ class Predictor(HandNetwork):
         side: str = "auto",
         detector: str | None = None,
         refine: bool | None = None,
+        found: list[dict] | None = None,
+        views: bool = True,
     ) -> tuple[list[Hand], str | None]:
         """(H, W, 3) uint8 RGB -> (the hands, what found them: None for given boxes). Without
         `hands`, the hands are found by `detector` (None: this predictor's own setting). refine:
-        fit each hand to MediaPipe's landmarks where it has them (`refine_hand`; None: this
-        predictor's setting). Each hand carries the MediaPipe landmarks it was matched with
-        (`Hand.landmarks`), if any."""
+        fuse each hand with MediaPipe's landmarks where it has them (`fuse`; None: this
+        predictor's setting). found: MediaPipe's hands in this image when the caller has them
+        (`mediapipe_hands.detect`'s list), so it does not run again; views: let MediaPipe look
+        at tiles and closer views (a photo) or the whole image only (a video frame). Each hand
+        carries the MediaPipe landmarks it was matched with (`Hand.landmarks`, `Hand.world`)."""
         check_side(side)
         focal = parse_focal(focal)
         h, w = image.shape[:2]
         if hands is None:
-            hands, detector = detect_hands(self, image, side=side, detector=detector)
+            hands, detector = detect_hands(self, image, side, detector=detector, views=views)
         else:
             detector = None  # the boxes were given
         f = focal or default_focal(w, h, exif_f35_mm)
         K = intrinsics(w, h, f)
         refine = self.refine == "auto" if refine is None else refine
         if refine or any(h.side == "auto" for h in hands):
-            hands = with_mediapipe(image, hands)  # landmarks to refine on; handedness for auto
+            # landmarks to fuse with; handedness for auto
+            hands = with_mediapipe(image, hands, found, views)
         results = [self._predict_hand(image, req, K) for req in hands]
         if refine:
-            for hand in results:
-                if hand.landmarks is not None:
-                    self.refine_hand(hand, hand.landmarks)
+            self.fuse([h for h in results if h.landmarks is not None])
         return results, detector
 
     def _predict_hand(self, image: np.ndarray, req: HandRequest, K: np.ndarray) -> Hand:
@@ -150,35 +153,51 @@ class Predictor(HandNetwork):
             transl=transl.tolist(),
             joints3d_cam=joints.tolist(),
             keypoints2d=uv.tolist(),
-            fit=None,  # set by refine_hand
+            fit=None,  # set by fuse
             landmarks=req.landmarks,
+            world=req.world,
         )
 
-    def refine_hand(self, hand: Hand, landmarks: np.ndarray) -> Hand:
-        """Fit a predicted hand (changed in place) to 2D landmarks (21, 2) in image pixels
-        (`backend.fuse.landmark_fit`); its "fit" records the landmark RMS error in pixels before
-        and after."""
-        fitted = fit_to_landmarks(
-            self.hands[hand.side],
-            hand.side,
-            hand.pose_axis_angle,
-            hand.betas,
-            hand.transl,
-            hand.camera["K"],
-            landmarks,
-            box_side(hand.box_xyxy),
-        )
-        hand.pose_axis_angle = fitted["pose"].tolist()
-        hand.betas = fitted["betas"].tolist()
-        hand.transl = fitted["transl"].tolist()
-        hand.joints3d_cam = fitted["joints"].tolist()
-        hand.keypoints2d = fitted["keypoints2d"].tolist()
-        hand.fit = {
-            "landmarks": "mediapipe",
-            "rms_px_before": round(fitted["rms_px_before"], 2),
-            "rms_px_after": round(fitted["rms_px_after"], 2),
-        }
-        return hand
+    def fuse(self, hands: list[Hand]) -> list[Hand]:
+        """Fuse each hand (changed in place) with the MediaPipe landmarks it carries
+        (`Hand.landmarks`, and `Hand.world` where there are world landmarks), the hands of each
+        side in one batch (`backend.fuse.fusion`). Its "fit" records the signals used, the
+        network's trust and the landmark RMS error in pixels before (the network's hand) and
+        after."""
+        for side in ("right", "left"):
+            group = [h for h in hands if h.side == side and h.landmarks is not None]
+            if not group:
+                continue
+            missing = np.full((21, 3), np.nan)
+            world = np.stack([missing if h.world is None else h.world for h in group])
+            fused = fuse_hands(
+                self.hands[side],
+                side,
+                np.asarray(group[0].camera["K"]),
+                np.stack([h.landmarks for h in group]),
+                world,
+                np.array([h.pose_axis_angle for h in group]),
+                np.array([h.betas for h in group]),
+                np.array([h.transl for h in group]),
+                np.array([h.keypoints2d for h in group]),
+                np.array([h.score for h in group]),
+                np.array([box_side(h.box_xyxy) for h in group]),
+            )
+            for i, hand in enumerate(group):
+                hand.pose_axis_angle = fused.pose[i].tolist()
+                hand.betas = fused.betas[i].tolist()
+                hand.transl = fused.transl[i].tolist()
+                hand.joints3d_cam = fused.joints[i].tolist()
+                hand.keypoints2d = fused.keypoints2d[i].tolist()
+                hand.fit = fused.fit_record(i)
+        return hands
+
+    def refine_hand(
+        self, hand: Hand, landmarks: np.ndarray, world: np.ndarray | None = None
+    ) -> Hand:
+        """`fuse` of one hand with the given landmarks (21, 2) and world landmarks (21, 3)."""
+        hand.landmarks, hand.world = np.asarray(landmarks, dtype=np.float64), world
+        return self.fuse([hand])[0]
 
     def vertices_cam(self, hand: dict) -> np.ndarray:
         """(V, 3) camera-frame vertices of a predicted hand (a `hamr.prediction/1` hand dict)."""

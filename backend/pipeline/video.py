@@ -26,10 +26,10 @@ Then, per track (`backend.track.finalize.finalize_tracks`):
    recomputed with it and its translation refitted (`camera.solve_translation`) to the frame's
    2D keypoints, so the hand keeps its place in the image;
 4b. with refine (the default when MediaPipe is installed): MediaPipe runs on every frame, each
-   track takes the landmarks of the MediaPipe hand over its box, and `fit_track` fits the
-   whole track to them at once (per-frame pose and translation, the track's one β, the network's
-   pose as the prior, a penalty on the joints' acceleration between consecutive frames); frames
-   without landmarks follow their neighbours; each hand's "fit" records its landmark error;
+   track takes the landmarks (2D and world) of the MediaPipe hand over its box, and every frame
+   that has them is fused with them (`backend.fuse.fusion`, a batch of frames at a time, the
+   track's one shape from its world landmarks kept fixed); frames without landmarks keep the
+   network's hand; each hand's "fit" records the signals that made it;
 5. smoothing (`smoothing.smooth_track`): a One-Euro filter on the joint rotations as unit
    quaternions and on the translation, timed by the frame times;
 6. joints3d_cam and keypoints2d are recomputed from the smoothed parameters, so keypoints2d is
@@ -98,8 +98,8 @@ class VideoOptions:
     patience: int = 3
     redetect_every: int = 15  # frames between detection attempts while no hand is tracked
     detector: str | None = None  # what finds hands (options.DETECTORS); None: the predictor's
-    # fit each track to MediaPipe's landmarks on the frames where it finds the hand
-    # (`fit_track`); None: the predictor's own setting, on when MediaPipe is installed
+    # fuse each track's hands with MediaPipe's landmarks on the frames where it finds the hand
+    # (`backend.fuse.fusion`); None: the predictor's own setting, on when MediaPipe is installed
     refine: bool | None = None
     # how a track moves into the next frame where only the network's keypoints placed it
     # (tracker.PLACEMENTS; the others than "motion" are there to measure it against)
@@ -156,7 +156,12 @@ def process_video(
         previous, previous_gray = image, gray
         with lock:
             # MediaPipe's hands in this frame: boxes for the tracks (per_frame), landmarks to fit
-            mp_hands = mediapipe_hands.detect(image, max_hands) if per_frame or refine else []
+            # the whole frame only: tracking, not tiles or closer views, covers what it misses
+            mp_hands = (
+                mediapipe_hands.detect(image, max_hands, tiles=False, closer=False)
+                if per_frame or refine
+                else []
+            )
             found = mediapipe_detections(mp_hands, side, tracker) if per_frame else []
             if index == 0 and boxes:
                 tracker.add_detections([HandRequest(tuple(b), side) for b in boxes])
@@ -167,12 +172,16 @@ def process_video(
                     network = asked != "mediapipe"
                     fallback = find_hands(predictor, image, side, max_hands) if network else []
                 else:
-                    fallback = detect_hands(predictor, image, side, max_hands, asked)[0]
+                    fallback = detect_hands(predictor, image, side, max_hands, asked, False)[0]
                 tracker.add_detections(fallback)
             requests = tracker.requests()
             if mp_hands:
                 requests = with_mediapipe(image, requests, found=mp_hands)
-            hands, _ = predictor.predict_hands(image, requests, focal=focal, refine=False)
+            ran = per_frame or refine  # MediaPipe has looked at this frame: not again
+            hands, _ = predictor.predict_hands(
+                image, requests, focal=focal, refine=False, found=mp_hands if ran else None,
+                views=False,
+            )  # fmt: skip
         frames.append((index, tracker.update(hands, w, h)))
         total = max(total, index + 1)
         if progress_cb is not None:

@@ -1,6 +1,7 @@
 """The end of a clip's work, per track (`finalize_tracks`, steps 4-6 of the video pipeline's
-docstring): one shape per track and each frame's translation refitted to it, the fit of the whole
-track to MediaPipe's landmarks (`fuse.landmark_fit.fit_track`), temporal smoothing
+docstring): one shape per track and each frame's translation refitted to it, every frame with
+landmarks fused with them (`fuse.fusion.fuse_hands`, batched, the track's shape fixed), temporal
+smoothing
 (`smoothing.smooth_track`), and the camera identity (keypoints2d = joints3d_cam projected with K)
 restored. Imports numpy, torch and the backend's camera, crop geometry, fusion, network runner
 and schema; never a pipeline.
@@ -16,13 +17,14 @@ import torch
 
 from backend.camera import project_points, solve_translation
 from backend.crop import box_side
-from backend.fuse.landmark_fit import fit_track
+from backend.fuse.fusion import fuse_hands, shape_from_world
 from backend.network.runner import HandNetwork
 from backend.schema import Hand
 
 from .smoothing import smooth_track
 
 ProgressCallback = Callable[[int, int], None]  # (done, total): frames read, or frames fitted
+CHUNK = 64  # frames fused in one batch (memory stays bounded on long clips)
 
 
 @torch.no_grad()
@@ -74,8 +76,8 @@ def _finalize_track(
     refine: bool,
     chunk_cb: Callable[[int], None] | None,
 ) -> None:
-    """`finalize_tracks` for one track's (frame index, hand) items; chunk_cb goes to
-    `landmark_fit.fit_track`."""
+    """`finalize_tracks` for one track's (frame index, hand) items; chunk_cb(frames fused) after
+    each batch of `_fuse_track`."""
     hands = [h for _, h in items]
     times = np.array([i / fps for i, _ in items])
     model = network.hands[hands[0].side]
@@ -98,38 +100,13 @@ def _finalize_track(
             for i, h in enumerate(hands)
         ]
     )
-    # step 4b: the track fitted to MediaPipe's landmarks, all its frames at once
+    # step 4b: every frame with landmarks fused with them, the track's one shape kept fixed
     landmarks = [h.landmarks for h in hands]
-    for hand in hands:
-        hand.landmarks = None  # used: the fit below is their last reader
     if refine and any(lm is not None for lm in landmarks):
-        fitted = fit_track(
-            model,
-            hands[0].side,
-            poses,
-            betas,
-            transl,
-            K.numpy(),
-            landmarks,
-            [box_side(h.box_xyxy) for h in hands],
-            [i for i, _ in items],
-            chunk_cb=chunk_cb,
-        )
-        poses, transl = fitted["pose"].astype(np.float64), fitted["transl"].astype(np.float64)
-        betas = fitted["betas"].astype(np.float64)
+        poses, betas, transl = _fuse_track(model, hands, poses, betas, transl, K, chunk_cb)
         betas_t = torch.tensor(betas, dtype=torch.float32, device=device)
-        for hand, lm, before, after in zip(
-            hands, landmarks, fitted["rms_px_before"], fitted["rms_px_after"], strict=True
-        ):
-            hand.fit = (
-                None
-                if lm is None
-                else {
-                    "landmarks": "mediapipe",
-                    "rms_px_before": round(float(before), 2),
-                    "rms_px_after": round(float(after), 2),
-                }
-            )
+    for hand in hands:
+        hand.landmarks = hand.world = None  # used: the fusion above was their last reader
     # step 5: smoothing in rotation and translation space
     poses, transl = smooth_track(times, poses, transl, smoothing)
     # step 6: the camera identity, recomputed
@@ -141,6 +118,51 @@ def _finalize_track(
         hand.transl = transl[i].tolist()
         hand.joints3d_cam = joints[i].tolist()
         hand.keypoints2d = uv[i].tolist()
+
+
+def _fuse_track(
+    model: torch.nn.Module,
+    hands: list[Hand],
+    poses: np.ndarray,
+    betas: np.ndarray,
+    transl: np.ndarray,
+    K: torch.Tensor,
+    chunk_cb: Callable[[int], None] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 4b: (poses (N, 16, 3), the track's shape (10,), translations (N, 3)) with every frame
+    that has landmarks fused with them (`fusion.fuse_hands`, CHUNK frames a batch), its "fit"
+    set; the shape is the closed form's from the world landmarks (`shape_from_world`), else the
+    network's (`betas`). Frames without landmarks keep the network's pose and translation."""
+    side = hands[0].side
+    missing = np.full((21, 3), np.nan)
+    world = np.stack([missing if h.world is None else h.world for h in hands])
+    with_lm = [i for i, h in enumerate(hands) if h.landmarks is not None]
+    shape = shape_from_world(model, world[with_lm], side)
+    betas = betas if shape is None else shape.astype(np.float64)
+    poses, transl = poses.copy(), transl.copy()
+    for start in range(0, len(with_lm), CHUNK):
+        idx = with_lm[start : start + CHUNK]
+        group = [hands[i] for i in idx]
+        fused = fuse_hands(
+            model,
+            side,
+            K.numpy(),
+            np.stack([h.landmarks for h in group]),
+            world[idx],
+            poses[idx],
+            np.array([h.betas for h in group]),
+            transl[idx],
+            np.array([h.keypoints2d for h in group]),
+            np.array([h.score for h in group]),
+            np.array([box_side(h.box_xyxy) for h in group]),
+            betas=betas,
+        )
+        poses[idx], transl[idx] = fused.pose, fused.transl
+        for j, hand in enumerate(group):
+            hand.fit = fused.fit_record(j)
+        if chunk_cb is not None:
+            chunk_cb(start + len(idx))
+    return poses, betas, transl
 
 
 def _keypoints(model: torch.nn.Module, poses: np.ndarray, betas: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,204 @@
+"""Every signal of a hand fused into one MANO hand: MediaPipe's image landmarks (2D), its world
+landmarks (3D, metres), the network's prediction, the hand model's shape prior.
+
+Per hand with landmarks (`fuse_hands`, batched over the hands of one side):
+
+1. start, in closed form (`closed_form.keypoints_to_mano`): pose and shape from MediaPipe's world
+   landmarks (their axes are the camera's: x right, y down, z away; measured in the docs), then
+   the perspective translation that puts those keypoints on the 2D landmarks under K
+   (`camera.solve_translation`);
+2. a few Levenberg-Marquardt steps (`gauss_newton.refine`) on the robust 2D reprojection error
+   (sigma: `uv_sigma` of the hand box's side), the world landmarks' shape (scale-aligned,
+   root-relative up to their centroid, sigma `xyz_sigma`), the network's pose as a prior and a
+   ridge on the shape.
+
+The network's pull is its trust (`network_weight`): its heat-map confidence times how well its
+own 2D keypoints agree with the landmarks, exp(-(d / `agreement`)^2) with d their mean distance in
+box sides. A network that sees the hand as MediaPipe does (the synthetic domain it was trained
+on) keeps its say on the 3D pose, where MediaPipe's world landmarks are weaker; one that
+disagrees (real photos, where it is poor) has no say, so it cannot drag the hand off good
+landmarks. A hand without landmarks is not passed here: the network's hand is used as it is.
+
+Imports torch and numpy, and the backend's camera and fusion steps; never a pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from backend.camera import project_points, solve_translation
+from backend.hand_model.model import HandModel
+
+from .closed_form import keypoints_to_mano
+from .gauss_newton import refine
+
+MIN_SAY = 0.01  # a network trusted less than this is not counted among a hand's signals
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    uv_sigma: float = 0.02  # box sides: a landmark this far off costs as much as ...
+    xyz_sigma: float = 0.02  # ... a world-landmark keypoint this far off (metres, aligned)
+    prior: float = 10.0  # the network's pose prior per radian^2, at full trust
+    agreement: float = 0.15  # box sides: the network's keypoints this far off -> trust e^-1
+    steps: int = 5  # Levenberg-Marquardt steps
+    robust: str = "huber"  # the 2D term's robust kernel (`gauss_newton.refine`)
+    robust_scale: float = 3.0  # ... and its scale, in uv_sigma
+    betas_weight: float = 0.1  # the ridge on the shape, per unit^2
+
+
+@dataclass
+class FusedHands:
+    """The fused hands of one side, (B, ...) numpy arrays."""
+
+    pose: np.ndarray  # (B, 16, 3) axis-angle, flat-hand rest
+    betas: np.ndarray  # (B, 10)
+    transl: np.ndarray  # (B, 3) camera frame, metres
+    joints: np.ndarray  # (B, 21, 3) camera frame, metres
+    keypoints2d: np.ndarray  # (B, 21, 2) joints projected with K
+    network_weight: np.ndarray  # (B,) the network's trust in [0, 1]
+    rms_px_before: np.ndarray  # (B,) the network's hand's landmark error (RMS, pixels)
+    rms_px_after: np.ndarray  # (B,) the fused hand's
+    used_world: np.ndarray  # (B,) bool: the hand started from its world landmarks
+
+    def fit_record(self, i: int) -> dict:
+        """The "fit" of hand i in the JSON: the signals that made it (MediaPipe's 2D landmarks,
+        its world landmarks where it had them, the network where it had a say), the network's
+        trust, and the landmark RMS error in pixels of the network's hand and of this one."""
+        signals = ["mediapipe_2d"]
+        if self.used_world[i]:
+            signals.append("mediapipe_3d")
+        if self.network_weight[i] >= MIN_SAY:
+            signals.append("network")
+        return {
+            "landmarks": "mediapipe",
+            "signals": signals,
+            "network_weight": round(float(self.network_weight[i]), 3),
+            "rms_px_before": round(float(self.rms_px_before[i]), 2),
+            "rms_px_after": round(float(self.rms_px_after[i]), 2),
+        }
+
+
+def network_trust(
+    network_uv: np.ndarray, landmarks: np.ndarray, box_side: np.ndarray, confidence: np.ndarray,
+    agreement: float,
+) -> np.ndarray:  # fmt: skip
+    """(B,) trust in the network's pose: its confidence (B,) times exp(-(d / agreement)^2), d the
+    mean distance (box sides) between its 2D keypoints (B, 21, 2) and the landmarks (B, 21, 2)."""
+    dist = np.linalg.norm(np.asarray(network_uv) - landmarks, axis=-1)  # (B, 21), NaN if missing
+    ok = np.isfinite(dist)
+    mean = np.where(ok, dist, 0).sum(-1) / np.maximum(ok.sum(-1), 1)
+    d = np.where(ok.any(-1), mean, np.inf) / box_side  # no landmark to compare: no trust
+    return np.clip(confidence, 0, 1) * np.exp(-np.square(d / agreement))
+
+
+def _place(kp: torch.Tensor, uv: torch.Tensor, K: torch.Tensor, init: torch.Tensor):
+    """`camera.solve_translation` on the landmarks that are there (init without 3 of them)."""
+    ok = torch.isfinite(uv).all(-1)
+    if int(ok.sum()) < 3:
+        return init
+    return solve_translation(kp[ok], uv[ok], K, init).to(init.dtype)
+
+
+def _rms(uv: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B,) RMS pixel distance over the finite target points."""
+    ok = torch.isfinite(target).all(-1)
+    d2 = ((uv - target.nan_to_num()) ** 2).sum(-1)
+    return torch.sqrt((d2 * ok).sum(-1) / ok.sum(-1).clamp(min=1))
+
+
+@torch.no_grad()
+def fuse_hands(
+    hand_model: HandModel,
+    side: str,
+    K: np.ndarray,
+    landmarks: np.ndarray,
+    world: np.ndarray,
+    network_pose: np.ndarray,
+    network_betas: np.ndarray,
+    network_transl: np.ndarray,
+    network_uv: np.ndarray,
+    confidence: np.ndarray,
+    box_side: np.ndarray,
+    settings: FusionSettings = FusionSettings(),
+    betas: np.ndarray | None = None,
+) -> FusedHands:
+    """B hands of one side (module doc). K (3, 3) pixels; landmarks (B, 21, 2) pixels and world
+    (B, 21, 3) metres, MediaPipe's (NaN where missing; a hand without world landmarks starts
+    from the network's pose and shape instead of the closed form); network_pose (B, 16, 3),
+    network_betas (B, 10), network_transl (B, 3) and network_uv (B, 21, 2) the network's hands;
+    confidence (B,) its heat-map confidence; box_side (B,) pixels; betas: (10,) one shape for
+    every hand, kept fixed (a video track's), or None to fit each hand's."""
+    dev = hand_model.tip_vertex_ids.device
+    f32 = dict(dtype=torch.float32, device=dev)
+    Kt = torch.as_tensor(K, **f32)
+    uv = torch.as_tensor(landmarks, **f32)
+    xyz = torch.as_tensor(world, **f32)
+    trust = network_trust(network_uv, landmarks, box_side, confidence, settings.agreement)
+    # 1. the closed-form start; its translation from the 2D landmarks, per hand
+    fixed = None if betas is None else torch.as_tensor(betas, **f32).expand(len(xyz), -1)
+    start = keypoints_to_mano(hand_model, xyz, side, betas=fixed)
+    has_world = torch.isfinite(xyz).all(-1).sum(-1) >= 12  # enough points to fix a pose
+    pose0 = torch.where(has_world[:, None, None], start.pose, torch.as_tensor(network_pose, **f32))
+    betas0 = (
+        fixed
+        if fixed is not None
+        else torch.where(has_world[:, None], start.betas, torch.as_tensor(network_betas, **f32))
+    )
+    kp = hand_model(pose0, betas0).keypoints  # (B, 21, 3) no translation
+    init = torch.as_tensor(network_transl, **f32)
+    transl = torch.stack([_place(kp[i], uv[i], Kt, init[i]) for i in range(len(kp))])
+    # 2. the refinement on every signal, each hand's pixels in units of its own sigma (K and the
+    # landmarks scaled alike: the projection with diag(1/s, 1/s, 1) K is the pixels / s)
+    sigma_px = torch.as_tensor(np.asarray(box_side) * settings.uv_sigma, **f32)  # (B,)
+    scale = torch.ones(len(sigma_px), 3, **f32)
+    scale[:, :2] = 1 / sigma_px[:, None]
+    out = refine(
+        hand_model,
+        pose0,
+        betas0,
+        transl,
+        K=scale[:, :, None] * Kt,  # (B, 3, 3)
+        uv=uv * scale[:, None, :2],
+        uv_sigma=1.0,
+        xyz=xyz,
+        xyz_sigma=settings.xyz_sigma,
+        prior_pose=torch.as_tensor(network_pose, **f32),
+        prior_weight=torch.as_tensor(settings.prior * trust, **f32),
+        steps=settings.steps,
+        fit_betas=fixed is None,
+        betas_weight=settings.betas_weight,
+        robust=settings.robust,
+        robust_scale=settings.robust_scale,
+    )
+    joints = hand_model(out.pose, out.betas, out.transl).keypoints
+    uv_after = project_points(joints, Kt)
+    net_joints_uv = torch.as_tensor(network_uv, **f32)
+    return FusedHands(
+        pose=out.pose.cpu().numpy(),
+        betas=out.betas.cpu().numpy(),
+        transl=out.transl.cpu().numpy(),
+        joints=joints.cpu().numpy(),
+        keypoints2d=uv_after.cpu().numpy(),
+        network_weight=trust,
+        rms_px_before=_rms(net_joints_uv, uv).cpu().numpy(),
+        rms_px_after=_rms(uv_after, uv).cpu().numpy(),
+        used_world=has_world.cpu().numpy(),
+    )
+
+
+@torch.no_grad()
+def shape_from_world(hand_model: HandModel, world: np.ndarray, side: str) -> np.ndarray | None:
+    """One shape (10,) for many views of one hand: the median over the views (N, 21, 3) that
+    have every world landmark of the closed form's shape (`keypoints_to_mano`); None without
+    such a view."""
+    world = np.asarray(world, dtype=np.float32)
+    full = world[np.isfinite(world).all(axis=(1, 2))]
+    if not len(full):
+        return None
+    dev = hand_model.tip_vertex_ids.device
+    start = keypoints_to_mano(hand_model, torch.as_tensor(full, device=dev), side)
+    return start.betas.median(dim=0).values.cpu().numpy()
