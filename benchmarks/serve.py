@@ -1,6 +1,7 @@
 """Speed of the HTTP service against direct in-process calls. Prints one JSON object.
 
     python -m benchmarks.serve [--repeats 15] [--threads N] [--checkpoint PATH] [--frames 60]
+                               [--load-requests 1000] [--only-hardening]
 
 For each device (CPU, and CUDA when present), with a real `hamr serve` (uvicorn) subprocess on a
 free loopback port and the same checkpoint loaded in this process:
@@ -13,6 +14,13 @@ free loopback port and the same checkpoint loaded in this process:
   its result is fetched, on a synthetic clip panning over the photo (--frames frames, 256x256);
   both re-detect hands when the network's confidence drops (a random network's always does), so
   `video_fps_in_process_tracking_only` (min_score 0: never re-detect) is the tracking speed.
+
+Hardening (issue #20), on a fresh CPU server each: `--load-requests` predicts (default 1,000)
+from 8 clients at once: errors, and the server's resident memory (VmRSS) after request 100 and
+after the last (flat: within 5 %); a request with 10,000 boxes: the median time to its 422 (of
+`--repeats`); a 40 Mpx photo (a 7300x5475 noise JPEG, and a 6300x6300 all-zero PNG) with a box
+and with the network detector finding hands (and a 512x512 photo detected, for reference): the
+server's peak memory (VmHWM) after a warm-up request and after the photo, and the time.
 
 Image: the InterHand2.6M sample photo (../shared/samples) with its annotated box when present, else
 a synthetic noise photo. Checkpoint: --checkpoint, else the shipped one, else a random network of
@@ -32,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -217,12 +226,117 @@ def run_device(
     }
 
 
+def _proc_kb(pid: int, field: str) -> int:
+    """VmRSS / VmHWM of a process, kB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def hardening(
+    checkpoint: Path, photo: bytes, box: tuple[float, ...], requests: int, repeats: int,
+    threads: int | None, workdir: Path,
+) -> dict:  # fmt: skip
+    """Issue #20's targets: load from 8 clients (errors, RSS flat), 10,000 boxes refused fast,
+    the peak memory of a 40 Mpx photo."""
+    form = {"box": ",".join(map(str, box)), "side": "left", "refine": "off"}
+    files = {"image": ("photo.jpg", photo, "image/jpeg")}
+    out: dict = {}
+    process, url = start_server(checkpoint, "cpu", threads, workdir / "cache-load")
+    try:
+        done, errors, rss = 0, 0, {}
+        lock = threading.Lock()
+
+        def client_loop(_: int) -> None:
+            nonlocal done, errors
+            with httpx.Client(base_url=url, timeout=300) as c:
+                while True:
+                    with lock:
+                        if done >= requests:
+                            return
+                        done += 1
+                        n = done
+                    if c.post("/v1/predict", files=files, data=form).status_code != 200:
+                        with lock:
+                            errors += 1
+                    if n in (100, requests):
+                        rss[n] = _proc_kb(process.pid, "VmRSS")
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(client_loop, range(8)))
+        seconds = time.perf_counter() - t0
+        rss[requests] = _proc_kb(process.pid, "VmRSS")
+        out["load"] = {
+            "requests": requests,
+            "clients": 8,
+            "errors": errors,
+            "seconds": round(seconds, 1),
+            "rss_mb_at_100": round(rss[100] / 1024, 1),
+            "rss_mb_at_end": round(rss[requests] / 1024, 1),
+            "rss_change_pct": round(100 * (rss[requests] / rss[100] - 1), 2),
+        }
+        boxes = ";".join([",".join(map(str, box))] * 10_000)
+        with httpx.Client(base_url=url, timeout=60) as c:
+
+            def refused() -> None:
+                response = c.post("/v1/predict", files=files, data={"box": boxes})
+                assert response.status_code == 422, response.text
+
+            out["ten_thousand_boxes_422_ms"] = round(median_ms(refused, repeats), 2)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    rng = np.random.default_rng(0)
+    noise = cv2.resize(rng.integers(0, 255, (183, 244, 3), dtype=np.uint8), (7300, 5475))
+    big = {
+        "jpeg_7300x5475_noise": cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 90])[1],
+        "png_6300x6300_zero": cv2.imencode(".png", np.zeros((6300, 6300, 3), np.uint8))[1],
+    }
+    small = cv2.imencode(".jpg", cv2.resize(noise, (512, 512)))[1]
+    runs = [  # (name, encoded photo, form): with a box, then the hands found (network detector)
+        (f"{name}_{how}", encoded, fields)
+        for name, encoded in big.items()
+        for how, fields in (
+            ("box", {"box": "1000,1000,2400,2400", "refine": "off"}),
+            ("detect", {"refine": "off", "detector": "hamr"}),
+        )
+    ]
+    runs.append(("jpeg_512x512_noise_detect", small, {"refine": "off", "detector": "hamr"}))
+    out["photo_40mpx"] = {}
+    for name, encoded, fields in runs:
+        process, url = start_server(checkpoint, "cpu", threads, workdir / f"cache-{name}")
+        try:
+            with httpx.Client(base_url=url, timeout=600) as c:
+                c.post("/v1/predict", files=files, data=form).raise_for_status()  # warm
+                before = _proc_kb(process.pid, "VmHWM")
+                t0 = time.perf_counter()
+                upload = {"image": (name, encoded.tobytes())}
+                response = c.post("/v1/predict", files=upload, data=fields)
+                response.raise_for_status()
+                out["photo_40mpx"][name] = {
+                    "bytes": int(encoded.size),
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "peak_mb_before": round(before / 1024, 1),
+                    "peak_mb_after": round(_proc_kb(process.pid, "VmHWM") / 1024, 1),
+                }
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--frames", type=int, default=60, help="frames of the synthetic clip")
+    parser.add_argument("--load-requests", type=int, default=1000, help="requests of the load run")
+    parser.add_argument(
+        "--only-hardening", action="store_true", help="only the hardening figures (issue #20)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,7 +348,11 @@ def main() -> None:
         results = [
             run_device(d, checkpoint, photo, box, clip, args.repeats, args.threads, workdir)
             for d in devices
+            if not args.only_hardening
         ]
+        hardened = hardening(
+            checkpoint, photo, box, args.load_requests, args.repeats, args.threads, workdir
+        )
     print(
         json.dumps(
             {
@@ -247,6 +365,7 @@ def main() -> None:
                 "repeats": args.repeats,
                 "clients": CLIENTS,
                 "results": results,
+                "hardening": hardened,
             },
             indent=1,
         )
