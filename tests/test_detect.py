@@ -18,7 +18,7 @@ from conftest import SAMPLES, check_camera_identity, check_prediction
 from PIL import Image
 
 from backend.cli import main
-from backend.crop import iou
+from backend.crop import box_side, iou
 from backend.detect import detect_hands, mediapipe_hands
 from backend.errors import OptionError
 from backend.pipeline.photo import Predictor
@@ -188,10 +188,13 @@ def test_video_tracks_take_mediapipe_boxes_on_every_frame(predictor, tmp_path) -
     assert all(len(s) == 1 for s in sides.values())
     for seq in tracks.values():
         first = np.asarray(seq[0][1]["box_xyxy"])
-        width = first[2] - first[0]
+        # in hand sizes (the box's longer side, as everywhere): one of these hands is tall and
+        # narrow, and MediaPipe's video mode moves its wrist landmark by 4 % of its height
+        # between its first frame (found by the palm detector) and the next (followed)
+        size = box_side(first)
         for index, hand in seq:
             expected = first - [shift * index, 0, shift * index, 0]
-            assert np.abs(np.asarray(hand["box_xyxy"]) - expected).max() < 0.08 * width, index
+            assert np.abs(np.asarray(hand["box_xyxy"]) - expected).max() < 0.08 * size, index
 
 
 def test_video_refine_fits_tracks_to_the_landmarks(predictor, tmp_path) -> None:

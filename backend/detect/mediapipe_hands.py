@@ -116,6 +116,31 @@ def detect(
     return hands
 
 
+@contextlib.contextmanager
+def video_session(max_hands: int = 2):
+    """MediaPipe Hands in its video mode, for the frames of one clip in order: it follows each
+    hand from the last frame's landmarks instead of searching every frame anew, so its landmarks
+    shake less and a frame costs less (tools.eval_video, 6 clips of a still hand panned across
+    webcam photos: the fused hands' jitter 0.49-0.83 px RMS from frame to frame, against
+    0.52-1.71 px with a search per frame). Yields
+    detect(frame) -> `detect`'s list for that frame (whole frame, no tiles or closer views).
+    Its own graph, closed on exit; use it from one thread."""
+    with _lock, _stderr_to_devnull():
+        from mediapipe.python.solutions import hands as mp_hands
+
+        graph = mp_hands.Hands(
+            static_image_mode=False,
+            max_num_hands=int(max_hands),
+            model_complexity=MODEL_COMPLEXITY,
+            min_detection_confidence=MIN_CONFIDENCE,
+            min_tracking_confidence=MIN_CONFIDENCE,
+        )
+    try:
+        yield lambda frame: _detect_view(frame, max_hands, graph)
+    finally:
+        graph.close()
+
+
 def _in_view(image: np.ndarray, view: tuple[float, float, float], max_hands: int) -> list[dict]:
     """`_detect_view` of the square view (cx, cy, side) of the photo, resampled to TILE px, its
     hands in the photo's pixels (boxes clipped to the photo)."""
@@ -167,8 +192,9 @@ def _detect_tiles(image: np.ndarray, max_hands: int) -> list[dict]:
     return merged[:max_hands]
 
 
-def _detect_view(image: np.ndarray, max_hands: int) -> list[dict]:
-    """`detect` on one view of the photo: the whole of it, shrunk to MAX_SIDE when larger."""
+def _detect_view(image: np.ndarray, max_hands: int, session=None) -> list[dict]:
+    """`detect` on one view of the photo: the whole of it, shrunk to MAX_SIDE when larger; by
+    the process's static-image graph, or by a `video_session`'s own graph."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
     full_h, full_w = image.shape[:2]
@@ -186,10 +212,13 @@ def _detect_view(image: np.ndarray, max_hands: int) -> list[dict]:
     side = max(h, w)
     square = np.zeros((side, side, 3), np.uint8)
     square[:h, :w] = image
-    with _lock:  # one MediaPipe graph per process; it is not safe to call from two threads
-        solution, first = _solution(int(max_hands))
-        with _stderr_to_devnull() if first else contextlib.nullcontext():
-            result = solution.process(square)
+    if session is not None:
+        result = session.process(square)
+    else:
+        with _lock:  # one static graph per process; it is not safe to call from two threads
+            solution, first = _solution(int(max_hands))
+            with _stderr_to_devnull() if first else contextlib.nullcontext():
+                result = solution.process(square)
     hands = []
     world = result.multi_hand_world_landmarks or [None] * len(result.multi_hand_landmarks or [])
     for landmarks, handedness, world_landmarks in zip(

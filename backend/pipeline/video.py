@@ -145,47 +145,52 @@ def process_video(
     frames: list[tuple[int, list[Hand]]] = []
     total = info.frame_count
     previous, previous_gray = None, None  # the last frame, and its grey if it was made
-    for index, image in enumerate(read_frames(path)):
-        if cancel_event is not None and cancel_event.is_set():
-            raise VideoCancelled(f"cancelled at frame {index}")
-        h, w = image.shape[:2]
-        gray = None  # made only when a track needs the image motion, once per frame
-        if previous is not None and tracker.needs_motion():
-            gray = to_gray(image)
-            tracker.move(to_gray(previous) if previous_gray is None else previous_gray, gray)
-        previous, previous_gray = image, gray
-        with lock:
-            # MediaPipe's hands in this frame: boxes for the tracks (per_frame), landmarks to fit
-            # the whole frame only: tracking, not tiles or closer views, covers what it misses
-            mp_hands = (
-                mediapipe_hands.detect(image, max_hands, tiles=False, closer=False)
-                if per_frame or refine
-                else []
-            )
-            found = mediapipe_detections(mp_hands, side, tracker) if per_frame else []
-            if index == 0 and boxes:
-                tracker.add_detections([HandRequest(tuple(b), side) for b in boxes])
-            elif found:
-                tracker.add_detections(found)
-            elif tracker.needs_detection():
-                if per_frame:  # MediaPipe has just found nothing here: only the network is left
-                    network = asked != "mediapipe"
-                    fallback = find_hands(predictor, image, side, max_hands) if network else []
-                else:
-                    fallback = detect_hands(predictor, image, side, max_hands, asked, False)[0]
-                tracker.add_detections(fallback)
-            requests = tracker.requests()
-            if mp_hands:
-                requests = with_mediapipe(image, requests, found=mp_hands)
-            ran = per_frame or refine  # MediaPipe has looked at this frame: not again
-            hands, _ = predictor.predict_hands(
-                image, requests, focal=focal, refine=False, found=mp_hands if ran else None,
-                views=False,
-            )  # fmt: skip
-        frames.append((index, tracker.update(hands, w, h)))
-        total = max(total, index + 1)
-        if progress_cb is not None:
-            progress_cb(index + 1, total)
+    with contextlib.ExitStack() as stack:
+        # MediaPipe in its video mode for this clip, where it runs on every frame
+        mp_detect = (
+            stack.enter_context(mediapipe_hands.video_session(max_hands))
+            if per_frame or refine
+            else None
+        )
+        for index, image in enumerate(read_frames(path)):
+            if cancel_event is not None and cancel_event.is_set():
+                raise VideoCancelled(f"cancelled at frame {index}")
+            h, w = image.shape[:2]
+            gray = None  # made only when a track needs the image motion, once per frame
+            if previous is not None and tracker.needs_motion():
+                gray = to_gray(image)
+                tracker.move(to_gray(previous) if previous_gray is None else previous_gray, gray)
+            previous, previous_gray = image, gray
+            with lock:
+                # MediaPipe's hands in this frame (video mode: it follows them from the last
+                # frame): boxes for the tracks (per_frame), landmarks to fuse with
+                mp_hands = mp_detect(image) if mp_detect is not None else []
+                found = mediapipe_detections(mp_hands, side, tracker) if per_frame else []
+                if index == 0 and boxes:
+                    tracker.add_detections([HandRequest(tuple(b), side) for b in boxes])
+                elif found:
+                    tracker.add_detections(found)
+                elif tracker.needs_detection():
+                    if per_frame:  # MediaPipe has just found nothing here: only the network is left
+                        network = asked != "mediapipe"
+                        fallback = find_hands(predictor, image, side, max_hands) if network else []
+                    else:
+                        found_now = detect_hands(predictor, image, side, max_hands, asked, False)
+                        fallback = found_now[0]
+                    tracker.add_detections(fallback)
+                requests = tracker.requests()
+                if mp_hands:
+                    requests = with_mediapipe(image, requests, found=mp_hands)
+                ran = per_frame or refine  # MediaPipe has looked at this frame: not again
+                hands, _ = predictor.predict_hands(
+                    image, requests, focal=focal, refine=False, found=mp_hands if ran else None,
+                    views=False,
+                )  # fmt: skip
+            frames.append((index, tracker.update(hands, w, h)))
+            total = max(total, index + 1)
+            if progress_cb is not None:
+                progress_cb(index + 1, total)
+
     if not frames:
         raise InputError(f"cannot decode the video {Path(path).name}: no frame could be read")
     if progress_cb is not None and total != len(frames):
