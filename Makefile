@@ -23,13 +23,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps mediapipe==0.10.21
 	touch $(STAMP)
 
-# The main job: import a hand from a photo into a Blender scene (headless), on the embedded
-# defaults (open hand model, shipped checkpoint). IMAGE=your.jpg [BOX=x0,y0,x1,y1] for your own.
-SAMPLE_IMAGE := backend/assets/samples/synthetic_hand.jpg
-IMAGE ?= $(SAMPLE_IMAGE)
-ifeq ($(IMAGE),$(SAMPLE_IMAGE))
-BOX ?= 170,106,396,353
-endif
+# The main job: import a hand from a real photo into a Blender scene (headless), on the embedded
+# defaults (open hand model, shipped checkpoint): the backend finds the hand itself. The photo is
+# a webcam photo (Apache-2.0, backend/assets/samples/webcam_hand.txt). IMAGE=your.jpg
+# [BOX=x0,y0,x1,y1] for your own.
+IMAGE ?= backend/assets/samples/webcam_hand.jpg
 demo: $(STAMP)
 	mkdir -p out/demo
 	$(PY) -m backend.cli blend $(IMAGE) --out out/demo/scene.blend --render out/demo/render.png $(if $(BOX),--box $(BOX))
