@@ -5,8 +5,8 @@
 - `OptionError`: an option's value is wrong (side, box, focal, smoothing, detector, refine);
   the CLI prints it, the HTTP service answers 422.
 
-Both are ValueErrors so that callers outside the backend can catch either as one. Imports
-nothing.
+Both are ValueErrors so that callers outside the backend can catch either as one. `Cancelled`
+is raised where work stops because its caller asked. Imports nothing.
 """
 
 from __future__ import annotations
@@ -18,3 +18,7 @@ class InputError(ValueError):
 
 class OptionError(ValueError):
     """A bad option value (box, side, focal, smoothing, ...); the message says what to fix."""
+
+
+class Cancelled(Exception):
+    """Work stopped because its caller asked (a cancel event set, a client gone)."""

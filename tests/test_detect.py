@@ -19,8 +19,9 @@ from PIL import Image
 
 from backend.cli import main
 from backend.crop import box_side, iou
-from backend.detect import detect_hands, mediapipe_hands
+from backend.detect import detect_hands, find_hands, mediapipe_hands
 from backend.errors import OptionError
+from backend.options import HandRequest
 from backend.pipeline.photo import Predictor
 
 pytestmark = pytest.mark.skipif(
@@ -368,3 +369,34 @@ def test_a_users_box_takes_the_side_of_the_mediapipe_hand_it_overlaps(checkpoint
     assert all(h["fit"] is None for h in pred["hands"])  # refine off: sides only
     forced = predictor.predict(image, [HandRequest(b.box_xyxy, "left") for b in boxes])
     assert [h["side"] for h in forced["hands"]] == ["left", "left"]
+
+
+def test_a_cancel_stops_the_work_between_hands_and_between_crop_batches(predictor) -> None:
+    """The HTTP service sets the event when the client leaves: prediction stops before the next
+    hand, and the network's detector before its next batch of crops."""
+    import threading
+
+    from backend.errors import Cancelled
+
+    class SetAfter(threading.Event):
+        """An event that reads as set from its n-th check on, counting the checks."""
+
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.n, self.checks = n, 0
+
+        def is_set(self) -> bool:
+            self.checks += 1
+            return self.checks >= self.n
+
+    image = np.full((256, 256, 3), 120, np.uint8)
+    requests = [HandRequest((10, 10, 100, 100), "right") for _ in range(3)]
+    cancel = SetAfter(2)
+    with pytest.raises(Cancelled, match="after 1 of 3 hands"):
+        predictor.predict_hands(image, requests, refine=False, cancel=cancel)
+    assert cancel.checks == 2  # the first hand ran, the second was not started
+    done = threading.Event()
+    done.set()
+    with pytest.raises(Cancelled):
+        find_hands(predictor, image, cancel=done)
+    assert len(predictor.predict_hands(image, requests, refine=False)[0]) == 3  # without: all

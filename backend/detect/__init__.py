@@ -35,13 +35,15 @@ def detect_hands(
     max_hands: int = 4,
     detector: str | None = None,
     views: bool = True,
+    cancel=None,
 ) -> tuple[list, str]:
     """(HandRequests for the hands found, best first; the detector that found them).
 
     detector: one of DETECTORS; None means the network's own setting (`Predictor.detector`).
     side: "auto" takes each hand's side from the detector; "right" / "left" forces it. views:
     let MediaPipe look again at tiles and closer views (`mediapipe_hands.detect`; a photo's
-    default), or the whole image only (video frames).
+    default), or the whole image only (video frames). cancel: a threading.Event that stops the
+    network's search (`errors.Cancelled`).
     Raises InputError for an unknown detector, or "mediapipe" when it is not installed."""
     asked = check_detector(detector or getattr(network, "detector", "auto"))
     if resolve_detector(network, asked) == "mediapipe":
@@ -63,7 +65,7 @@ def detect_hands(
             "detector 'mediapipe' needs the mediapipe package (make setup installs it; by hand: "
             "pip install --no-deps mediapipe==0.10.21 and the 'detect' extra)"
         )
-    return find_hands(network, image, side, max_hands), "hamr"
+    return find_hands(network, image, side, max_hands, cancel=cancel), "hamr"
 
 
 def resolve_detector(network, detector: str | None = None) -> str:

@@ -24,6 +24,7 @@ training package.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ import torch
 from backend.camera import default_focal, intrinsics, project_points, solve_translation
 from backend.crop import CROP_SIZE, box_side, points_from_crop
 from backend.detect import detect_hands, with_mediapipe
+from backend.errors import Cancelled
 from backend.fuse.fusion import fuse_hands
 from backend.hand_model.model import mirror_pose
 from backend.network.camera import normalized_to_pixels, weak_to_full_translation
@@ -83,6 +85,7 @@ class Predictor(HandNetwork):
         refine: bool | None = None,
         found: list[dict] | None = None,
         views: bool = True,
+        cancel: threading.Event | None = None,
     ) -> tuple[list[Hand], str | None]:
         """(H, W, 3) uint8 RGB -> (the hands, what found them: None for given boxes). Without
         `hands`, the hands are found by `detector` (None: this predictor's own setting). refine:
@@ -90,12 +93,15 @@ class Predictor(HandNetwork):
         predictor's setting). found: MediaPipe's hands in this image when the caller has them
         (`mediapipe_hands.detect`'s list), so it does not run again; views: let MediaPipe look
         at tiles and closer views (a photo) or the whole image only (a video frame). Each hand
-        carries the MediaPipe landmarks it was matched with (`Hand.landmarks`, `Hand.world`)."""
+        carries the MediaPipe landmarks it was matched with (`Hand.landmarks`, `Hand.world`).
+        cancel: set, it stops the work (`errors.Cancelled`) at the next hand or batch of crops."""
         check_side(side)
         focal = parse_focal(focal)
         h, w = image.shape[:2]
         if hands is None:
-            hands, detector = detect_hands(self, image, side, detector=detector, views=views)
+            hands, detector = detect_hands(
+                self, image, side, detector=detector, views=views, cancel=cancel
+            )
         else:
             detector = None  # the boxes were given
         f = focal or default_focal(w, h, exif_f35_mm)
@@ -104,7 +110,11 @@ class Predictor(HandNetwork):
         if refine or any(h.side == "auto" for h in hands):
             # landmarks to fuse with; handedness for auto
             hands = with_mediapipe(image, hands, found, views)
-        results = [self._predict_hand(image, req, K) for req in hands]
+        results = []
+        for req in hands:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"cancelled after {len(results)} of {len(hands)} hands")
+            results.append(self._predict_hand(image, req, K))
         if refine:
             self.fuse([h for h in results if h.landmarks is not None])
         return results, detector

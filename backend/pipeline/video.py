@@ -61,7 +61,7 @@ from backend.detect import (
     resolve_detector,
     with_mediapipe,
 )
-from backend.errors import InputError
+from backend.errors import Cancelled, InputError
 from backend.media.video import open_writer, probe_video, read_frames
 from backend.options import (
     DEFAULT_SMOOTHING,
@@ -79,7 +79,7 @@ from backend.track.tracker import HandTracker, mediapipe_detections
 from .photo import Predictor, overlay
 
 
-class VideoCancelled(Exception):
+class VideoCancelled(Cancelled):
     """`process_video` stopped because its cancel event was set."""
 
 

@@ -69,7 +69,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.camera import default_focal, intrinsics, project_points
-from backend.errors import InputError, OptionError
+from backend.errors import Cancelled, InputError, OptionError
 from backend.media.image import encode_png
 from backend.options import HandRequest, check_box
 from backend.pipeline.photo import Predictor
@@ -118,7 +118,8 @@ def predict_image(
     """decode -> check boxes -> predict (blocking: run it in the inference worker). A photo over
     PREDICT_MAX_PIXELS is decoded at a reduced size and predicted there with the focal length
     scaled to it; the result is then put back in the full photo's pixels (`to_full_image`).
-    Raises ApiError 400 `client_disconnected` when `cancelled` is set before the work starts,
+    Raises ApiError 400 `client_disconnected` when `cancelled` is set before the work starts or
+    while it runs (checked between hands and between batches of the network detector's crops),
     422 `non_finite` for a result out of float range."""
     image, exif_f35, (full_w, full_h) = decode_photo(data, max_pixels, PREDICT_MAX_PIXELS)
     for box in options.boxes:
@@ -138,15 +139,20 @@ def predict_image(
     with lock:
         if cancelled is not None and cancelled.is_set():
             raise ApiError(400, "client_disconnected", "the client went away; nothing was done")
-        result = predictor.predict(
-            image,
-            hands,
-            focal=focal,
-            exif_f35_mm=exif_f35,
-            side=options.side,
-            detector=options.detector,
-            refine=options.refine,
-        )
+        try:
+            result = predictor.predict(
+                image,
+                hands,
+                focal=focal,
+                exif_f35_mm=exif_f35,
+                side=options.side,
+                detector=options.detector,
+                refine=options.refine,
+                cancel=cancelled,
+            )
+        except Cancelled:  # the client left while its hands were being predicted
+            msg = "the client went away; the work stopped"
+            raise ApiError(400, "client_disconnected", msg) from None
     if reduced:
         result = to_full_image(result, full_w, full_h, full_focal, sx, sy, options.boxes)
     if not all_finite(result):
