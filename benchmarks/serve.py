@@ -7,8 +7,14 @@ For each device (CPU, and CUDA when present), with a real `hamr serve` (uvicorn)
 free loopback port and the same checkpoint loaded in this process:
 
 - photo latency: the median wall time of `POST /v1/predict` (multipart upload, decode, predict,
-  JSON) against a direct `Predictor.predict` on the same decoded image and box; their difference
-  is the server's overhead;
+  JSON) against a direct `Predictor.predict` on the same decoded image and box, both with refine
+  off (the same network work, no MediaPipe); their difference
+  is the server's overhead, of which decoding the photo (`load_image`, timed alone) is part;
+- a photo with no box, as users send them (the bundled 640x480 webcam photo of one hand):
+  `POST /v1/predict` with the default options (decode, MediaPipe with its closer look at each
+  hand, network, fusion, JSON) against MediaPipe's own single pass of detection and landmarks
+  (`mediapipe_hands.detect` without tiles or closer views) in this process on the decoded
+  photo, and their ratio;
 - throughput: requests per second with 4 concurrent clients (threads with their own connection);
 - video: frames per second of `process_video` in-process, and of a `POST /v1/jobs` upload until
   its result is fetched, on a synthetic clip panning over the photo (--frames frames, 256x256);
@@ -50,6 +56,7 @@ import httpx
 import numpy as np
 import torch
 
+from backend.detect import mediapipe_hands
 from backend.media.image import load_image
 from backend.media.video import probe_video
 from backend.network.runner import DEFAULT_CHECKPOINT
@@ -58,6 +65,7 @@ from backend.pipeline.photo import Predictor
 from backend.pipeline.video import VideoOptions, process_video
 
 ROOT = Path(__file__).resolve().parents[1]
+WEBCAM = ROOT / "backend" / "assets" / "samples" / "webcam_hand.jpg"
 SAMPLE = ROOT.parent / "shared" / "samples" / "interhand2.6m" / "image29590.jpg"
 SAMPLE_BOX = (32.6, 116.9, 215.6, 234.7)  # annotations_derived.json of the sample
 CLIENTS = 4
@@ -154,12 +162,13 @@ def run_device(
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def direct() -> None:
-        predictor.predict(image, hands, exif_f35_mm=exif)
+        predictor.predict(image, hands, exif_f35_mm=exif, refine=False)
         sync()
 
     direct_ms = median_ms(direct, repeats)
     files = {"image": ("photo.jpg", photo, "image/jpeg")}
-    form = {"box": ",".join(map(str, box)), "side": "left"}
+    # the server's own overhead: the same work both ways, a given box and no MediaPipe
+    form = {"box": ",".join(map(str, box)), "side": "left", "refine": "off"}
     process, url = start_server(checkpoint, device, threads, workdir / f"cache-{device}")
     try:
         with httpx.Client(base_url=url, timeout=300) as client:
@@ -169,6 +178,20 @@ def run_device(
                 response.raise_for_status()
 
             http_ms = median_ms(over_http, repeats)
+
+            webcam = {"image": ("webcam.jpg", WEBCAM.read_bytes(), "image/jpeg")}
+
+            def detected_over_http() -> None:  # no box: detect, network, fusion (the default)
+                client.post("/v1/predict", files=webcam).raise_for_status()
+
+            http_detect_ms = median_ms(detected_over_http, repeats)
+        decode_ms = median_ms(lambda: load_image(photo), repeats)
+        mediapipe_ms = None
+        if mediapipe_hands.available():
+            webcam_image, _ = load_image(WEBCAM)
+            mediapipe_ms = median_ms(  # MediaPipe's own single pass over the photo
+                lambda: mediapipe_hands.detect(webcam_image, tiles=False, closer=False), repeats
+            )
 
         per_client = max(2, repeats // 2)
 
@@ -218,6 +241,13 @@ def run_device(
         "photo_direct_ms": round(direct_ms, 2),
         "photo_http_ms": round(http_ms, 2),
         "server_overhead_ms": round(http_ms - direct_ms, 2),
+        "photo_decode_ms": round(decode_ms, 2),
+        "server_overhead_beyond_decode_ms": round(http_ms - direct_ms - decode_ms, 2),
+        "photo_http_detected_fused_ms": round(http_detect_ms, 2),
+        "mediapipe_in_process_ms": None if mediapipe_ms is None else round(mediapipe_ms, 2),
+        "http_detected_over_mediapipe": (
+            None if mediapipe_ms is None else round(http_detect_ms / mediapipe_ms, 2)
+        ),
         "http_requests_per_s_4_clients": round(statistics.median(rates), 2),
         "video_frames": frames,
         "video_fps_in_process": round(statistics.median(in_process), 2),
@@ -337,6 +367,7 @@ def main() -> None:
     parser.add_argument(
         "--only-hardening", action="store_true", help="only the hardening figures (issue #20)"
     )
+    parser.add_argument("--skip-hardening", action="store_true", help="no hardening figures")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -350,9 +381,11 @@ def main() -> None:
             for d in devices
             if not args.only_hardening
         ]
-        hardened = hardening(
-            checkpoint, photo, box, args.load_requests, args.repeats, args.threads, workdir
-        )
+        hardened = None
+        if not args.skip_hardening:
+            hardened = hardening(
+                checkpoint, photo, box, args.load_requests, args.repeats, args.threads, workdir
+            )
     print(
         json.dumps(
             {
