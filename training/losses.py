@@ -21,7 +21,12 @@ Batch contract (a dict of tensors, B samples): image (B, 3, S, S) in [0, 1]; mas
 keypoints2d (B, 21, 2) crop pixels; keypoints2d_vis (B, 21); keypoints3d (B, 21, 3) camera frame,
 metres; has_3d, has_mask, has_mano (B,); pose (B, 16, 3) axis-angle and betas (B, 10), valid where
 has_mano. Labels where the has_* flag is off may hold anything (zeros, NaN): they are replaced
-before use, never multiplied by a zero mask.
+before use, never multiplied by a zero mask. Optional per-sample label weights weight_2d and
+weight_3d (B,) in [0, 1] (teacher-labelled real photos: training/data/teacher_folder.py) scale
+each sample's share of the 2D terms (keypoints2d, heatmaps, heatmap_keypoints, camera) and of the
+3D terms (keypoints3d, bones, articulation, params); absent, every sample weighs 1. A term whose
+label a sample lacks (has_* 0, visibility 0) contributes exactly zero loss and zero gradient
+through that sample.
 
 The training package imports the backend, never the other way round; no bpy.
 """
@@ -81,16 +86,25 @@ class LossWeights:
     intermediate: float = 0.0  # weight of params + camera on the regressor's earlier iterations
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+def _masked_mean(values: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean of `values` where `mask` (broadcast to values' shape) is true; 0 if nothing is.
-    Masked-out entries never reach the sum, so NaNs there are harmless."""
+    Masked-out entries never reach the sum, so NaNs there are harmless. `weight` (B,), where
+    given, scales each sample's entries (values' first axis) before the sum; the mean still
+    divides by the number of entries in the mask, so a sample of weight 0.5 counts half and a
+    batch of down-weighted samples gives a smaller loss (not a renormalised one)."""
     mask = mask.expand_as(values)
+    if weight is not None:
+        values = values * weight.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
     total = torch.where(mask, values, torch.zeros_like(values)).sum()
     return total / mask.sum().clamp(min=1)
 
 
 def keypoints3d_loss(
-    pred: Tensor, target: Tensor, has_3d: Tensor, valid: Tensor | None = None
+    pred: Tensor,
+    target: Tensor,
+    has_3d: Tensor,
+    valid: Tensor | None = None,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """L1 between root-relative 3D keypoints: mean over the coordinates of valid keypoints of
     samples with has_3d of |(pred_k - pred_root) - (target_k - target_root)|. The root is the
@@ -105,11 +119,16 @@ def keypoints3d_loss(
     pred_rel = pred - pred.gather(1, index)  # (B, 21, 3)
     target_rel = target - target.gather(1, index)
     root_ok = valid.gather(1, root)  # the chosen root itself is valid
-    return _masked_mean((pred_rel - target_rel).abs(), (valid & root_ok)[..., None])
+    return _masked_mean((pred_rel - target_rel).abs(), (valid & root_ok)[..., None], weight)
 
 
 def articulation_loss(
-    pred: Tensor, pred_global: Tensor, target: Tensor, target_pose: Tensor, has_mano: Tensor
+    pred: Tensor,
+    pred_global: Tensor,
+    target: Tensor,
+    target_pose: Tensor,
+    has_mano: Tensor,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """L1 between 3D keypoints expressed in each hand's own wrist frame, metres: mean over the
     coordinates of samples with has_mano of |R_p^T (p_k - p_0) - R_t^T (t_k - t_0)|, where R_p is
@@ -128,15 +147,17 @@ def articulation_loss(
     # row vectors: R^T x for each keypoint x is x @ R
     pred_local = (pred - pred[:, :1]) @ pred_global.detach()  # (B, 21, 3)
     target_local = (target - target[:, :1]) @ target_rot
-    return _masked_mean((pred_local - target_local).abs(), valid[:, None, None])
+    return _masked_mean((pred_local - target_local).abs(), valid[:, None, None], weight)
 
 
-def keypoints2d_loss(pred_n: Tensor, target_n: Tensor, visibility: Tensor) -> Tensor:
+def keypoints2d_loss(
+    pred_n: Tensor, target_n: Tensor, visibility: Tensor, weight: Tensor | None = None
+) -> Tensor:
     """L1 on normalised crop coordinates, mean over the coordinates of visible keypoints.
     pred_n, target_n (B, 21, 2); visibility (B, 21), > 0 where the label is visible."""
     visible = (visibility > 0)[..., None]  # (B, 21, 1)
     target_n = torch.where(visible, target_n, torch.zeros_like(target_n))
-    return _masked_mean((pred_n - target_n).abs(), visible)
+    return _masked_mean((pred_n - target_n).abs(), visible, weight)
 
 
 def bone_lengths(keypoints3d: Tensor) -> Tensor:
@@ -147,7 +168,11 @@ def bone_lengths(keypoints3d: Tensor) -> Tensor:
 
 
 def bone_length_loss(
-    pred: Tensor, target: Tensor, has_3d: Tensor, valid: Tensor | None = None
+    pred: Tensor,
+    target: Tensor,
+    has_3d: Tensor,
+    valid: Tensor | None = None,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """L1 between predicted and labelled bone lengths (metres), mean over the bones whose two
     keypoints are valid, of samples with has_3d. pred, target (B, 21, 3); has_3d (B,); valid
@@ -158,11 +183,16 @@ def bone_length_loss(
     parents = list(KEYPOINT_PARENTS[1:])
     bone_ok = valid[:, 1:] & valid[:, parents]  # (B, 20)
     target = torch.where(valid[..., None], target, torch.zeros_like(target))
-    return _masked_mean((bone_lengths(pred) - bone_lengths(target)).abs(), bone_ok)
+    return _masked_mean((bone_lengths(pred) - bone_lengths(target)).abs(), bone_ok, weight)
 
 
 def camera_loss(
-    cam: Tensor, points3d: Tensor, points2d_n: Tensor, visibility: Tensor, valid: Tensor
+    cam: Tensor,
+    points3d: Tensor,
+    points2d_n: Tensor,
+    visibility: Tensor,
+    valid: Tensor,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Squared error between the predicted camera and the label's closed-form camera.
 
@@ -185,7 +215,7 @@ def camera_loss(
         return torch.cat([s.log(), s * c[:, 1:]], dim=1)
 
     error = (normalised(cam) - normalised(target)).square().sum(1)  # (B,)
-    return _masked_mean(error, valid)
+    return _masked_mean(error, valid, weight)
 
 
 def keypoint_heatmaps(
@@ -205,12 +235,14 @@ def keypoint_heatmaps(
     return maps
 
 
-def heatmap_loss(heatmaps: list[Tensor], target: Tensor, visibility: Tensor) -> Tensor:
+def heatmap_loss(
+    heatmaps: list[Tensor], target: Tensor, visibility: Tensor, weight: Tensor | None = None
+) -> Tensor:
     """Per-pixel MSE of each stack's heat-maps (B, K, H, W) against `target` (B, K, H, W), over the
     maps of visible keypoints (visibility (B, K) > 0), averaged over the stacks (intermediate
     supervision, Newell et al. 2016)."""
     visible = (visibility > 0)[..., None, None]  # (B, K, 1, 1)
-    per_stack = [_masked_mean((h.float() - target).square(), visible) for h in heatmaps]
+    per_stack = [_masked_mean((h.float() - target).square(), visible, weight) for h in heatmaps]
     return torch.stack(per_stack).mean()
 
 
@@ -232,7 +264,7 @@ def heatmap_soft_argmax(heatmaps: Tensor, beta: float = HEATMAP_SOFTARGMAX_BETA)
 
 
 def heatmap_keypoints_loss(
-    heatmaps: list[Tensor], keypoints2d_n: Tensor, visibility: Tensor
+    heatmaps: list[Tensor], keypoints2d_n: Tensor, visibility: Tensor, weight: Tensor | None = None
 ) -> Tensor:
     """L1 between each stack's heat-map soft-argmax (`heatmap_soft_argmax`) and the 2D keypoints
     (B, K, 2) in normalised crop coordinates, over visible keypoints, averaged over the stacks.
@@ -240,7 +272,8 @@ def heatmap_keypoints_loss(
     gradient toward its keypoint from the first step; the two agree at a Gaussian target."""
     visible = (visibility > 0)[..., None]  # (B, K, 1)
     per_stack = [
-        _masked_mean((heatmap_soft_argmax(h) - keypoints2d_n).abs(), visible) for h in heatmaps
+        _masked_mean((heatmap_soft_argmax(h) - keypoints2d_n).abs(), visible, weight)
+        for h in heatmaps
     ]
     return torch.stack(per_stack).mean()
 
@@ -283,7 +316,12 @@ def silhouette_loss(
 
 
 def param_loss(
-    rotmats: Tensor, betas: Tensor, target_pose: Tensor, target_betas: Tensor, has_mano: Tensor
+    rotmats: Tensor,
+    betas: Tensor,
+    target_pose: Tensor,
+    target_betas: Tensor,
+    has_mano: Tensor,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """MSE between predicted and labelled MANO parameters, over samples with has_mano: mean squared
     difference of the rotation-matrix entries (B, 16, 3, 3) against the label's axis-angle
@@ -294,7 +332,7 @@ def param_loss(
     target_rot = axis_angle_to_matrix(target_pose)  # (B, 16, 3, 3)
     rot_error = (rotmats - target_rot).square().flatten(1).mean(1)  # (B,)
     betas_error = (betas - target_betas).square().mean(1)  # (B,)
-    return _masked_mean(rot_error + betas_error, valid)
+    return _masked_mean(rot_error + betas_error, valid, weight)
 
 
 def pose_prior(rotmats: Tensor) -> Tensor:
@@ -332,31 +370,35 @@ def hamr_loss(
     has_3d, has_mano = batch["has_3d"].bool(), batch["has_mano"].bool()
     kp3d = batch["keypoints3d"].float()
     kp3d_valid = batch.get("keypoints3d_valid")  # (B, 21) or None: all valid where has_3d
+    # per-sample label weights (B,) or None (1): 2D / heat-map / camera terms, 3D / MANO terms
+    w2d, w3d = batch.get("weight_2d"), batch.get("weight_3d")
     # the label's keypoints in the prediction's frame: same rotation (camera axes), root moved
     kp3d_model = kp3d - kp3d[:, :1] + output.keypoints3d[:, :1].detach()
 
     def camera_term(cam: Tensor) -> Tensor:
-        return camera_loss(cam, kp3d_model, kp2d_n, vis, has_3d)
+        return camera_loss(cam, kp3d_model, kp2d_n, vis, has_3d, w2d)
 
     def params_term(rotmats: Tensor, betas: Tensor) -> Tensor:
-        return param_loss(rotmats, betas, batch["pose"].float(), batch["betas"].float(), has_mano)
+        pose, betas_gt = batch["pose"].float(), batch["betas"].float()
+        return param_loss(rotmats, betas, pose, betas_gt, has_mano, w3d)
 
     def intermediate_term(earlier: list[RegressorParams]) -> Tensor:
         zero = output.cam.new_zeros(())
         return sum((params_term(p.rotmats, p.betas) + camera_term(p.cam) for p in earlier), zero)
 
     compute = {
-        "keypoints3d": lambda: keypoints3d_loss(output.keypoints3d, kp3d, has_3d, kp3d_valid),
-        "keypoints2d": lambda: keypoints2d_loss(output.keypoints2d, kp2d_n, vis),
+        "keypoints3d": lambda: keypoints3d_loss(output.keypoints3d, kp3d, has_3d, kp3d_valid, w3d),
+        "keypoints2d": lambda: keypoints2d_loss(output.keypoints2d, kp2d_n, vis, w2d),
         "geometric": lambda: geometric_loss(output.keypoints3d, side),
-        "bones": lambda: bone_length_loss(output.keypoints3d, kp3d, has_3d, kp3d_valid),
+        "bones": lambda: bone_length_loss(output.keypoints3d, kp3d, has_3d, kp3d_valid, w3d),
         "camera": lambda: camera_term(output.cam),
         "heatmaps": lambda: heatmap_loss(
             output.heatmaps,
             keypoint_heatmaps(kp2d_n, output.heatmaps[-1].shape[-1], visibility=vis),
             vis,
+            w2d,
         ),
-        "heatmap_keypoints": lambda: heatmap_keypoints_loss(output.heatmaps, kp2d_n, vis),
+        "heatmap_keypoints": lambda: heatmap_keypoints_loss(output.heatmaps, kp2d_n, vis, w2d),
         "silhouette": lambda: silhouette_loss(
             output.vertices,
             output.faces,
@@ -367,7 +409,7 @@ def hamr_loss(
             silhouette_sigma,
         ),
         "articulation": lambda: articulation_loss(
-            output.keypoints3d, output.rotmats[:, 0], kp3d, batch["pose"].float(), has_mano
+            output.keypoints3d, output.rotmats[:, 0], kp3d, batch["pose"].float(), has_mano, w3d
         ),
         "params": lambda: params_term(output.rotmats, output.betas),
         "pose_prior": lambda: pose_prior(output.rotmats),

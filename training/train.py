@@ -37,6 +37,7 @@ from backend.network.checkpoint import load_checkpoint, save_checkpoint
 from backend.network.config import HamrConfig
 from backend.network.hamr import HamrNet
 
+from .data.mix import LABEL_WEIGHT_KEYS
 from .data.transforms import flip_to_right
 from .losses import LossWeights, hamr_loss
 from .synth.engine import SynthConfig, SyntheticHands
@@ -135,7 +136,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 class BatchSource:
     """Yields training batches: on-the-fly synthetic samples mixed with dataset items by weight."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, rank: int, world: int) -> None:
+    def __init__(
+        self, cfg: TrainConfig, device: torch.device, rank: int, world: int, start_micro: int = 0
+    ) -> None:
+        """start_micro: the first micro-batch this source yields (a resumed run's step times
+        accum_steps), so a resumed run reads the dataset items it has not read yet."""
         self.cfg, self.device, self.rank = cfg, device, rank
         synth_weight = sum(d.get("weight", 1.0) for d in cfg.data if d["spec"] == "synthetic")
         others = [d for d in cfg.data if d["spec"] != "synthetic"]
@@ -159,9 +164,10 @@ class BatchSource:
                 length=10**9,
                 seed=cfg.seed + 7919 * rank,
             )
-            sampler = torch.utils.data.RandomSampler(
-                mixed, num_samples=10**9, generator=torch.Generator().manual_seed(cfg.seed + rank)
-            )
+            # MixedDataset draws a random dataset and item for each index (seeded by the index),
+            # so consecutive indices are a random stream; a RandomSampler over 10**9 indices would
+            # hold a 10**9-long permutation (8 GB) in memory
+            sampler = range(start_micro * self.n_data, 10**9)
             self.loader = iter(
                 torch.utils.data.DataLoader(
                     mixed,
@@ -193,6 +199,11 @@ class BatchSource:
             parts.append(self._synthetic(step))
         if self.n_data:
             parts.append({k: v.to(self.device) for k, v in next(self.loader).items()})
+        for p in parts:  # per-sample label weights: 1 where a source has none (synthetic)
+            n = p["image"].shape[0]
+            for k in LABEL_WEIGHT_KEYS:
+                if k not in p:
+                    p[k] = torch.ones(n, device=self.device)
         keys = set.intersection(*(set(p) for p in parts))
         batch = {k: torch.cat([p[k] for p in parts]) for k in keys}
         return flip_to_right(batch)
@@ -313,7 +324,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None
         )
-    source = BatchSource(cfg, device, rank, world)
+    source = BatchSource(cfg, device, rank, world, start_micro=start * cfg.accum_steps)
     rows: list[dict] = []
     csv_path = out / "metrics.csv"
     if resume and csv_path.exists():

@@ -18,6 +18,12 @@ synthetic item lacks is filled in (has_K = 1, keypoints3d_valid = has_3d, index)
     synthetic-folder:DIR     a folder written by `python -m training.synthesize` (the folder is
                              the split; its crops were jittered at synthesis, so crop_jitter and
                              seed are not used)
+    teacher-folder:DIR       real photos labelled by `python -m training.label_real`
+                             (training/data/teacher_folder.py; the labeller's --holdout globs
+                             made its test split)
+
+Items also carry the per-sample label weights `weight_2d` and `weight_3d` () float
+(`LABEL_WEIGHT_KEYS`; the teacher folder's confidence, 1 for every other reader).
 
 Extra keyword arguments (crop_jitter, seed) go to the reader.
 """
@@ -38,20 +44,27 @@ from .samples import DEFAULT_SAMPLES_ROOT, SampleSet
 from .samples import NAMES as SAMPLE_SET_NAMES
 from .stb import STB
 from .synthetic_folder import SyntheticFolder
+from .teacher_folder import TeacherFolder
 
 SPLITS = ("train", "test")
 _NATIVE_SPLITS = {"train": "training", "test": "evaluation"}  # FreiHAND and RHD folder names
 DATASET_NAMES: tuple[str, ...] = (
     "freihand", "rhd", "stb", *(f"samples-{n}" for n in SAMPLE_SET_NAMES), "synthetic-folder",
+    "teacher-folder",
 )  # fmt: skip
+# per-sample loss weights (training.losses.hamr_loss): 1 where a reader has none
+LABEL_WEIGHT_KEYS: tuple[str, ...] = ("weight_2d", "weight_3d")
 
 
 def conform_item(item: dict[str, Tensor], index: int) -> dict[str, Tensor]:
-    """Any reader's item (SyntheticFolder's too) -> a dict with exactly ITEM_KEYS."""
+    """Any reader's item (SyntheticFolder's too) -> a dict with exactly ITEM_KEYS and
+    LABEL_WEIGHT_KEYS."""
     out = {k: item[k] for k in ITEM_KEYS if k in item}
     out.setdefault("keypoints3d_valid", item["has_3d"] * torch.ones(item["keypoints3d"].shape[0]))
     out.setdefault("has_K", torch.tensor(1.0))  # the synthetic crops' K is exact
     out.setdefault("index", torch.tensor(index, dtype=torch.long))
+    for k in LABEL_WEIGHT_KEYS:
+        out[k] = torch.as_tensor(item.get(k, 1.0), dtype=torch.float32)
     missing = set(ITEM_KEYS) - set(out)
     if missing:
         raise KeyError(f"item lacks {sorted(missing)}")
@@ -137,6 +150,8 @@ def build_dataset(spec: str, split: str, **kw) -> torch.utils.data.Dataset:
         return RHD(root, _NATIVE_SPLITS[split], **kw)
     if name == "stb":
         return STB(root, split, **kw)
+    if name == "teacher-folder":
+        return TeacherFolder(root, split, **kw)
     unknown = set(kw) - {"crop_jitter", "seed"}
     if unknown:
         raise TypeError(f"synthetic-folder takes no options {sorted(unknown)}")

@@ -1,0 +1,99 @@
+"""Reader of teacher-labelled real hands (`hamr.teacher/1`, written by `training.label_real`).
+
+    DIR/meta.json, DIR/samples.jsonl, DIR/crops/NNNNNNN.jpg (format: training/label_real.py)
+
+Each item crops the stored context crop exactly as every reader does (`common.build_item`: the
+landmarks' box grown 10 %, `square_crop`, optional `CropJitter`), and packs `common.ITEM_KEYS`:
+keypoints2d and keypoints2d_vis (all 1) from MediaPipe's image landmarks; keypoints3d (camera
+frame, metres; training compares them root-relative) from the landmark fit; pose (16, 3) and betas
+(10) of the fit with has_mano = 1 (the articulation and parameter terms); has_3d = 1, has_mask = 0
+(no silhouette), has_K = 0 (the photo's focal length is a default guess). Plus the per-sample
+loss weights `weight_2d` and `weight_3d` () float in [0, 1] (the labeller's confidence; they scale
+the 2D / heat-map / camera terms and the 3D / bones / MANO terms in `training.losses.hamr_loss`).
+Items keep the hand's own side; training flips left hands in (`transforms.flip_to_right`).
+
+split: "train" or "test" (the labeller's --holdout globs decide), None for every sample.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .common import CropJitter, HandCropDataset, HandSample, build_item, load_rgb
+
+FORMAT = "hamr.teacher/1"
+SIDES = {"right": 0, "left": 1}
+
+
+class TeacherFolder(HandCropDataset):
+    name = "teacher-folder"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = "train",
+        crop_jitter: CropJitter | None = None,
+        seed: int = 0,
+        min_weight: float = 0.0,
+    ) -> None:
+        super().__init__(crop_jitter, seed)
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{self.root} is not a teacher-labelled folder (no meta.json)")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: format {self.meta.get('format')!r}, expected {FORMAT}")
+        if split not in (None, "train", "test"):
+            raise ValueError(f"split must be 'train', 'test' or None, got {split!r}")
+        records = []
+        with (self.root / "samples.jsonl").open() as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut while the labeller writes
+                    break
+                if (split is None or rec["split"] == split) and rec["weight_2d"] >= min_weight:
+                    records.append(rec)
+        self.records = records
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> HandSample:
+        rec = self.records[index]
+        image = load_rgb(self.root / "crops" / f"{rec['id']:07d}.jpg")
+        return HandSample(
+            image=image,
+            keypoints2d=np.asarray(rec["keypoints2d"], np.float64),
+            keypoints2d_vis=np.ones(21),
+            side=SIDES[rec["side"]],
+            K=np.asarray(rec["K"], np.float64),
+            keypoints3d=np.asarray(rec["keypoints3d"], np.float64),
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"{self.name}: index {index} out of range for {n} items")
+        index %= n
+        rng = None
+        if self.crop_jitter is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+        item = build_item(self.load(index), index, self.crop_jitter, rng)
+        rec = self.records[index]
+        item["pose"] = torch.tensor(rec["pose"], dtype=torch.float32)
+        item["betas"] = torch.tensor(rec["betas"], dtype=torch.float32)
+        item["has_mano"] = torch.tensor(1.0)
+        item["has_K"] = torch.tensor(0.0)
+        item["weight_2d"] = torch.tensor(float(rec["weight_2d"]))
+        item["weight_3d"] = torch.tensor(float(rec["weight_3d"]))
+        return item
