@@ -66,49 +66,56 @@ def _summary(rows: list[dict], keys: tuple[str, ...], digits: int) -> dict:
     return out
 
 
-def synthetic(predictor: Predictor, count: int) -> dict:
+def found_synthetic_hands(count: int):
+    """The crops of the synthetic test split (the first `count`) where MediaPipe finds the hand:
+    yields (RGB crop, true side, MediaPipe's hand, true 3D keypoints (21, 3), true 2D (21, 2))."""
     from training.evaluate import synthetic_test_batches
 
-    rows = []
     for batch in synthetic_test_batches(count, torch.device("cpu")):
         for i in range(len(batch["image"])):
             image = batch["image"][i].permute(1, 2, 0).numpy() * 255 + 0.5
             image = image.clip(0, 255).astype(np.uint8)
             found = mediapipe_hands.detect(image, 1)
-            if not found:
-                continue
-            side = "left" if int(batch["side"][i]) == 1 else "right"
-            out = compare(predictor, image, found[0], side)
-            gt3, gt2 = batch["keypoints3d"][i].numpy(), batch["keypoints2d"][i].numpy()
+            if found:
+                side = "left" if int(batch["side"][i]) == 1 else "right"
+                gt3, gt2 = batch["keypoints3d"][i].numpy(), batch["keypoints2d"][i].numpy()
+                yield image, side, found[0], gt3, gt2
 
-            def px(uv, gt2=gt2):
-                return float(np.linalg.norm(np.asarray(uv) - gt2, axis=1).mean())
 
-            rows.append(
-                {
-                    "mediapipe_2d": px(found[0]["keypoints2d"]),
-                    "network_2d": px(out["net"]["keypoints2d"]),
-                    "fused_2d": px(out["fused"]["keypoints2d"]),
-                    "mediapipe_3d": pa_mm(found[0]["keypoints3d_world"], gt3),
-                    "network_3d": pa_mm(out["net"]["joints3d_cam"], gt3),
-                    "fused_3d": pa_mm(out["fused"]["joints3d_cam"], gt3),
-                    "seconds": out["seconds"],
-                }
-            )
+def synthetic(predictor: Predictor, count: int) -> dict:
+    rows = []
+    for image, side, found, gt3, gt2 in found_synthetic_hands(count):
+        out = compare(predictor, image, found, side)
+
+        def px(uv, gt2=gt2):
+            return float(np.linalg.norm(np.asarray(uv) - gt2, axis=1).mean())
+
+        rows.append(
+            {
+                "mediapipe_2d": px(found["keypoints2d"]),
+                "network_2d": px(out["net"]["keypoints2d"]),
+                "fused_2d": px(out["fused"]["keypoints2d"]),
+                "mediapipe_3d": pa_mm(found["keypoints3d_world"], gt3),
+                "network_3d": pa_mm(out["net"]["joints3d_cam"], gt3),
+                "fused_3d": pa_mm(out["fused"]["joints3d_cam"], gt3),
+                "seconds": out["seconds"],
+            }
+        )
     keys = tuple(f"{w}_{d}" for d in ("2d", "3d") for w in ("mediapipe", "network", "fused"))
     return {"crops": count, "hands": len(rows), **_summary(rows, keys, 2)}
 
 
-def samples(predictor: Predictor) -> dict:
+def found_sample_hands():
+    """The annotated hands of ../shared/samples that MediaPipe finds (its box over the annotated
+    keypoints' box, IoU > 0.5): yields (set name, SampleHand, RGB photo, visible mask (21,),
+    the hand's size in pixels, MediaPipe's hand); nothing when the folder is absent."""
     from training.data.samples import DEFAULT_SAMPLES_ROOT, NAMES, SampleSet
 
     if not DEFAULT_SAMPLES_ROOT.is_dir():
-        return {"skipped": f"no sample photos at {DEFAULT_SAMPLES_ROOT}"}
-    rows, total = [], 0
+        return
     for name in NAMES:
         dataset = SampleSet(None, name)
         for hand in dataset.hands:
-            total += 1
             image, _ = load_image(dataset.dir / hand.file)
             vis = hand.vis > 0
             lo, hi = hand.uv[vis].min(0), hand.uv[vis].max(0)
@@ -116,26 +123,41 @@ def samples(predictor: Predictor) -> dict:
             best = max(
                 mediapipe_hands.detect(image), key=lambda d: iou(d["box_xyxy"], truth), default=None
             )
-            if best is None or iou(best["box_xyxy"], truth) <= 0.5:
-                continue
-            out = compare(predictor, image, best, best["side"])
-            size = float(max(hi - lo))
+            if best is not None and iou(best["box_xyxy"], truth) > 0.5:
+                yield name, hand, image, vis, float(max(hi - lo)), best
 
-            def err(uv, gt=hand.uv, vis=vis, size=size):
-                return float(np.linalg.norm(np.asarray(uv)[vis] - gt[vis], axis=1).mean() / size)
 
-            row = {
-                "set": name,
-                "mediapipe_2d": err(best["keypoints2d"]),
-                "network_2d": err(out["net"]["keypoints2d"]),
-                "fused_2d": err(out["fused"]["keypoints2d"]),
-                "seconds": out["seconds"],
-            }
-            if hand.xyz is not None:
-                row["mediapipe_3d"] = pa_mm(best["keypoints3d_world"], hand.xyz)
-                row["network_3d"] = pa_mm(out["net"]["joints3d_cam"], hand.xyz)
-                row["fused_3d"] = pa_mm(out["fused"]["joints3d_cam"], hand.xyz)
-            rows.append(row)
+def sample_hands_total() -> int | None:
+    """How many annotated hands ../shared/samples holds; None when it is absent."""
+    from training.data.samples import DEFAULT_SAMPLES_ROOT, NAMES, SampleSet
+
+    if not DEFAULT_SAMPLES_ROOT.is_dir():
+        return None
+    return sum(len(SampleSet(None, name).hands) for name in NAMES)
+
+
+def samples(predictor: Predictor) -> dict:
+    if (total := sample_hands_total()) is None:
+        return {"skipped": "no sample photos (../shared/samples)"}
+    rows = []
+    for name, hand, image, vis, size, best in found_sample_hands():
+        out = compare(predictor, image, best, best["side"])
+
+        def err(uv, gt=hand.uv, vis=vis, size=size):
+            return float(np.linalg.norm(np.asarray(uv)[vis] - gt[vis], axis=1).mean() / size)
+
+        row = {
+            "set": name,
+            "mediapipe_2d": err(best["keypoints2d"]),
+            "network_2d": err(out["net"]["keypoints2d"]),
+            "fused_2d": err(out["fused"]["keypoints2d"]),
+            "seconds": out["seconds"],
+        }
+        if hand.xyz is not None:
+            row["mediapipe_3d"] = pa_mm(best["keypoints3d_world"], hand.xyz)
+            row["network_3d"] = pa_mm(out["net"]["joints3d_cam"], hand.xyz)
+            row["fused_3d"] = pa_mm(out["fused"]["joints3d_cam"], hand.xyz)
+        rows.append(row)
     keys = tuple(f"{w}_{d}" for d in ("2d", "3d") for w in ("mediapipe", "network", "fused"))
     out = {"hands": total, "found_by_mediapipe": len(rows), **_summary(rows, keys, 4)}
     out["hands_with_3d"] = sum("fused_3d" in r for r in rows)

@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,3 +224,33 @@ def hand_video(tmp_path_factory: pytest.TempPathFactory) -> HandVideo:
     frames, boxes = render_hand_frames()
     path = write_clip(tmp_path_factory.mktemp("video") / "hand.mp4", frames, 10.0)
     return HandVideo(path, 10.0, boxes)
+
+
+# ----------------------------------------------------------------------------- HTTP servers
+# (shared by test_server.py and test_service_*.py; `http` takes the requesting module's `server`)
+
+
+@pytest.fixture(scope="module")
+def server_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    root = tmp_path_factory.mktemp("xdg")
+    for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+        (root / name).mkdir()
+        env[name] = str(root / name)
+    env["OMP_NUM_THREADS"] = "1"  # see conftest: the CPU is shared
+    env.pop("HAMR_TOKEN", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def http(server) -> Iterator:
+    """An httpx client of the module's `server` fixture (test_server.Server)."""
+    with server.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def photo_bytes(sample_photo: Path) -> bytes:
+    return sample_photo.read_bytes()

@@ -99,20 +99,6 @@ def stop_server(server: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def server_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    root = tmp_path_factory.mktemp("xdg")
-    for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
-        (root / name).mkdir()
-        env[name] = str(root / name)
-    env["OMP_NUM_THREADS"] = "1"  # see conftest: the CPU is shared
-    env.pop("HAMR_TOKEN", None)
-    return env
-
-
-@pytest.fixture(scope="module")
 def server(
     checkpoint: Path, server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
@@ -126,17 +112,6 @@ def server(
     assert server.process.returncode in (0, -signal.SIGTERM), log
     assert "Application shutdown complete" in log and "Traceback" not in log, log
     assert not list(server.cache.glob("hamr/uploads-*"))
-
-
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def photo_bytes(sample_photo: Path) -> bytes:
-    return sample_photo.read_bytes()
 
 
 def box_field(box: tuple[float, ...]) -> str:

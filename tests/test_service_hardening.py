@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +25,15 @@ import numpy as np
 import pytest
 from conftest import check_camera_identity
 from PIL import Image
-from test_server import ROOT, Server, assert_error, box_field, start_server, stop_server
+from test_server import (
+    ROOT,
+    Server,
+    assert_error,
+    box_field,
+    png_header_only,
+    start_server,
+    stop_server,
+)
 
 from backend.media.image import exif_f35_mm, load_image, load_image_within
 from backend.options import MAX_BOXES
@@ -36,18 +41,6 @@ from backend.service.guard import Guard
 from backend.service.jobs import all_finite
 
 TOKEN = "0123456789abcdef-token"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    out = dict(os.environ)
-    root = tmp_path_factory.mktemp("xdg-hardening")
-    for name in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
-        (root / name).mkdir()
-        out[name] = str(root / name)
-    out["OMP_NUM_THREADS"] = "1"  # the CPU is shared
-    out.pop("HAMR_TOKEN", None)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +53,10 @@ def allowed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint: Path, env: dict[str, str], allowed: Path) -> Iterator[Server]:
+def server(checkpoint: Path, server_env: dict[str, str], allowed: Path) -> Iterator[Server]:
     server = start_server(
         checkpoint,
-        env,
+        server_env,
         *("--allow-path", str(allowed), "--allow-origin", "http://ok.example"),
         *("--max-upload-mb", "64"),  # the 33 Mpx PNG of the reduced-size test
     )
@@ -71,17 +64,6 @@ def server(checkpoint: Path, env: dict[str, str], allowed: Path) -> Iterator[Ser
     stop_server(server)
     log = server.process.stderr.read()
     assert "Traceback" not in log, log
-
-
-@pytest.fixture(scope="module")
-def http(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def photo_bytes(sample_photo: Path) -> bytes:
-    return sample_photo.read_bytes()
 
 
 def port_of(server: Server) -> int:
@@ -103,15 +85,6 @@ def jpeg_with_f35(value, kind: str) -> bytes:
     back = Image.open(io.BytesIO(out)).getexif().get_ifd(0x8769).get(0xA405)
     assert back is not None, kind
     return out
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def bad_inputs(photo: bytes, box: str, allowed: Path) -> list[tuple[str, str, str, dict]]:
@@ -502,14 +475,14 @@ def test_stalled_body_is_a_408() -> None:
     assert err.value.status == 408
 
 
-def test_token_rules(checkpoint, env) -> None:
+def test_token_rules(checkpoint, server_env) -> None:
     """`hamr serve --token` with fewer than 16 characters, or blank, exits at once with a
     message; a long token is required as a bearer token."""
     for bad in ("x", " ", "short-token"):
         proc = subprocess.run(
             [sys.executable, "-m", "backend.cli", "serve", "--token", bad, "--port", "1"],
             cwd=ROOT,
-            env=env,
+            env=server_env,
             capture_output=True,
             text=True,
             timeout=60,
@@ -518,7 +491,7 @@ def test_token_rules(checkpoint, env) -> None:
 
 
 def test_killed_job_is_reported_failed_and_its_upload_swept(
-    checkpoint, env, tmp_path, hand_video
+    checkpoint, server_env, tmp_path, hand_video
 ) -> None:
     """SIGKILL mid-job: the upload stays on disk (nothing could remove it); the next server on
     the same cache removes it at start and reports the job as failed, not unknown."""
@@ -534,7 +507,7 @@ def test_killed_job_is_reported_failed_and_its_upload_swept(
     for i in range(300):
         writer.write(frames[i % len(frames)])
     writer.release()
-    cache_env = dict(env, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    cache_env = dict(server_env, XDG_CACHE_HOME=str(tmp_path / "cache"))
     (tmp_path / "cache").mkdir()
     first = start_server(checkpoint, cache_env)
     try:

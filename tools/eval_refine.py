@@ -53,30 +53,22 @@ def _two(predictor: Predictor, image, request: HandRequest, found: dict):
 
 
 def synthetic(predictor: Predictor, count: int) -> dict:
-    from training.evaluate import synthetic_test_batches
+    from benchmarks.accuracy import found_synthetic_hands
 
     rows = []
-    for batch in synthetic_test_batches(count, torch.device("cpu")):
-        for i in range(len(batch["image"])):
-            image = batch["image"][i].permute(1, 2, 0).numpy() * 255 + 0.5
-            image = image.clip(0, 255).astype(np.uint8)
-            found = mediapipe_hands.detect(image, 1)
-            if not found:
-                continue
-            side = "left" if int(batch["side"][i]) == 1 else "right"
-            request = HandRequest(found[0]["box_xyxy"], side)
-            net, refined, seconds = _two(predictor, image, request, found[0])
-            gt3, gt2 = batch["keypoints3d"][i].numpy(), batch["keypoints2d"][i].numpy()
-            rows.append(
-                {
-                    "pa_net": _pa_mm(net["joints3d_cam"], gt3),
-                    "pa_refined": _pa_mm(refined["joints3d_cam"], gt3),
-                    "px_net": _px(net["keypoints2d"], gt2),
-                    "px_refined": _px(refined["keypoints2d"], gt2),
-                    "px_mediapipe": _px(found[0]["keypoints2d"], gt2),
-                    "seconds": seconds,
-                }
-            )
+    for image, side, found, gt3, gt2 in found_synthetic_hands(count):
+        request = HandRequest(found["box_xyxy"], side)
+        net, refined, seconds = _two(predictor, image, request, found)
+        rows.append(
+            {
+                "pa_net": _pa_mm(net["joints3d_cam"], gt3),
+                "pa_refined": _pa_mm(refined["joints3d_cam"], gt3),
+                "px_net": _px(net["keypoints2d"], gt2),
+                "px_refined": _px(refined["keypoints2d"], gt2),
+                "px_mediapipe": _px(found["keypoints2d"], gt2),
+                "seconds": seconds,
+            }
+        )
     out = {"crops": count, "found_by_mediapipe": len(rows)}
     if rows:
         for key in rows[0]:
@@ -86,39 +78,27 @@ def synthetic(predictor: Predictor, count: int) -> dict:
 
 
 def samples(predictor: Predictor) -> dict:
-    from training.data.samples import DEFAULT_SAMPLES_ROOT, NAMES, SampleSet
+    from benchmarks.accuracy import found_sample_hands, sample_hands_total
 
-    if not DEFAULT_SAMPLES_ROOT.is_dir():
-        return {"skipped": f"no sample photos at {DEFAULT_SAMPLES_ROOT}"}
-    rows, total = [], 0
-    for name in NAMES:
-        dataset = SampleSet(None, name)
-        for hand in dataset.hands:
-            total += 1
-            image, _ = load_image(dataset.dir / hand.file)
-            vis = hand.vis > 0
-            lo, hi = hand.uv[vis].min(0), hand.uv[vis].max(0)
-            truth = (*lo, *hi)
-            best = max(mediapipe_hands.detect(image), key=lambda d: iou(d["box_xyxy"], truth),
-                       default=None)  # fmt: skip
-            if best is None or iou(best["box_xyxy"], truth) <= 0.5:
-                continue
-            request = HandRequest(best["box_xyxy"], best["side"])
-            net, refined, _ = _two(predictor, image, request, best)
-            size = float(max(hi - lo))
-            row = {"set": name}
-            for key, uv in (
-                ("net", net["keypoints2d"]),
-                ("mediapipe", best["keypoints2d"]),
-                ("refined", refined["keypoints2d"]),
-            ):
-                err = np.linalg.norm(np.asarray(uv)[vis] - hand.uv[vis], axis=1) / size
-                row[f"err_{key}"] = float(err.mean())
-                row[f"pck10_{key}"] = float((err < 0.1).mean())
-            if hand.xyz is not None:
-                row["pa_net"] = _pa_mm(net["joints3d_cam"], hand.xyz)
-                row["pa_refined"] = _pa_mm(refined["joints3d_cam"], hand.xyz)
-            rows.append(row)
+    if (total := sample_hands_total()) is None:
+        return {"skipped": "no sample photos (../shared/samples)"}
+    rows = []
+    for name, hand, image, vis, size, best in found_sample_hands():
+        request = HandRequest(best["box_xyxy"], best["side"])
+        net, refined, _ = _two(predictor, image, request, best)
+        row = {"set": name}
+        for key, uv in (
+            ("net", net["keypoints2d"]),
+            ("mediapipe", best["keypoints2d"]),
+            ("refined", refined["keypoints2d"]),
+        ):
+            err = np.linalg.norm(np.asarray(uv)[vis] - hand.uv[vis], axis=1) / size
+            row[f"err_{key}"] = float(err.mean())
+            row[f"pck10_{key}"] = float((err < 0.1).mean())
+        if hand.xyz is not None:
+            row["pa_net"] = _pa_mm(net["joints3d_cam"], hand.xyz)
+            row["pa_refined"] = _pa_mm(refined["joints3d_cam"], hand.xyz)
+        rows.append(row)
     out: dict = {"hands": total, "found_by_mediapipe": len(rows)}
     for key in ("err_net", "err_mediapipe", "err_refined", "pck10_net", "pck10_mediapipe",
                 "pck10_refined"):  # fmt: skip
