@@ -31,8 +31,9 @@ import torch
 
 from backend.camera import project_points, solve_translation
 from backend.hand_model.model import HandModel
+from backend.network.rotation import axis_angle_to_matrix
 
-from .closed_form import keypoints_to_mano
+from .closed_form import keypoint_layer, keypoints_to_mano, layer_keypoints
 from .gauss_newton import refine
 
 MIN_SAY = 0.01  # a network trusted less than this is not counted among a hand's signals
@@ -148,7 +149,8 @@ def fuse_hands(
         if fixed is not None
         else torch.where(has_world[:, None], start.betas, torch.as_tensor(network_betas, **f32))
     )
-    kp = hand_model(pose0, betas0).keypoints  # (B, 21, 3) no translation
+    layer = keypoint_layer(hand_model)  # the model's 21 keypoints without its mesh (cheaper)
+    kp = layer_keypoints(layer, axis_angle_to_matrix(pose0), betas0)  # (B, 21, 3) no transl
     init = torch.as_tensor(network_transl, **f32)
     transl = torch.stack([_place(kp[i], uv[i], Kt, init[i]) for i in range(len(kp))])
     # 2. the refinement on every signal, each hand's pixels in units of its own sigma (K and the
@@ -174,7 +176,7 @@ def fuse_hands(
         robust=settings.robust,
         robust_scale=settings.robust_scale,
     )
-    joints = hand_model(out.pose, out.betas, out.transl).keypoints
+    joints = layer_keypoints(layer, axis_angle_to_matrix(out.pose), out.betas, out.transl)
     uv_after = project_points(joints, Kt)
     net_joints_uv = torch.as_tensor(network_uv, **f32)
     return FusedHands(
