@@ -392,3 +392,43 @@ def test_hamr_blend_reports_errors(bpy_env: dict[str, str], tmp_path: Path) -> N
     )
     assert proc.returncode == 2 and "hamr blend: error: image not found" in proc.stderr
     assert not (tmp_path / "x.blend").exists()
+
+
+# ------------------------------------------------------------------------------ issue #22 bugs
+def test_extension_bugs_reported_cleanly(
+    extension_zip: Path, sample_photo: Path, bpy_env: dict[str, str], tmp_path: Path
+) -> None:
+    import shutil
+
+    photo_as_mp4 = tmp_path / "clip.mp4"  # the photo named as a clip
+    shutil.copy(sample_photo, photo_as_mp4)
+    out = run_bpy(
+        "extension_bugs.py",
+        extension_zip,
+        sideways_photo(sample_photo, tmp_path),
+        photo_as_mp4,
+        env=bpy_env,
+    )
+    for op, res in out["space"].items():  # was an uncaught http.client.InvalidURL
+        assert res["result"] == ["CANCELLED"], (op, res)
+        assert "must not contain spaces" in res["error"] and "Traceback" not in res["error"]
+    assert out["online_access"] is False and out["online_access_on"] is True
+    for op, res in out["offline"].items():  # refused before any connection is tried
+        assert res["result"] == ["CANCELLED"] and "online access is off" in res["error"], op
+        assert res["seconds"] < 1.0, (op, res)
+    assert "Cannot reach the HAMR backend" in out["online"]["check"]["error"]
+    assert "is a JPEG photo, not a video" in out["video_jpg"]["error"]
+    assert "clip.mp4 is a JPEG photo, not a video" in out["video_photo_as_mp4"]["error"]
+    assert out["unchanged"]
+
+
+def test_not_an_image_message_names_the_file(server: str) -> None:
+    """The backend's 400 for bytes that are no image quoted Python's repr of its in-memory
+    stream (<_io.BytesIO object at 0x...>); the client names the file instead."""
+    from hamr_blender.io.client import BackendError, HamrClient
+
+    with pytest.raises(BackendError) as info:
+        HamrClient(server).predict(b"these are my notes, not a photo", filename="notes.jpg")
+    msg = str(info.value)
+    assert info.value.status == 400 and "'notes.jpg'" in msg, msg
+    assert "object at 0x" not in msg and "BytesIO" not in msg, msg

@@ -617,3 +617,15 @@ def test_backend_process_reports_why_it_failed(tmp_path) -> None:
         proc.wait_ready(timeout=20)
     with pytest.raises(backend_process.BackendStartError, match="was not found"):
         proc.start(url, tmp_path, command="hamr-no-such-program serve")
+
+
+def test_client_refuses_urls_http_client_cannot_send() -> None:
+    """A space in the backend URL (a typo in the preferences) raised http.client.InvalidURL,
+    which no operator caught: now a ValueError when the client is made."""
+    for url in ("http://127.0.0.1:8734 ", "http://127.0.0.1 :8734", "http://local host:1"):
+        with pytest.raises(ValueError, match="spaces"):
+            client.HamrClient(url + "/x" if url.endswith(" ") else url)
+    with pytest.raises(ValueError, match="not valid"):
+        client.normalize_url("http://127.0.0.1:99999")
+    with pytest.raises(ValueError, match="spaces"):
+        client.normalize_url("http://127.0.0.1:8734/\x01")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import bpy
 
 from ..io import backend_process, orientation
-from ..io.client import DEFAULT_URL, BackendError, HamrClient
+from ..io.client import DEFAULT_URL, BackendError, HamrClient, is_loopback
 from ..io.payload import PayloadError, RigData, parse_prediction, parse_rig
 from . import ADDON, scene
 from .rig import NewData, RigOptions
@@ -54,9 +54,24 @@ def settings(context: bpy.types.Context) -> Settings:
     )
 
 
+def require_online_access(url: str) -> None:
+    """Blender's "Allow Online Access" (Preferences > System > Network, off with
+    --offline-mode) covers every connection an extension makes beyond this machine: a backend
+    URL that is not loopback is refused while it is off (ValueError, a message for the user)."""
+    if not is_loopback(url) and not bpy.app.online_access:
+        raise ValueError(
+            f"the backend URL {url} is not on this machine and Blender's online access is off: "
+            "allow it in Preferences > System > Network, or use a backend at 127.0.0.1"
+        )
+
+
 def client_for(context: bpy.types.Context, timeout: float = 30.0) -> HamrClient:
+    """A client for the preferences' backend; ValueError for a bad URL or one that Blender's
+    online access setting forbids (`require_online_access`)."""
     s = settings(context)
-    return HamrClient(s.url, s.token, timeout=timeout)
+    client = HamrClient(s.url, s.token, timeout=timeout)
+    require_online_access(client.url)
+    return client
 
 
 def user_dir() -> str:

@@ -24,8 +24,8 @@ import time
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, FloatVectorProperty, StringProperty
 
-from ..io import backend_process
-from ..io.client import BackendError, HamrClient, VideoJob
+from ..io import backend_process, orientation
+from ..io.client import BackendError, VideoJob
 from ..io.payload import parse_video
 from . import camera, scene
 from .importer import (
@@ -115,7 +115,7 @@ class HAMR_OT_start_backend(bpy.types.Operator):
     def execute(self, context):
         s = settings(context)
         try:
-            client = HamrClient(s.url, s.token, timeout=3.0)
+            client = client_for(context, timeout=3.0)
         except ValueError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
@@ -300,6 +300,14 @@ class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
         path = bpy.path.abspath(self.filepath)
         if not os.path.isfile(path):
             self.report({"ERROR"}, f"HAMR: video file not found: {path or '(none chosen)'}")
+            return {"CANCELLED"}
+        still = orientation.still_image_format(orientation.file_head(path))
+        if still is not None:  # a video decoder reads a photo as a one-frame clip
+            self.report(
+                {"ERROR"},
+                f"HAMR: {os.path.basename(path)} is a {still} photo, not a video: use "
+                "Import Hands from Image for photos",
+            )
             return {"CANCELLED"}
         try:
             client = client_for(context, timeout=30.0)

@@ -16,10 +16,12 @@ Pure standard library (no bpy): testable anywhere.
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import mimetypes
 import os
+import re
 import socket
 import urllib.error
 import urllib.parse
@@ -31,6 +33,9 @@ from typing import Any, BinaryIO
 DEFAULT_URL = "http://127.0.0.1:8734"
 START_HINT = "Start it with 'Start Backend' in the HAMR panel, or run `hamr serve` in a terminal."
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+# Python's repr of an object, e.g. "<_io.BytesIO object at 0x7f...>": a backend message that
+# names the upload by its in-memory stream says nothing to the user (the file name does)
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class BackendError(RuntimeError):
@@ -54,11 +59,21 @@ def normalize_url(url: str) -> str:
     url = (url or "").strip()
     if not url:
         raise ValueError("the backend URL is empty; set it in the HAMR preferences")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        # http.client refuses these when the request is made (InvalidURL, not an OSError)
+        raise ValueError(
+            f"the backend URL must not contain spaces or control characters, got {url!r}"
+        )
     if "://" not in url:
         url = "http://" + url
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError for a port that is not a number in 0-65535
+    except ValueError as e:
+        raise ValueError(f"the backend URL {url!r} is not valid: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"the backend URL must look like http://HOST:PORT, got {url!r}")
+    del port
     return url.rstrip("/")
 
 
@@ -77,6 +92,7 @@ class _Multipart(io.RawIOBase):
         self.boundary = "hamr-" + uuid.uuid4().hex
         self._parts: list[bytes | tuple[BinaryIO, int]] = []
         self.length = 0
+        self.file_names = [filename for filename, _ in files.values()]
         for name, value in fields.items():
             self._add(
                 f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
@@ -224,7 +240,8 @@ class HamrClient:
                 raw = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as e:
-            raise self._http_error(e) from None
+            names = body.file_names if isinstance(body, _Multipart) else []
+            raise self._http_error(e, names[0] if names else None) from None
         except urllib.error.URLError as e:
             reason = e.reason
             if isinstance(reason, TimeoutError):
@@ -248,12 +265,19 @@ class HamrClient:
             raise BackendUnreachable(
                 f"Lost the connection to the HAMR backend at {self.url}: {e}. {START_HINT}"
             ) from None
+        except http.client.HTTPException as e:  # InvalidURL, a malformed answer...
+            raise BackendError(
+                f"Cannot talk to the HAMR backend at {self.url}: {type(e).__name__}: {e}",
+                code="bad_request",
+            ) from None
         finally:
             if isinstance(body, _Multipart):
                 body.close()
         return raw, status
 
-    def _http_error(self, e: urllib.error.HTTPError) -> BackendError:
+    def _http_error(
+        self, e: urllib.error.HTTPError, upload_name: str | None = None
+    ) -> BackendError:
         try:
             raw = e.read()
         except OSError:
@@ -268,6 +292,7 @@ class HamrClient:
             message = f"HTTP {e.code} {e.reason}"
             if e.code == 404:
                 message += f" (is {self.url} a HAMR backend?)"
+        message = _OBJECT_REPR.sub(repr(upload_name) if upload_name else "the upload", message)
         return BackendError(f"HAMR backend: {message}", status=e.code, code=code)
 
     # -------------------------------------------------------------------- endpoints

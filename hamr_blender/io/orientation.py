@@ -119,6 +119,28 @@ def is_heif(data: bytes) -> bool:
     return len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
 
 
+def still_image_format(data: bytes) -> str | None:
+    """The still-image format that encoded bytes (their first 12 are enough) start with, by its
+    signature: "JPEG", "PNG", "GIF", "BMP", "WebP", "TIFF", "HEIF"; None for anything else (a
+    movie, for one: an MP4 or MOV is an "ftyp" box too, but with a movie brand)."""
+    signatures = (
+        (b"\xff\xd8\xff", "JPEG"),
+        (b"\x89PNG\r\n\x1a\n", "PNG"),
+        (b"GIF87a", "GIF"),
+        (b"GIF89a", "GIF"),
+        (b"II*\x00", "TIFF"),
+        (b"MM\x00*", "TIFF"),
+    )
+    for magic, name in signatures:
+        if data.startswith(magic):
+            return name
+    if data[:2] == b"BM" and len(data) >= 14:
+        return "BMP"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return "HEIF" if is_heif(data) else None
+
+
 def file_head(path: str, size: int = 64) -> bytes:
     """The first `size` bytes of a file; b"" when it cannot be read."""
     try:
