@@ -367,6 +367,9 @@ def hamr_loss(
     crop_size = batch["image"].shape[-1]
     kp2d_n = pixels_to_normalized(batch["keypoints2d"].float(), crop_size)  # (B, 21, 2)
     vis = batch["keypoints2d_vis"].float()  # (B, 21)
+    # keypoints without a label may hold NaN: zero them before the heat-map targets are built
+    # from them (a NaN target's gradient is NaN even where the mask drops it)
+    kp2d_n = torch.where(vis[..., None] > 0, kp2d_n, torch.zeros_like(kp2d_n))
     has_3d, has_mano = batch["has_3d"].bool(), batch["has_mano"].bool()
     kp3d = batch["keypoints3d"].float()
     kp3d_valid = batch.get("keypoints3d_valid")  # (B, 21) or None: all valid where has_3d
