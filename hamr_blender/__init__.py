@@ -10,7 +10,13 @@ needs no bpy.
 
 from __future__ import annotations
 
-_MODULES = ("blender.preferences", "blender.rig", "blender.operators", "blender.ui")
+_MODULES = (
+    "blender.preferences",
+    "blender.rig",
+    "blender.operators",
+    "blender.retarget",
+    "blender.ui",
+)
 
 
 def _parts():

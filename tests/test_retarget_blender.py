@@ -86,3 +86,14 @@ def test_export_round_trip(bake_export: dict, fmt: str) -> None:
     assert len(r["max_err_m"]) == 5 and max(r["max_err_m"]) < 1e-5, r["max_err_m"]
     assert r["shape_keys"] == ["Basis"] + [f"beta_{i:02d}" for i in range(10)]
     assert r["covered"] == r["vertices"][1]  # every original vertex found
+
+
+def test_headless_retarget_and_export_steps(bake_export: dict) -> None:
+    """`hamr blend --retarget RIG.blend:ARMATURE --export OUT.glb`'s steps after the import."""
+    h = bake_export["headless"]
+    assert h["target"].startswith("rig")
+    assert {"Hand right R", "Hand left L", h["target"]} <= set(h["armatures_in_scene"])
+    assert h["finger_rotated"] > 10 and h["finger_rotated_left"] > 10  # both sides retargeted
+    assert h["target"] in h["exported"] and h["glb_bytes"] > 10_000
+    assert "no armature named 'nothing'" in h["errors"]["character.blend:nothing"]
+    assert "rig file not found" in h["errors"]["missing.blend"]

@@ -83,6 +83,8 @@ class ExportError(RuntimeError):
 
 
 def _is_retarget_target(obj: bpy.types.Object) -> bool:
+    if obj.type == "ARMATURE" and obj.get(ACTION_PROP):
+        return True
     anim = obj.animation_data
     if obj.type != "ARMATURE" or anim is None:
         return False

@@ -29,6 +29,7 @@ import bpy
 import numpy as np
 
 from ..io import backend_process, orientation
+from ..io.bone_maps import BoneMapError
 from ..io.client import BackendError, HamrClient
 from . import importer
 from .camera import upright_image
@@ -169,6 +170,8 @@ def run_blend(
     device: str = "cpu",
     samples: int = 16,
     start_timeout: float = backend_process.DEFAULT_START_TIMEOUT_S,
+    retarget: str | None = None,
+    export: str | None = None,
 ) -> dict:
     """Build the HAMR scene of one photo, save it, optionally render it over the photo.
 
@@ -200,6 +203,9 @@ def run_blend(
     finally:
         if proc is not None:
             proc.stop()
+    from .retarget import headless_steps  # --retarget RIG.blend[:ARMATURE], --export OUT
+
+    steps = headless_steps(context, retarget, export)
     out_blend = os.path.abspath(os.fspath(out_blend))
     Path(out_blend).parent.mkdir(parents=True, exist_ok=True)
     rendered = None
@@ -213,6 +219,7 @@ def run_blend(
         "hands": len(result.armatures),
         "notes": result.notes,
         "backend": backend_url,
+        "retarget": steps,
     }
 
 
@@ -249,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--focal", type=float, default=0.0, help="focal length in pixels")
     ap.add_argument("--samples", type=int, default=16, help="Cycles samples of the render")
+    ap.add_argument("--retarget", default=None, help="retarget onto RIG.blend[:ARMATURE]")
+    ap.add_argument("--export", default=None, help="export hands (+ rig) to OUT.fbx / OUT.glb")
     ap.add_argument("--no-shape-keys", action="store_true", help="bake the shape into the mesh")
     ap.add_argument(
         "--correctives", default="AUTO", choices=("AUTO", "ON", "OFF"), help="pose correctives"
@@ -278,8 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint=args.checkpoint,
             device=args.device,
             samples=args.samples,
+            retarget=args.retarget,
+            export=args.export,
         )
     except (
+        BoneMapError,
         BackendError,
         backend_process.BackendStartError,
         RuntimeError,

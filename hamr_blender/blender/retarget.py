@@ -588,6 +588,8 @@ def retarget(
             bpy.data.actions.remove(id_block)
         _restore_pose(target, state)
         raise
+    # what export.objects_to_export looks for: this armature carries a HAMR hand's motion
+    target[ACTION_PROP] = json.dumps({"sources": [s.name for s in by_side.values()]})
     return result
 
 
@@ -958,3 +960,36 @@ def unregister() -> None:
     del bpy.types.Scene.hamr_retarget
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)
+
+
+# ------------------------------------------------------------------------------ headless
+def parse_rig_spec(spec: str) -> tuple[str, str | None]:
+    """'RIG.blend[:ARMATURE]' -> (path, armature name or None)."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head.lower().endswith(".blend") and tail:
+        return head, tail
+    return spec, None
+
+
+def headless_steps(
+    context: bpy.types.Context, rig_spec: str | None, export_path: str | None
+) -> dict:
+    """`hamr blend --retarget RIG.blend[:ARMATURE] --export OUT.fbx|OUT.glb`, after the import:
+    append the armature, retarget every HAMR hand of a side it has onto it, export. Returns
+    {"target", "notes", "exported"}; raises RetargetError / BoneMapError / export.ExportError."""
+    info: dict = {"target": None, "notes": [], "exported": None}
+    if rig_spec:
+        path, name = parse_rig_spec(rig_spec)
+        target = append_armature(context, path, name)
+        try:
+            result = retarget_all_hands(context, target)
+        except DOMAIN_ERRORS:
+            _remove([o for o in bpy.data.objects if o == target or o.parent == target])
+            raise
+        info["target"] = target.name
+        info["notes"] = result.notes
+    if export_path:
+        from . import export
+
+        info["exported"] = export.export_file(context, export_path)
+    return info

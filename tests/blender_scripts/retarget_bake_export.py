@@ -192,4 +192,44 @@ for ext in ("fbx", "glb"):
     for o in new_objs:
         bpy.data.objects.remove(o)
 out["export"] = rt
+
+# ------------------------------------------------------------------ hamr blend --retarget --export
+rig_blend = os.path.join(tmp, "character.blend")
+bpy.ops.wm.save_as_mainfile(filepath=rig_blend, copy=True)
+bpy.ops.wm.read_factory_settings(use_empty=True)
+context = bpy.context
+hands = {}
+for side in ("right", "left"):
+    new = rig.NewData()
+    arm, mesh, _ = rig.build_hand_rig(
+        payload.parse_rig(rig_data(side)), None, rig.RigOptions(name=f"Hand {side}"), new
+    )
+    context.scene.collection.objects.link(arm)
+    context.scene.collection.objects.link(mesh)
+    pose = np.zeros((16, 3))
+    pose[1:, 0] = 0.6  # every finger joint bent
+    rig.pose_hand(arm, pose)
+    hands[side] = arm
+glb = os.path.join(tmp, "scene.glb")
+steps = retarget.headless_steps(context, f"{rig_blend}:rig", glb)
+target = bpy.data.objects[steps["target"]]
+errors = {}
+for spec in (f"{rig_blend}:nothing", os.path.join(tmp, "missing.blend")):
+    try:
+        retarget.headless_steps(context, spec, None)
+    except RetargetError as e:
+        errors[os.path.basename(spec)] = str(e)
+out["headless"] = {
+    "target": steps["target"],
+    "exported": steps["exported"],
+    "glb_bytes": os.path.getsize(glb),
+    "armatures_in_scene": sorted(o.name for o in context.scene.objects if o.type == "ARMATURE"),
+    "finger_rotated": float(
+        np.degrees(target.pose.bones["f_index.02.R"].rotation_quaternion.angle)
+    ),
+    "finger_rotated_left": float(
+        np.degrees(target.pose.bones["f_index.02.L"].rotation_quaternion.angle)
+    ),
+    "errors": errors,
+}
 _common.emit(json.loads(json.dumps(out)))
