@@ -151,6 +151,7 @@ def test_extension_builds_validates_installs_and_registers(
     assert set(out["drawn_operators"]) == {
         "hamr.check_backend", "hamr.start_backend", "hamr.import_image",
         "hamr.keyframe_video", "hamr.align_camera",
+        "hamr.retarget", "hamr.bone_map_fill", "hamr.bone_map_load", "hamr.bone_map_save",
     }  # fmt: skip
     assert out["drawn_props"] >= 10
     # the Active Hand panel describes the hand's stored prediction
