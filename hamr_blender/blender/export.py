@@ -29,7 +29,7 @@ import os
 
 import bpy
 
-from .retarget import ACTION_PROP
+from ..io.bone_maps import RETARGET_PROP as ACTION_PROP
 from .rig import KIND_PROP, RIG_PROP
 
 FBX_OPTIONS = {

@@ -65,7 +65,7 @@ MODE_ITEMS = (
     ("POSE", "Pose", "Set the target's pose at the current frame"),
     ("BAKE", "Bake", "Bake the HAMR hand's keyed take into a new action on the target"),
 )
-ACTION_PROP = "hamr_retarget"  # on baked actions: JSON {source, target, side, map}
+ACTION_PROP = bone_maps.RETARGET_PROP  # on targets and baked actions
 
 
 @dataclass

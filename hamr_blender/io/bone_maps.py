@@ -41,6 +41,9 @@ FINGER_JOINTS = JOINTS[1:]
 # The joints whose heads give the hand's frame (`retarget_math.hand_frame`).
 FRAME_JOINTS = ("wrist", "index1", "middle1", "pinky1")
 WRIST_CONTROL = "wrist_control"  # optional key: the bone that turns the hand
+# Custom property on a retargeted armature and its baked actions (JSON: sources, map); the
+# export looks for it.
+RETARGET_PROP = "hamr_retarget"
 
 
 class BoneMapError(ValueError):
