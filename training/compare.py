@@ -5,7 +5,9 @@
 For each checkpoint: the synthetic test split (`training.evaluate`'s, --count crops), every
 annotated hand of ../shared/samples (`training.evaluate --dataset samples`' four sets), and, with
 --teacher, the held-out split of a teacher-labelled folder (2D error against MediaPipe's
-landmarks, PA-MPJPE against the landmark fit's 3D joints). Then, for every checkpoint after the
+landmarks, PA-MPJPE against the landmark fit's 3D joints); for the samples and the teacher split
+also the 2D error in box sides and PCK at 0.1 box side (`box_scores`). Then, for every
+checkpoint after the
 first, the synthetic test split's PA-MPJPE paired crop by crop with the first one's: mean
 difference (mm, negative = better than the first), its standard error and the share of crops
 where it is better. Prints one JSON object.
@@ -20,21 +22,50 @@ from pathlib import Path
 
 import torch
 
+from backend.network.camera import normalized_to_pixels
+
 from .data.transforms import flip_to_right
-from .evaluate import SAMPLE_SETS, evaluate_dataset, evaluate_synthetic, synthetic_test_batches
+from .evaluate import SAMPLE_SETS, _run, evaluate_dataset, synthetic_test_batches
 from .metrics import pa_error
 
 
 @torch.no_grad()
-def synthetic_pa_per_crop(model, count: int, device="cpu") -> torch.Tensor:
+def synthetic_pa_per_crop(model, batches) -> torch.Tensor:
     """(count,) PA-MPJPE (mm) of each synthetic test crop."""
     model.eval()
     errors = []
-    for batch in synthetic_test_batches(count, torch.device(device)):
+    for batch in batches:
         batch = flip_to_right(batch)
         out = model(batch["image"])
         errors.append(pa_error(out.keypoints3d.float(), batch["keypoints3d"].float()) * 1000)
     return torch.cat(errors)
+
+
+@torch.no_grad()
+def box_scores(model, specs, device="cpu") -> dict:
+    """2D error of the network alone on annotated hands, in units of each hand's box side (the
+    longer side of its annotated keypoints' tight box; the crop is the reader's, from that box
+    grown 10 %): mean error and PCK at 0.1 box side over the annotated keypoints of every hand
+    of `specs` (dataset specs, test split)."""
+    from .data.mix import build_dataset
+
+    model.eval()
+    errors = []
+    for spec in specs:
+        ds = build_dataset(spec, "test")
+        loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=False)
+        for batch in loader:
+            batch = flip_to_right(batch)
+            out = model(batch["image"].to(device))
+            pred = normalized_to_pixels(out.keypoints2d, batch["image"].shape[-1]).cpu()
+            gt, vis = batch["keypoints2d"], batch["keypoints2d_vis"] > 0
+            for i in range(len(gt)):
+                pts = gt[i][vis[i]]
+                side = float((pts.max(0).values - pts.min(0).values).max())
+                errors.append((pred[i][vis[i]] - pts).norm(dim=-1) / side)
+    e = torch.cat(errors)
+    return {"keypoints": len(e), "mean_error_box": float(e.mean()),
+            "pck_0.1_box": float((e < 0.1).float().mean())}  # fmt: skip
 
 
 def compare(
@@ -42,16 +73,22 @@ def compare(
 ) -> dict:
     from backend.network.checkpoint import load_checkpoint
 
+    from .data.mix import build_dataset
+
     result: dict = {"count": count, "checkpoints": {}}
     per_crop = {}
+    batches = synthetic_test_batches(count, torch.device(device))  # drawn once, for all
     for path in paths:
         model, _ = load_checkpoint(path, device)
-        entry = {"synthetic-test": evaluate_synthetic(model, count, device)}
+        entry = {"synthetic-test": _run(model, batches, device)}
         for name in SAMPLE_SETS:
             entry[name] = evaluate_dataset(model, name, device)
-        if teacher:
-            entry["teacher-test"] = evaluate_dataset(model, f"teacher-folder:{teacher}", device)
-        per_crop[path] = synthetic_pa_per_crop(model, count, device)
+        entry["samples-box"] = box_scores(model, SAMPLE_SETS, device)
+        if teacher and len(build_dataset(f"teacher-folder:{teacher}", "test")):
+            spec = f"teacher-folder:{teacher}"
+            entry["teacher-test"] = evaluate_dataset(model, spec, device)
+            entry["teacher-test-box"] = box_scores(model, [spec], device)
+        per_crop[path] = synthetic_pa_per_crop(model, batches)
         result["checkpoints"][path] = entry
     base = paths[0]
     result["paired_synthetic_pa_mpjpe"] = {}
