@@ -25,7 +25,7 @@ from tests.reader_fixtures import (
 )
 from training.data.common import ITEM_KEYS, CropJitter
 from training.data.freihand import FreiHAND
-from training.data.mix import DATASET_NAMES, MixedDataset, build_dataset
+from training.data.mix import DATASET_NAMES, LABEL_WEIGHT_KEYS, MixedDataset, build_dataset
 from training.data.rhd import RHD
 from training.data.samples import DEFAULT_SAMPLES_ROOT, SampleSet
 from training.data.stb import STB
@@ -287,7 +287,8 @@ def test_mixed_items_collate_with_the_synthetic_folder(freihand_root, rhd_root, 
     mix = MixedDataset(datasets, [1, 1, 1], length=24, seed=0)
     items = [mix[i] for i in range(len(mix))]
     for item in items:
-        assert set(item) == set(ITEM_KEYS) | {"source"}
+        assert set(item) == set(ITEM_KEYS) | {"source"} | set(LABEL_WEIGHT_KEYS)
+        assert float(item["weight_2d"]) == float(item["weight_3d"]) == 1.0  # exact labels
         source, j = int(item["source"]), int(item["index"])
         assert datasets[source][j]["keypoints3d"].equal(item["keypoints3d"])
     assert {int(it["source"]) for it in items} == {0, 1, 2}
