@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -197,7 +198,9 @@ def test_camera_alignment_video_keying_and_failure_safety(bpy_env: dict[str, str
     assert vid["raw_min_consecutive_dot"] < 0  # the track does flip sign without the fix
     assert vid["min_consecutive_dot"] > 0.9 and vid["max_overshoot_rad"] < 1e-3
     assert vid["key_counts"] == [vid["expected_frames"]] and vid["fcurves"] == 3 + 16 * 4
-    assert vid["first_last_key"] == vid["expected_first_last"]
+    assert np.allclose(vid["first_last_key"], vid["expected_first_last"], atol=1e-4)
+    assert vid["expected_first_last"] == [1.0, 1.0 + 44 * 0.8] and vid["frame_end"] == 37
+    assert vid["min_first_w"] >= 0.0
     assert vid["mesh_err_at_frame_m"] < 1e-4
     fail = out["failure"]
     assert "injected" in fail["error"] and fail["created_before_error"] > 0 and fail["unchanged"]
@@ -433,3 +436,73 @@ def test_not_an_image_message_names_the_file(server: str) -> None:
     msg = str(info.value)
     assert info.value.status == 400 and "'notes.jpg'" in msg, msg
     assert "object at 0x" not in msg and "BytesIO" not in msg, msg
+
+
+@pytest.mark.parametrize(("clip_fps", "scene_fps"), [(30.0, 24.0), (24.0, 30.0)])
+def test_keyframe_video_maps_the_clip_rate_onto_the_scene(
+    extension_zip: Path,
+    server: str,
+    bpy_env: dict[str, str],
+    tmp_path: Path,
+    clip_fps: float,
+    scene_fps: float,
+) -> None:
+    """Issue #22: a 30 fps clip in a 24 fps scene had its keys squeezed (video frames dropped,
+    the last one winning) while the clip played a frame per scene frame, and the frame range
+    stayed at 250. Every video frame is now keyed at its time and the clip shows, at each
+    scene frame, the video frame keyed nearest it."""
+    from tests.conftest import render_hand_frames, write_clip
+
+    frames, _ = render_hand_frames(num_frames=10, size=192)
+    clip = write_clip(tmp_path / f"hand{clip_fps:g}.mp4", frames, clip_fps)
+    out = run_bpy("video_timing.py", extension_zip, server, clip, scene_fps, env=bpy_env)
+    assert out["result"] == ["FINISHED"] and out["checks"], out
+    assert out["video_fps"] == pytest.approx(clip_fps)
+    ratio = scene_fps / clip_fps
+    for check in out["checks"]:
+        n = check["video_frames"]
+        assert check["keys"] == n == 10 and check["key_counts"] == [n]  # none dropped or doubled
+        assert check["max_time_err_frames"] < 1e-3  # within half a scene frame: exactly there
+        assert check["last_key"] == pytest.approx(1 + 9 * ratio, abs=1e-4)
+        assert out["frame_range"] == [1, math.ceil(1 + 9 * ratio - 1e-6)]
+        assert check["mesh_err_m"] < 1e-5, check
+        assert check["min_first_w"] >= 0.0 and check["min_dot"] >= 0.0
+        assert check["clip_all_nearest"], json.dumps(check)
+        # by hand: the clip frame nearest each scene frame's time
+        last = out["frame_range"][1]
+        expected = [min(math.floor((f - 1) / ratio + 0.5), 9) for f in range(1, last + 1)]
+        assert check["clip_shown"] == expected
+    assert f"HAMR {clip.name}" in out["collections"]  # the take's own collection
+    assert out["euler_result"] == ["FINISHED"] and out["euler"]["modes"] == ["XYZ"]
+    assert "rotation_euler" in out["euler"]["paths"]
+    assert "rotation_quaternion" not in out["euler"]["paths"]
+    assert out["euler"]["mesh_err_m"] < 1e-5
+    assert out["clip_fps"]["scene_rate"] == pytest.approx(clip_fps)
+    assert np.allclose(out["clip_fps"]["keys"], np.arange(1, 11), atol=1e-4)
+    assert out["clip_fps"]["frame_end"] == 10
+
+
+def test_hamr_blend_keys_a_clip_headless(
+    server: str, bpy_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`hamr blend VIDEO` keys a clip as hamr.keyframe_video does, in a scene at Blender's
+    default 24 fps (or --scene-fps): a 30 fps clip's 10 frames keyed at 1 + 0.8 i."""
+    from tests.conftest import render_hand_frames, write_clip
+
+    frames, _ = render_hand_frames(num_frames=10, size=192)
+    clip = write_clip(tmp_path / "hand30.mp4", frames, 30.0)
+    for extra, fps, last in (([], 24.0, 1 + 9 * 0.8), (["--scene-fps", "30"], 30.0, 10.0)):
+        blend = tmp_path / f"clip{fps:g}.blend"
+        proc = hamr_blend([clip, "--out", blend, "--backend-url", server, *extra], bpy_env)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        out = run_bpy("check_blend.py", blend, env=bpy_env)
+        assert out["hands"] >= 1 and out["camera_background"] and out["fps"] == fps
+        assert out["key_frames"][0] == pytest.approx(1.0) and len(out["key_frames"]) == 10
+        assert out["key_frames"][-1] == pytest.approx(last, abs=1e-4)
+        assert out["frame_range"] == [1, math.ceil(last - 1e-6)]
+        assert out["clip_driver"] == (fps != 30.0)
+    proc = hamr_blend(
+        [clip, "--out", tmp_path / "x.blend", "--backend-url", server, "--scene-fps", "zero"],
+        bpy_env,
+    )
+    assert proc.returncode == 2 and "--scene-fps must be a frame rate" in proc.stderr

@@ -158,7 +158,9 @@ def test_quaternion_continuity_flips_signs_only() -> None:
     aa = np.stack([t * [1.0, 0.2, 0], t * [0, 1.0, 0.3], t * [0.5, 0.5, 0.5]], axis=1)
     q = convert.matrix_to_quaternion(convert.axis_angle_to_matrix(aa))
     q *= RNG.choice([-1.0, 1.0], size=q.shape[:2])[..., None]
+    q[0] *= -np.sign(q[0, :, :1])  # every first quaternion with w < 0
     fixed = convert.quaternion_continuity(q)
+    assert np.all(fixed[0, :, 0] >= 0)  # the first key turns the short way (issue #22)
     assert np.all(np.sum(fixed[1:] * fixed[:-1], axis=-1) >= 0)
     assert np.allclose(np.abs(np.sum(fixed * q, axis=-1)), 1.0)  # same rotations
     assert np.allclose(convert.quaternion_to_matrix(fixed), convert.quaternion_to_matrix(q))
@@ -230,8 +232,57 @@ def test_camera_rejects_bad_intrinsics() -> None:
         convert.opencv_camera_to_blender(good, 0, 160)
 
 
+def test_canonical_quaternion_has_w_non_negative() -> None:
+    q = np.array([[-0.6, 0.0, 0.8, 0.0], [0.6, 0.0, 0.8, 0.0], [-0.0, 1.0, 0.0, 0.0]])
+    assert np.allclose(convert.canonical_quaternion(q), [[0.6, 0, -0.8, 0], q[1], q[2]])
+
+
+def test_euler_xyz_matches_scipy_and_stays_continuous() -> None:
+    r = Rotation.random(200, random_state=3)
+    e = convert.matrix_to_euler_xyz(r.as_matrix())
+    # Blender's 'XYZ' is R = Rz Ry Rx: scipy's extrinsic "xyz"
+    assert np.allclose(Rotation.from_euler("xyz", e).as_matrix(), r.as_matrix(), atol=1e-9)
+    lock = Rotation.from_euler("xyz", [0.3, np.pi / 2, 0.2]).as_matrix()
+    assert np.allclose(
+        Rotation.from_euler("xyz", convert.matrix_to_euler_xyz(lock)).as_matrix(), lock, atol=1e-7
+    )
+    # a joint turning steadily past +-180 degrees about x, and through y = 90 degrees
+    t = np.linspace(0.0, 1.0, 80)
+    angles = np.stack([0.2 + 5.0 * t, 1.9 * np.sin(3 * t), 0.5 - 4.0 * t], axis=-1)
+    mats = Rotation.from_euler("xyz", angles).as_matrix()
+    raw = convert.matrix_to_euler_xyz(mats)
+    assert np.abs(np.diff(raw, axis=0)).max() > 3.0  # the raw angles jump by a turn
+    fixed = convert.euler_continuity(raw)
+    assert np.allclose(Rotation.from_euler("xyz", fixed).as_matrix(), mats, atol=1e-9)
+    assert np.abs(np.diff(fixed, axis=0)).max() < 0.3  # steps of the motion itself
+
+
 def test_scene_frame_mapping() -> None:
     assert [convert.scene_frame(i, 30.0, 24.0, 1) for i in range(6)] == [1, 2, 3, 3, 4, 5]
+    # by time: 30 fps into 24 fps, video frame i at scene frame 1 + 0.8 i (none dropped)
+    assert np.allclose(
+        convert.scene_frame_times(np.arange(6), 30.0, 24.0, 1), [1, 1.8, 2.6, 3.4, 4.2, 5]
+    )
+    assert np.allclose(convert.scene_frame_times([0, 1, 4], 24.0, 30.0, 10), [10, 11.25, 15])
+    # the clip frame shown at each scene frame: the one whose time is nearest
+    # (held at the last frame, 5 here, once the clip has ended)
+    assert [convert.clip_frame_at(f, 30.0, 24.0, 1, 5) for f in range(0, 8)] == [
+        0,
+        0,
+        1,
+        3,
+        4,
+        5,
+        5,
+        5,
+    ]
+    assert [convert.clip_frame_at(f, 24.0, 30.0, 1, 9) for f in range(1, 7)] == [0, 1, 2, 2, 3, 4]
+    expr = convert.clip_offset_expression(30.0, 24.0, 1, 5)
+    names = {"floor": math.floor, "min": min, "max": max}
+    offsets = [eval(expr, {**names, "frame": f}) for f in range(1, 8)]  # noqa: S307
+    assert [f - 1 + o for f, o in zip(range(1, 8), offsets, strict=True)] == [0, 1, 3, 4, 5, 5, 5]
+    assert convert.scene_rate(29.97) == (30, pytest.approx(30 / 29.97))
+    assert convert.scene_rate(24.0) == (24, 1.0)
     assert convert.scene_frame(10, 25.0, 25.0, 100) == 110
     with pytest.raises(ValueError):
         convert.scene_frame(1, 0.0, 24.0, 1)
@@ -448,12 +499,20 @@ def _closed_port() -> int:
 
 
 def test_describe_stored_records() -> None:
-    hand = {"side": "left", "score": 0.8123, "fit": {"rms_px_before": 31.04, "rms_px_after": 4.96}}
+    fit = {
+        "rms_px_before": 31.04,
+        "rms_px_after": 4.96,
+        "signals": ["mediapipe_2d", "mediapipe_3d", "network"],
+        "network_weight": 0.029,
+    }
+    hand = {"side": "left", "score": 0.8123, "fit": fit}
     doc = {"schema": "hamr.prediction/1", "detector": "mediapipe", "hands": [hand]}
     assert payload.describe(doc) == [
         "Left hand, confidence 0.81",
         "Found by MediaPipe Hands",
         "Fitted to landmarks: 31.0 -> 5.0 px",
+        "Signals: MediaPipe 2D, MediaPipe 3D, network",
+        "Network weight 0.03",
     ]
     plain = {"schema": "hamr.prediction/1", "detector": None, "hands": [{**hand, "fit": None}]}
     assert payload.describe(plain)[1:] == [
@@ -461,8 +520,10 @@ def test_describe_stored_records() -> None:
         "Not fitted to landmarks (the network's hand)",
     ]
     video = {"schema": "hamr.video/1", "fps": 29.97, "track": 1, "frames": 40, "fitted_frames": 38}
+    video["score"] = 0.256
     assert payload.describe(video) == [
         "Video track 1, 29.97 fps",
+        "Median confidence 0.26",
         "Fitted to landmarks on 38 of 40 frames",
     ]
     for damaged in (None, [], {"schema": "x"}, {"schema": "hamr.prediction/1", "hands": []}):

@@ -1,14 +1,16 @@
 """`hamr blend`: the Blender import without Blender's UI, in Blender-as-a-module (bpy).
 
-    python -m hamr_blender.blender.headless IMAGE --out SCENE.blend [--render OUT.png]
+    python -m hamr_blender.blender.headless IMAGE|VIDEO --out SCENE.blend [--render OUT.png]
            [--backend-url URL] [--checkpoint PATH] [--device cpu|cuda]
            [--side auto|right|left] [--box X0,Y0,X1,Y1] [--focal PX] [--samples N]
+           [--scene-fps N|clip] [--smoothing S] [--rotation quaternion|euler] [--min-score S]
 
 `run_blend` builds exactly the scene the `hamr.import_image` operator builds (the same functions:
 importer.import_image -> scene.import_prediction -> rig.build_hand_rig, and the aligned
 camera with the photo as its background), saves it, and optionally renders the hands over the
 photo: Cycles on the CPU with a transparent film, then the render is laid over the photo
-(alpha over, straight alpha) and written as PNG.
+(alpha over, straight alpha) and written as PNG. A clip is keyed as `hamr.keyframe_video` keys
+it (importer.import_video -> scene.key_video) in a scene at --scene-fps (default 24, Blender's).
 
 The backend: `backend_url` when given; otherwise a `hamr serve` is started as a child process
 (this interpreter, ``-m backend.cli serve`` on a free loopback port), used over HTTP like Blender
@@ -31,8 +33,12 @@ import numpy as np
 from ..io import backend_process, orientation
 from ..io.bone_maps import BoneMapError
 from ..io.client import BackendError, HamrClient
+from ..io.convert import scene_rate
 from . import importer
 from .camera import upright_image
+from .scene import DEFAULT_MIN_SCORE
+
+BLENDER_DEFAULT_FPS = 24.0  # a new scene's frame rate in Blender
 
 MAX_RENDER_SIDE = 1280  # longer side of the render, pixels (the photo is scaled to match)
 
@@ -50,6 +56,10 @@ class BlendOptions:
     shape_keys: bool = True
     correctives: str = "AUTO"
     align_camera: bool = True
+    rotation_mode: str = "QUATERNION"  # the bones' rotation keys: QUATERNION or XYZ (Euler)
+    min_score: float = DEFAULT_MIN_SCORE  # detected hands (video: tracks) under this: not built
+    smoothing: float = 0.5  # video: the backend's temporal smoothing strength
+    scene_fps: str = "KEEP"  # video: KEEP the scene's rate (keys by time) or CLIP (the clip's)
 
 
 def _free_port() -> int:
@@ -58,10 +68,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _empty_scene() -> bpy.types.Context:
+def _empty_scene(fps: float = BLENDER_DEFAULT_FPS) -> bpy.types.Context:
     bpy.ops.wm.read_factory_settings(use_empty=True)
     context = bpy.context
     scene = context.scene
+    scene.render.fps, scene.render.fps_base = scene_rate(fps)
     world = bpy.data.worlds.new("HAMR World")
     world.color = (0.6, 0.6, 0.6)
     if world.node_tree is None:
@@ -172,15 +183,22 @@ def run_blend(
     start_timeout: float = backend_process.DEFAULT_START_TIMEOUT_S,
     retarget: str | None = None,
     export: str | None = None,
+    scene_fps: float = BLENDER_DEFAULT_FPS,
 ) -> dict:
-    """Build the HAMR scene of one photo, save it, optionally render it over the photo.
+    """Build the HAMR scene of one photo or one clip, save it, optionally render a photo's
+    hands over it. A clip (any file that is not a still image) is keyed as hamr.keyframe_video
+    keys it (importer.import_video), in a scene at `scene_fps` (Blender's default, 24) unless
+    options.scene_fps is "CLIP".
 
-    Returns {"blend", "render" (or None), "hands", "notes", "backend"}. Raises RuntimeError
-    subclasses / ValueError / OSError with a message for the user."""
+    Returns {"blend", "render" (or None), "hands", "notes", "backend", "video"}. Raises
+    RuntimeError subclasses / ValueError / OSError with a message for the user."""
     image_path = os.path.abspath(os.fspath(image_path))
     if not os.path.isfile(image_path):
         raise ValueError(f"image not found: {image_path}")
     options = options or BlendOptions()
+    is_video = orientation.still_image_format(orientation.file_head(image_path)) is None
+    if is_video and render_png is not None:
+        raise ValueError("--render lays the hands over a photo; it is not for a clip")
     proc: backend_process.BackendProcess | None = None
     if backend_url is None:
         proc = backend_process.BackendProcess()
@@ -196,10 +214,15 @@ def run_blend(
         client = HamrClient(backend_url, os.environ.get("HAMR_TOKEN", ""), timeout=120.0)
         if proc is not None:
             proc.wait_ready(client, timeout=start_timeout)
-        context = _empty_scene()
-        result = importer.import_image(
-            context, options, filepath=image_path, client=client, location=(0.0, 0.0, 0.0)
-        )
+        context = _empty_scene(scene_fps)
+        if is_video:
+            result = importer.import_video(
+                context, options, image_path, client=client, location=(0.0, 0.0, 0.0)
+            )
+        else:
+            result = importer.import_image(
+                context, options, filepath=image_path, client=client, location=(0.0, 0.0, 0.0)
+            )
     finally:
         if proc is not None:
             proc.stop()
@@ -220,6 +243,7 @@ def run_blend(
         "notes": result.notes,
         "backend": backend_url,
         "retarget": steps,
+        "video": is_video,
     }
 
 
@@ -232,9 +256,10 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="hamr blend", description="Build the Blender scene of a photo's hands (headless)"
+        prog="hamr blend",
+        description="Build the Blender scene of a photo's hands or a clip's keyed hands (headless)",
     )
-    ap.add_argument("image", help="the photo")
+    ap.add_argument("image", help="the photo or the video clip")
     ap.add_argument("--out", required=True, help="the .blend file to write")
     ap.add_argument("--render", default=None, help="also render the hands over the photo (PNG)")
     ap.add_argument("--backend-url", default=None, help="use this running backend")
@@ -258,6 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--samples", type=int, default=16, help="Cycles samples of the render")
     ap.add_argument("--retarget", default=None, help="retarget onto RIG.blend[:ARMATURE]")
     ap.add_argument("--export", default=None, help="export hands (+ rig) to OUT.fbx / OUT.glb")
+    ap.add_argument(
+        "--scene-fps",
+        default=str(BLENDER_DEFAULT_FPS),
+        help="a clip's scene frame rate (default 24, Blender's): keys go at each video frame's "
+        "time; 'clip' uses the clip's own rate",
+    )
+    ap.add_argument("--smoothing", type=float, default=0.5, help="a clip's smoothing in [0, 1]")
+    ap.add_argument(
+        "--rotation", default="quaternion", choices=("quaternion", "euler"), help="rotation keys"
+    )
+    ap.add_argument(
+        "--min-score",
+        type=float,
+        default=DEFAULT_MIN_SCORE,
+        help="detected hands scoring under this are not built (default %(default)s)",
+    )
     ap.add_argument("--no-shape-keys", action="store_true", help="bake the shape into the mesh")
     ap.add_argument(
         "--correctives", default="AUTO", choices=("AUTO", "ON", "OFF"), help="pose correctives"
@@ -265,9 +306,31 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _scene_fps(text: str) -> tuple[str, float]:
+    """--scene-fps: ("CLIP", 24.0) for 'clip', else ("KEEP", the positive rate given)."""
+    if text.strip().lower() == "clip":
+        return "CLIP", BLENDER_DEFAULT_FPS
+    try:
+        fps = float(text)
+    except ValueError:
+        fps = -1.0
+    if not 0.0 < fps <= 1000.0:
+        raise ValueError(f"--scene-fps must be a frame rate in (0, 1000] or 'clip', got {text!r}")
+    return "KEEP", fps
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        fps_mode, scene_fps = _scene_fps(args.scene_fps)
+    except ValueError as e:
+        print(f"hamr blend: error: {e}", file=sys.stderr)
+        return 2
     options = BlendOptions(
+        rotation_mode="XYZ" if args.rotation == "euler" else "QUATERNION",
+        min_score=args.min_score,
+        smoothing=args.smoothing,
+        scene_fps=fps_mode,
         side=args.side,
         detector=args.detector,
         refine=args.refine == "auto",
@@ -289,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             samples=args.samples,
             retarget=args.retarget,
             export=args.export,
+            scene_fps=scene_fps,
         )
     except (
         BoneMapError,

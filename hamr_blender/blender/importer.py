@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
 import bpy
 
 from ..io import backend_process, orientation
-from ..io.client import DEFAULT_URL, BackendError, HamrClient, is_loopback
-from ..io.payload import PayloadError, RigData, parse_prediction, parse_rig
+from ..io.client import DEFAULT_URL, BackendError, HamrClient, VideoJob, is_loopback
+from ..io.payload import PayloadError, RigData, parse_prediction, parse_rig, parse_video
 from . import ADDON, scene
 from .rig import NewData, RigOptions
 
@@ -105,6 +106,9 @@ def fetch_rigs(client: HamrClient, sides: set[str], hand_model: str = "") -> dic
     return out
 
 
+take_options = scene.take_options
+
+
 def rig_options(op) -> RigOptions:
     """The rig options an operator (or `headless.BlendOptions`) carries."""
     return RigOptions(name="HAMR Hand", shape_keys=op.shape_keys, correctives=op.correctives)
@@ -164,7 +168,8 @@ def import_image(
 ) -> scene.ImportResult:
     """The import behind hamr.import_image (also used by `hamr blend`): predict, fetch the rigs,
     build. `op_like` holds the options (side, use_box, box, detector, refine, focal, shape_keys,
-    correctives, align_camera); client: the backend (default: the preferences'). Raises one of
+    correctives, align_camera, and optionally rotation_mode, min_score: `scene.take_options`);
+    client: the backend (default: the preferences'). Raises one of
     DOMAIN_ERRORS; leaves nothing behind on failure."""
     upload, name, source = _image_upload(context, filepath, image_name)
     client = client or client_for(context, timeout=30.0)
@@ -194,6 +199,7 @@ def import_image(
             new,
             align=op_like.align_camera,
             location=location,
+            take=take_options(op_like),
         )
     except BaseException:
         new.remove_all()
@@ -221,3 +227,79 @@ def _decoded_background(
     image.filepath_raw = f"//{stem}.png"  # the temporary file is gone; the pixels are packed
     image.name = f"{stem} (decoded)"
     return scene.ImageSource("image", "", image.name, 1)
+
+
+def refuse_photo_as_video(path: str) -> None:
+    """ValueError when `path` holds a still image: the backend's video decoder reads a photo as
+    a one-frame clip, which would make a one-frame take."""
+    still = orientation.still_image_format(orientation.file_head(path))
+    if still is not None:
+        raise ValueError(
+            f"{os.path.basename(path)} is a {still} photo, not a video: use Import Hands from "
+            "Image for photos"
+        )
+
+
+def key_video_result(
+    context, op_like, client: HamrClient, doc: dict, path: str, location=None
+) -> scene.ImportResult:
+    """A finished job's ``hamr.video/1`` -> keyed rigs (scene.key_video with the options
+    `op_like` carries); leaves nothing behind on failure."""
+    video = parse_video(doc)
+    rigs = fetch_rigs(
+        client, {h.side for _, hands in video.frames for h in hands}, video.hand_model
+    )
+    new = NewData()
+    try:
+        return scene.key_video(
+            context,
+            video,
+            rigs,
+            rig_options(op_like),
+            scene.ImageSource("movie", path, ""),
+            new,
+            align=op_like.align_camera,
+            location=location,
+            take=take_options(op_like),
+        )
+    except BaseException:
+        new.remove_all()
+        raise
+
+
+def import_video(
+    context,
+    op_like,
+    path: str,
+    client: HamrClient | None = None,
+    location=None,
+    timeout: float = 3600.0,
+) -> scene.ImportResult:
+    """The video import without a window (`hamr blend VIDEO`): the backend job run to its end,
+    blocking, then `key_video_result`. `op_like` holds the import options plus smoothing (and
+    optionally scene_fps, rotation_mode, min_score). Raises one of DOMAIN_ERRORS."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"video not found: {path}")
+    refuse_photo_as_video(path)
+    client = client or client_for(context, timeout=30.0)
+    job = VideoJob(
+        client,
+        path,
+        side=op_like.side,
+        smoothing=op_like.smoothing,
+        focal=op_like.focal or None,
+        detector=op_like.detector,
+        refine=op_like.refine,
+        poll_interval=0.2,
+    ).start()
+    deadline = time.monotonic() + timeout
+    while not job.finished:
+        if time.monotonic() > deadline:
+            job.cancel()
+            job.join(10)
+            raise BackendError(f"the video job took longer than {timeout:g} s")
+        time.sleep(0.1)
+    if job.state != "done":
+        raise BackendError(job.message or job.state)
+    return key_video_result(context, op_like, job.client, job.result, path, location)

@@ -24,16 +24,15 @@ import time
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, FloatVectorProperty, StringProperty
 
-from ..io import backend_process, orientation
+from ..io import backend_process
 from ..io.client import BackendError, VideoJob
-from ..io.payload import parse_video
 from . import camera, scene
 from .importer import (
     DOMAIN_ERRORS,
     client_for,
-    fetch_rigs,
     import_image,
-    rig_options,
+    key_video_result,
+    refuse_photo_as_video,
     settings,
     user_dir,
 )
@@ -49,6 +48,15 @@ DETECTOR_ITEMS = (
     ("mediapipe", "MediaPipe", "MediaPipe Hands finds the hands (installed with the backend)"),
     ("hamr", "Network", "The HAMR network itself finds the hands"),
 )
+ROTATION_ITEMS = (
+    ("QUATERNION", "Quaternion", "Quaternion keys, w >= 0 on the first key, continuous signs"),
+    ("XYZ", "Euler XYZ", "XYZ Euler keys, continuous (no jumps by a turn)"),
+)
+SCENE_FPS_ITEMS = (
+    ("KEEP", "Keep Scene's", "Keep the scene's frame rate: each video frame is keyed at its "
+     "time (fractional scene frames) and the clip is driven to stay in step"),
+    ("CLIP", "Use Clip's", "Set the scene's frame rate to the clip's: one key per scene frame"),
+)  # fmt: skip
 CORRECTIVE_ITEMS = (
     ("AUTO", "Auto", "Create pose correctives when the hand model has any (non-zero)"),
     ("ON", "On", "Always create the 135 driven pose-corrective shape keys"),
@@ -220,6 +228,16 @@ class _HandOptions:
         default=0.0,
         min=0.0,
     )
+    rotation_mode: EnumProperty(name="Rotations", items=ROTATION_ITEMS, default="QUATERNION")
+    min_score: FloatProperty(
+        name="Min Score",
+        description="Hands that a detector finds with a lower confidence are not built (a "
+        "given box always is); the network detector's false boxes score about 0.1, real hands "
+        "0.2-0.3 with the shipped checkpoint",
+        default=scene.DEFAULT_MIN_SCORE,
+        min=0.0,
+        max=1.0,
+    )
 
 
 class HAMR_OT_import_image(_HandOptions, bpy.types.Operator):
@@ -282,6 +300,7 @@ class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
     timeout: FloatProperty(
         name="Timeout (s)", description="Give up after this long", default=3600.0, min=1.0
     )
+    scene_fps: EnumProperty(name="Frame Rate", items=SCENE_FPS_ITEMS, default="KEEP")
 
     _job: VideoJob | None = None
     _timer = None
@@ -301,15 +320,8 @@ class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
         if not os.path.isfile(path):
             self.report({"ERROR"}, f"HAMR: video file not found: {path or '(none chosen)'}")
             return {"CANCELLED"}
-        still = orientation.still_image_format(orientation.file_head(path))
-        if still is not None:  # a video decoder reads a photo as a one-frame clip
-            self.report(
-                {"ERROR"},
-                f"HAMR: {os.path.basename(path)} is a {still} photo, not a video: use "
-                "Import Hands from Image for photos",
-            )
-            return {"CANCELLED"}
         try:
+            refuse_photo_as_video(path)
             client = client_for(context, timeout=30.0)
             client.health(timeout=5.0)
         except (BackendError, ValueError) as e:
@@ -385,30 +397,11 @@ class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
             level = "WARNING" if job.state == "cancelled" else "ERROR"
             self.report({level}, f"HAMR: {job.message or job.state}")
             return {"CANCELLED"}
-        new = NewData()
         try:
-            video = parse_video(job.result)
-            rigs = fetch_rigs(
-                job.client,
-                {h.side for _, hands in video.frames for h in hands},
-                video.hand_model,
-            )
-            result = scene.key_video(
-                context,
-                video,
-                rigs,
-                rig_options(self),
-                scene.ImageSource("movie", self._path, ""),
-                new,
-                align=self.align_camera,
-            )
+            result = key_video_result(context, self, job.client, job.result, self._path)
         except DOMAIN_ERRORS as e:
-            new.remove_all()
             self.report({"ERROR"}, f"HAMR: {e}")
             return {"CANCELLED"}
-        except BaseException:
-            new.remove_all()
-            raise
         _report_notes(self, result.notes)
         n = len(result.armatures)
         self.report({"INFO"}, f"HAMR: keyed {n} hand track{'s' if n != 1 else ''}")

@@ -395,14 +395,39 @@ def bone_rest_rotations(arm_obj: bpy.types.Object, joint_names: Sequence[str]) -
     )
 
 
-def pose_hand(arm_obj: bpy.types.Object, pose_axis_angle: np.ndarray) -> None:
-    """Set the pose bones' quaternions from a MANO pose (16, 3) model-frame axis-angle."""
+def pose_hand(
+    arm_obj: bpy.types.Object, pose_axis_angle: np.ndarray, rotation_mode: str = "QUATERNION"
+) -> None:
+    """Set the pose bones' rotations from a MANO pose (16, 3) model-frame axis-angle: quaternions
+    with w >= 0 (the short way round), or Euler angles in `rotation_mode` 'XYZ'."""
     names = rig_record(arm_obj)["joint_names"]
-    quats = convert.bone_local_rotations(pose_axis_angle, bone_rest_rotations(arm_obj, names))
-    for name, q in zip(names, quats, strict=True):
+    pose = np.asarray(pose_axis_angle, dtype=np.float64)[None]  # (1, 16, 3)
+    values = pose_rotations(pose, bone_rest_rotations(arm_obj, names), rotation_mode)
+    for name, value in zip(names, values[0], strict=True):
         pbone = arm_obj.pose.bones[name]
-        pbone.rotation_mode = "QUATERNION"
-        pbone.rotation_quaternion = q.tolist()
+        pbone.rotation_mode = rotation_mode
+        if rotation_mode == "QUATERNION":
+            pbone.rotation_quaternion = value.tolist()
+        else:
+            pbone.rotation_euler = value.tolist()
+
+
+ROTATION_MODES = ("QUATERNION", "XYZ")
+
+
+def pose_rotations(
+    pose_axis_angle: np.ndarray, bone_rest_rotations_: np.ndarray, rotation_mode: str
+) -> np.ndarray:
+    """(N, 16, 3) MANO poses over N frames -> the pose bones' rotation channels, continuous
+    over the frames: (N, 16, 4) quaternions, the first with w >= 0, or (N, 16, 3) 'XYZ' Euler
+    angles (radians) without jumps by a turn."""
+    if rotation_mode not in ROTATION_MODES:
+        raise RigBuildError(f"rotation mode must be one of {ROTATION_MODES}, got {rotation_mode!r}")
+    quats = convert.bone_local_rotations(pose_axis_angle, bone_rest_rotations_)
+    if rotation_mode == "QUATERNION":
+        return convert.quaternion_continuity(quats)
+    eulers = convert.matrix_to_euler_xyz(convert.quaternion_to_matrix(quats))
+    return convert.euler_continuity(eulers)
 
 
 def current_betas(arm_obj: bpy.types.Object) -> np.ndarray:

@@ -2,11 +2,19 @@
 
 - `import_prediction`: one posed rig per hand of a ``hamr.prediction/1`` result, the first hand's
   model origin at the 3D cursor and the others where the photo puts them relative to it; the
-  prediction JSON is stored on each armature (``hamr_prediction``) with the camera it implies
-  (``hamr_camera``); optionally the scene camera is aligned.
+  pose is keyed into an action at the scene's start frame (so exporters such as glTF carry it);
+  the prediction JSON is stored on each armature (``hamr_prediction``) with the camera it implies
+  (``hamr_camera``) and its confidence (``hamr_score``, ``hamr_signals``,
+  ``hamr_network_weight``); optionally the scene camera is aligned. Hands that a detector found
+  with a score under `TakeOptions.min_score` are not built (a given box always is).
 - `key_video`: one rig per video track, parented to an "origin" empty that stands for the fixed
-  camera; each frame keys the bones' quaternions (continuous signs) and the armature's location
-  (the hand's translation in the camera frame) with the bulk F-curve API.
+  camera; each video frame keys the bones' rotations (quaternions with w >= 0 on the first key
+  and continuous signs, or XYZ Euler angles) and the armature's location (the hand's
+  translation in the camera frame) with the bulk F-curve API, at the scene frame of its time
+  (`convert.scene_frame_times`: fractional frames when the rates differ, none dropped or
+  doubled); the clip behind the camera is driven to show the frame whose key is nearest
+  (`convert.clip_offset_expression`), and the scene's frame range becomes the take's.
+- each import (a take) goes into a new collection named for its source.
 - the camera (optional): `camera.align_camera`'s steps, its data-blocks made before anything
   is linked.
 
@@ -20,6 +28,8 @@ Imports bpy, mathutils and numpy.
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +37,15 @@ import bpy
 import numpy as np
 
 from ..io import convert
-from ..io.payload import Prediction, RigData, Track, VideoResult, image_size_from_K, video_tracks
+from ..io.payload import (
+    Hand,
+    Prediction,
+    RigData,
+    Track,
+    VideoResult,
+    image_size_from_K,
+    video_tracks,
+)
 from .camera import (
     CAMERA_PROP,
     ImageSource,
@@ -36,9 +54,47 @@ from .camera import (
     camera_record_json,
     prepare_camera,
 )
-from .rig import KIND_PROP, NewData, RigOptions, bone_rest_rotations, build_hand_rig, pose_hand
+from .rig import (
+    KIND_PROP,
+    NewData,
+    RigOptions,
+    bone_rest_rotations,
+    build_hand_rig,
+    pose_hand,
+    pose_rotations,
+)
 
 PREDICTION_PROP = "hamr_prediction"
+SCORE_PROP = "hamr_score"  # the hand's confidence (a video track's: its median frame score)
+SIGNALS_PROP = "hamr_signals"  # what made the hand, e.g. "mediapipe_2d, mediapipe_3d, network"
+NETWORK_WEIGHT_PROP = "hamr_network_weight"  # the fusion's trust in the network, when fused
+# Hands a detector finds under this score are not built. Measured with the shipped checkpoint
+# (README "Detection on the wild photos"): real hands that MediaPipe finds score 0.22-0.29, the
+# network detector's false boxes on a trumpet's valves 0.09-0.11 and on a glove's cuff 0.08.
+DEFAULT_MIN_SCORE = 0.15
+NO_HAND_HINT = (
+    "pass the hand's box (Use Box in the Image panel, --box for hamr blend) or lower the "
+    "Min Score option"
+)
+
+
+@dataclass(frozen=True)
+class TakeOptions:
+    """How a prediction or a video becomes keys in the scene."""
+
+    rotation_mode: str = "QUATERNION"  # the bones' rotation channels: QUATERNION or XYZ (Euler)
+    min_score: float = DEFAULT_MIN_SCORE  # detected hands under this score are not built
+    scene_fps: str = "KEEP"  # video: KEEP the scene's rate (keys mapped by time) or CLIP (use its)
+
+
+def take_options(op) -> TakeOptions:
+    """The take options an operator (or `headless.BlendOptions`) carries; defaults for any
+    it lacks."""
+    return TakeOptions(
+        rotation_mode=getattr(op, "rotation_mode", "QUATERNION"),
+        min_score=float(getattr(op, "min_score", DEFAULT_MIN_SCORE)),
+        scene_fps=getattr(op, "scene_fps", "KEEP"),
+    )
 
 
 @dataclass
@@ -55,6 +111,63 @@ def _link(objects: Sequence[bpy.types.Object], collection: bpy.types.Collection)
     for obj in objects:
         if obj.name not in collection.objects:
             collection.objects.link(obj)
+
+
+def source_label(source: ImageSource) -> str:
+    """A short name for the photo or clip of a take (its file name, or the image's name)."""
+    if source.path:
+        return os.path.basename(source.path)
+    return source.image_name or ("clip" if source.kind == "movie" else "image")
+
+
+def _take_collection(source: ImageSource, new: NewData) -> bpy.types.Collection:
+    """A new collection for one take, named for its source, not linked yet (`_link_take`)."""
+    return new.add(bpy.data.collections.new(f"HAMR {source_label(source)}"))
+
+
+def _link_take(context, collection: bpy.types.Collection, objects) -> None:
+    """The last step of a take: its objects into its collection, the collection into the
+    scene's (beside the user's collections, never inside the active one)."""
+    _link(objects, collection)
+    context.scene.collection.children.link(collection)
+
+
+def hand_signals(hand: Hand) -> tuple[str, float | None]:
+    """(what made a hand, the fusion's trust in the network or None) from its "fit": the signals
+    the backend lists, or "network" alone for a hand that was not fused."""
+    fit = hand.raw.get("fit")
+    if isinstance(fit, dict) and isinstance(fit.get("signals"), list):
+        weight = fit.get("network_weight")
+        weight = float(weight) if isinstance(weight, (int, float)) else None
+        return ", ".join(str(x) for x in fit["signals"]), weight
+    return "network", None
+
+
+def _store_confidence(arm_obj, score: float, signals: str, weight: float | None) -> None:
+    arm_obj[SCORE_PROP] = float(score)
+    arm_obj[SIGNALS_PROP] = signals
+    if weight is not None:
+        arm_obj[NETWORK_WEIGHT_PROP] = float(weight)
+
+
+def confident_hands(prediction: Prediction, min_score: float) -> list[Hand]:
+    """The hands to build: all of them when the boxes were given (the user says there is a
+    hand), else those a detector found with score >= min_score. SceneBuildError, saying so and
+    what to do, when none is left."""
+    hands = prediction.hands
+    detector = prediction.raw.get("detector")
+    if detector:
+        hands = [h for h in hands if h.score >= min_score]
+    if hands:
+        return hands
+    if not prediction.hands:
+        raise SceneBuildError(f"no hand found in the image: {NO_HAND_HINT}")
+    best = max(h.score for h in prediction.hands)
+    n = len(prediction.hands)
+    raise SceneBuildError(
+        f"no hand found: {n} candidate{'s' if n != 1 else ''} scored under the Min Score "
+        f"{min_score:g} (best {best:.2f}); {NO_HAND_HINT}"
+    )
 
 
 # ------------------------------------------------------------------------------ photo
@@ -76,34 +189,40 @@ def import_prediction(
     new: NewData,
     align: bool = True,
     location: Sequence[float] | None = None,
+    take: TakeOptions = TakeOptions(),
 ) -> ImportResult:
-    """Build one posed hand per predicted hand (see the module docstring). `rigs` maps each side
-    that occurs to its rig data. Links everything to the active collection at the end."""
-    if not prediction.hands:
-        raise SceneBuildError(
-            "the backend found no hand in the image; give the hand's box (Box option) or try "
-            "another side"
-        )
+    """Build one posed hand per confident hand (see the module docstring). `rigs` maps each side
+    that occurs to its rig data. Links everything into a new collection at the end."""
+    hands = confident_hands(prediction, take.min_score)
     result = ImportResult()
-    cursor = np.asarray(
-        context.scene.cursor.location if location is None else location, dtype=np.float64
-    )
-    camera_loc = convert.camera_location_for_hand(cursor, prediction.hands[0].transl)
+    dropped = len(prediction.hands) - len(hands)
+    if dropped:
+        result.notes.append(
+            f"{dropped} detected hand{'s' if dropped != 1 else ''} under the Min Score "
+            f"{take.min_score:g} not built"
+        )
+    scene = context.scene
+    cursor = np.asarray(scene.cursor.location if location is None else location, dtype=np.float64)
+    camera_loc = convert.camera_location_for_hand(cursor, hands[0].transl)
     cam_rot = convert.camera_rotation_world()
-    for i, hand in enumerate(prediction.hands):
+    collection = _take_collection(source, new)
+    for i, hand in enumerate(hands):
         if hand.side not in rigs:
             raise SceneBuildError(f"no rig data for the {hand.side} hand")
-        name = options.name if len(prediction.hands) == 1 else f"{options.name} {i + 1}"
+        name = options.name if len(hands) == 1 else f"{options.name} {i + 1}"
         arm_obj, mesh_obj = _build_rig(
             rigs[hand.side], hand.betas, name, options, new, result.notes
         )
         hand_loc = camera_loc + convert.model_to_blender(hand.transl)
         arm_obj.location = hand_loc.tolist()
-        pose_hand(arm_obj, hand.pose_axis_angle)
+        pose_hand(arm_obj, hand.pose_axis_angle, take.rotation_mode)
+        _key_pose(arm_obj, f"{name} Pose", hand.pose_axis_angle[None], None,
+                  np.array([float(scene.frame_start)]), take.rotation_mode, new)  # fmt: skip
         arm_obj["hamr_betas"] = [float(b) for b in hand.betas]  # storage of Object.hamr_betas
         doc = dict(prediction.raw)
         doc["hands"] = [hand.raw]
         arm_obj[PREDICTION_PROP] = json.dumps(doc)
+        _store_confidence(arm_obj, hand.score, *hand_signals(hand))
         rel = np.eye(4)  # the camera in the armature's space: at -transl, looking along +Y
         rel[:3, :3] = cam_rot
         rel[:3, 3] = -convert.model_to_blender(hand.transl)
@@ -116,9 +235,10 @@ def import_prediction(
     if align:  # build the camera's data-blocks before anything is linked
         camera_parts = prepare_camera(context, result.armatures[0], new)
     # --- last step: link and change the scene
-    collection = context.collection or context.scene.collection
-    _link(
-        [o for pair in zip(result.armatures, result.meshes, strict=True) for o in pair], collection
+    _link_take(
+        context,
+        collection,
+        [o for pair in zip(result.armatures, result.meshes, strict=True) for o in pair],
     )
     if camera_parts is not None:
         result.camera = apply_camera(context, *camera_parts)
@@ -149,12 +269,12 @@ def _new_fcurve(action, slot, data_path: str, index: int, group: str):
     return action.fcurves.new(data_path, index=index, action_group=group)
 
 
-def _assign_action(obj: bpy.types.Object, action, new: NewData):
-    """Give `obj` the action; returns the slot (None on Blender without slotted actions)."""
-    anim = obj.animation_data_create()
+def _assign_action(id_block, action, new: NewData, id_type: str = "OBJECT"):
+    """Give `id_block` the action; returns the slot (None on Blender without slotted actions)."""
+    anim = id_block.animation_data_create()
     slot = None
     if hasattr(action, "slots"):
-        slot = action.slots.new(id_type="OBJECT", name=obj.name)
+        slot = action.slots.new(id_type=id_type, name=id_block.name)
     anim.action = action
     if slot is not None:
         anim.action_slot = slot
@@ -165,7 +285,8 @@ def key_fcurves(
     action, slot, channels: list[tuple[str, int, str, np.ndarray]], frames: np.ndarray
 ) -> None:
     """Key many channels at once: each (data_path, index, group, values (N,)) at `frames` (N,),
-    with keyframe_points.add(N) + foreach_set("co") (no per-key Python calls)."""
+    scene frames, fractional where the keys fall between frames; with keyframe_points.add(N) +
+    foreach_set("co") (no per-key Python calls)."""
     co = np.empty((len(frames), 2), dtype=np.float32)
     co[:, 0] = frames
     for data_path, index, group, values in channels:
@@ -176,21 +297,83 @@ def key_fcurves(
         fc.update()
 
 
+def _key_pose(
+    arm_obj: bpy.types.Object,
+    action_name: str,
+    poses: np.ndarray,
+    locations: np.ndarray | None,
+    frames: np.ndarray,
+    rotation_mode: str,
+    new: NewData,
+) -> np.ndarray:
+    """Key MANO poses (N, 16, 3) at scene frames (N,) into a new action on `arm_obj` (and the
+    object's location (N, 3) when given); the bones take `rotation_mode`. Returns the keyed
+    rotation values (N, 16, 4 or 3)."""
+    names = json.loads(arm_obj["hamr_rig"])["joint_names"]
+    values = pose_rotations(poses, bone_rest_rotations(arm_obj, names), rotation_mode)
+    action = new.add(bpy.data.actions.new(action_name))
+    slot = _assign_action(arm_obj, action, new)
+    channels = []
+    if locations is not None:
+        channels += [("location", k, "Object Transforms", locations[:, k]) for k in range(3)]
+    prop = "rotation_quaternion" if rotation_mode == "QUATERNION" else "rotation_euler"
+    for j, bone in enumerate(names):
+        arm_obj.pose.bones[bone].rotation_mode = rotation_mode
+        path = f'pose.bones["{bone}"].{prop}'
+        channels += [(path, k, bone, values[:, j, k]) for k in range(values.shape[-1])]
+    key_fcurves(action, slot, channels, frames)
+    # the first key, so the rig looks right before the animation is evaluated
+    if locations is not None:
+        arm_obj.location = locations[0].tolist()
+    for j, bone in enumerate(names):
+        setattr(arm_obj.pose.bones[bone], prop, values[0, j].tolist())
+    return values
+
+
 def track_keys(
     track: Track, rest_rotations: np.ndarray, video_fps: float, scene_fps: float, start: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A track's keys: (frames (N,), bone quaternions (N, 16, 4) with continuous signs,
-    locations (N, 3) = the translation in the Blender frame). When several video frames land on
-    one scene frame (video faster than the scene), the last one wins."""
-    frames = np.array(
-        [convert.scene_frame(int(i), video_fps, scene_fps, start) for i in track.frame_indices]
+    """A track's keys: (scene frames (N,) at each video frame's time, fractional where the rates
+    differ, bone quaternions (N, 16, 4) with w >= 0 first and continuous signs, locations
+    (N, 3) = the translation in the Blender frame). One key per video frame."""
+    frames = convert.scene_frame_times(track.frame_indices, video_fps, scene_fps, start)
+    quats = pose_rotations(track.pose_axis_angle, rest_rotations, "QUATERNION")
+    return frames, quats, convert.model_to_blender(track.transl)
+
+
+def confident_tracks(tracks: list[Track], min_score: float) -> list[Track]:
+    """The tracks whose median frame score is at least min_score; SceneBuildError when none."""
+    kept = [t for t in tracks if t.median_score >= min_score]
+    if kept:
+        return kept
+    if not tracks:
+        raise SceneBuildError("no hand found in the video")
+    best = max(t.median_score for t in tracks)
+    raise SceneBuildError(
+        f"no hand found in the video: {len(tracks)} track(s) scored under the Min Score "
+        f"{min_score:g} (best median {best:.2f}); lower the Min Score option"
     )
-    keep = np.ones(len(frames), dtype=bool)
-    keep[:-1] = frames[1:] != frames[:-1]
-    quats = convert.bone_local_rotations(track.pose_axis_angle[keep], rest_rotations)
-    quats = convert.quaternion_continuity(quats)
-    locs = convert.model_to_blender(track.transl[keep])
-    return frames[keep], quats, locs
+
+
+def align_clip_timing(
+    clip, video_fps: float, scene_fps: float, start: int, last_index: int
+) -> None:
+    """Make the movie clip play in step with the keys: its first frame at the scene's start and,
+    when the rates differ, its ``frame_offset`` driven (`convert.clip_offset_expression`) so
+    that each scene frame shows the video frame whose time is nearest."""
+    clip.frame_start = start
+    if clip.animation_data is not None:
+        clip.driver_remove("frame_offset")
+    clip.frame_offset = 0
+    if abs(video_fps - scene_fps) <= 1e-6 * scene_fps:
+        return
+    fcurve = clip.driver_add("frame_offset")
+    fcurve.driver.type = "SCRIPTED"
+    fcurve.driver.expression = convert.clip_offset_expression(
+        video_fps, scene_fps, start, last_index
+    )
+    while len(fcurve.modifiers):  # older Blenders add a Generator to new drivers
+        fcurve.modifiers.remove(fcurve.modifiers[0])
 
 
 def key_video(
@@ -202,13 +385,17 @@ def key_video(
     new: NewData,
     align: bool = True,
     location: Sequence[float] | None = None,
+    take: TakeOptions = TakeOptions(),
 ) -> ImportResult:
-    """One keyed rig per track of a video result (see the module docstring)."""
-    tracks = video_tracks(video)
-    if not tracks:
-        raise SceneBuildError("the backend found no hand in the video")
+    """One keyed rig per confident track of a video result (see the module docstring)."""
+    tracks = confident_tracks(video_tracks(video), take.min_score)
     scene = context.scene
-    scene_fps = scene.render.fps / scene.render.fps_base
+    if take.scene_fps == "CLIP":
+        scene_fps = video.fps
+    elif take.scene_fps == "KEEP":
+        scene_fps = scene.render.fps / scene.render.fps_base
+    else:
+        raise SceneBuildError(f"scene_fps must be KEEP or CLIP, got {take.scene_fps!r}")
     start = scene.frame_start
     cursor = np.asarray(scene.cursor.location if location is None else location, dtype=np.float64)
     camera_loc = convert.camera_location_for_hand(cursor, tracks[0].transl[0])
@@ -216,6 +403,7 @@ def key_video(
     if width is None or height is None:
         width, height = image_size_from_K(tracks[0].K)
     result = ImportResult()
+    collection = _take_collection(source, new)
     origin = new.add(bpy.data.objects.new(f"{options.name} Video Origin", None))
     origin.empty_display_type = "PLAIN_AXES"
     origin.empty_display_size = 0.02
@@ -223,28 +411,17 @@ def key_video(
     origin[KIND_PROP] = "video_origin"
     rel = np.eye(4)
     rel[:3, :3] = convert.camera_rotation_world()
-    last_frame = start
+    last_frame = float(start)
     for track in tracks:
         name = options.name if len(tracks) == 1 else f"{options.name} {track.track}"
         arm_obj, mesh_obj = _build_rig(
             rigs[track.side], track.shape_betas, name, options, new, result.notes
         )
         arm_obj.parent = origin
-        names = json.loads(arm_obj["hamr_rig"])["joint_names"]
-        frames, quats, locs = track_keys(
-            track, bone_rest_rotations(arm_obj, names), video.fps, scene_fps, start
-        )
-        action = new.add(bpy.data.actions.new(f"{name} Motion"))
-        slot = _assign_action(arm_obj, action, new)
-        channels = [("location", k, "Object Transforms", locs[:, k]) for k in range(3)]
-        for j, bone in enumerate(names):
-            path = f'pose.bones["{bone}"].rotation_quaternion'
-            channels += [(path, k, bone, quats[:, j, k]) for k in range(4)]
-        key_fcurves(action, slot, channels, frames)
-        # the first keyed frame, so the rig looks right before the animation is evaluated
-        arm_obj.location = locs[0].tolist()
-        for j, bone in enumerate(names):
-            arm_obj.pose.bones[bone].rotation_quaternion = quats[0, j].tolist()
+        frames = convert.scene_frame_times(track.frame_indices, video.fps, scene_fps, start)
+        locs = convert.model_to_blender(track.transl)
+        _key_pose(arm_obj, f"{name} Motion", track.pose_axis_angle, locs, frames,
+                  take.rotation_mode, new)  # fmt: skip
         arm_obj["hamr_betas"] = [float(b) for b in track.shape_betas]
         arm_obj[PREDICTION_PROP] = json.dumps(
             {
@@ -253,19 +430,26 @@ def key_video(
                 "track": track.track,
                 "frames": len(track.frame_indices),
                 "fitted_frames": track.fitted_frames,
+                "score": track.median_score,
             }
         )
+        _store_confidence(arm_obj, track.median_score, track.signals, None)
         arm_obj[CAMERA_PROP] = camera_record_json(track.K, width, height, source, "parent", rel)
-        last_frame = max(last_frame, int(frames[-1]))
+        last_frame = max(last_frame, float(frames[-1]))
         result.armatures.append(arm_obj)
         result.meshes.append(mesh_obj)
     camera_parts = prepare_camera(context, result.armatures[0], new) if align else None
     # --- last step: link and change the scene
-    collection = context.collection or scene.collection
     pairs = zip(result.armatures, result.meshes, strict=True)
-    _link([origin] + [o for p in pairs for o in p], collection)
-    scene.frame_end = max(scene.frame_end, last_frame)
+    _link_take(context, collection, [origin] + [o for p in pairs for o in p])
+    if take.scene_fps == "CLIP":
+        scene.render.fps, scene.render.fps_base = convert.scene_rate(video.fps)
+    scene.frame_end = max(start, int(math.ceil(last_frame - 1e-6)))  # the take's range
     if camera_parts is not None:
         result.camera = apply_camera(context, *camera_parts)
+        background = camera_parts[3]
+        if isinstance(background, bpy.types.MovieClip):
+            last_index = max(index for index, _ in video.frames)
+            align_clip_timing(background, video.fps, scene_fps, start, last_index)
     _select(context, result.armatures)
     return result

@@ -24,7 +24,7 @@ from bpy.props import (
 
 from ..io import backend_process
 from ..io.payload import describe
-from . import operators
+from . import operators, scene
 from .rig import find_hand_armature, hand_mesh
 from .scene import PREDICTION_PROP
 
@@ -49,6 +49,11 @@ class HAMR_SceneSettings(bpy.types.PropertyGroup):
     )
     smoothing: FloatProperty(name="Smoothing", default=0.5, min=0.0, max=1.0)
     align_camera: BoolProperty(name="Align Camera", default=True)
+    rotation_mode: EnumProperty(
+        name="Rotations", items=operators.ROTATION_ITEMS, default="QUATERNION"
+    )
+    min_score: FloatProperty(name="Min Score", default=scene.DEFAULT_MIN_SCORE, min=0.0, max=1.0)
+    scene_fps: EnumProperty(name="Frame Rate", items=operators.SCENE_FPS_ITEMS, default="KEEP")
 
 
 def _pass_options(op, s: HAMR_SceneSettings) -> None:
@@ -59,6 +64,8 @@ def _pass_options(op, s: HAMR_SceneSettings) -> None:
     op.correctives = s.correctives
     op.align_camera = s.align_camera
     op.focal = s.focal
+    op.rotation_mode = s.rotation_mode
+    op.min_score = s.min_score
 
 
 class _HamrPanel:
@@ -115,10 +122,12 @@ class HAMR_PT_video(_HamrPanel, bpy.types.Panel):
         layout = self.layout
         layout.prop(s, "video_path")
         layout.prop(s, "smoothing", slider=True)
+        layout.prop(s, "scene_fps")
         op = layout.operator("hamr.keyframe_video", icon="RENDER_ANIMATION")
         _pass_options(op, s)
         op.filepath = s.video_path
         op.smoothing = s.smoothing
+        op.scene_fps = s.scene_fps
 
 
 class HAMR_PT_hand(_HamrPanel, bpy.types.Panel):
@@ -135,6 +144,8 @@ class HAMR_PT_hand(_HamrPanel, bpy.types.Panel):
         layout.prop(s, "shape_keys")
         layout.prop(s, "correctives")
         layout.prop(s, "align_camera")
+        layout.prop(s, "rotation_mode")
+        layout.prop(s, "min_score")
 
 
 class HAMR_PT_active(_HamrPanel, bpy.types.Panel):

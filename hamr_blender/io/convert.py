@@ -125,13 +125,66 @@ def quaternion_to_matrix(quaternion: np.ndarray) -> np.ndarray:
 
 def quaternion_continuity(quaternions: np.ndarray) -> np.ndarray:
     """(N, ..., 4) quaternion tracks over N frames -> the same rotations with signs chosen so that
-    consecutive quaternions have a non-negative dot product (no 360-degree swings when Blender
-    interpolates between keys). Flips q_i when q_i . q_{i-1} < 0, frame by frame."""
+    the first frame's w is non-negative (Blender shows a w < 0 quaternion as a turn of more than
+    180 degrees: index2 at 260 instead of 100) and consecutive quaternions have a non-negative
+    dot product (no 360-degree swings when Blender interpolates between keys). Flips q_0 when
+    w_0 < 0, then q_i when q_i . q_{i-1} < 0, frame by frame."""
     q = np.array(quaternions, dtype=np.float64, copy=True)
+    if len(q):
+        q[0][q[0][..., 0] < 0.0] *= -1.0
     for i in range(1, len(q)):
         flip = np.sum(q[i] * q[i - 1], axis=-1) < 0.0
         q[i][flip] *= -1.0
     return q
+
+
+def canonical_quaternion(quaternions: np.ndarray) -> np.ndarray:
+    """(..., 4) quaternions (w, x, y, z) -> the same rotations with w >= 0 (the shorter way)."""
+    q = np.array(quaternions, dtype=np.float64, copy=True)
+    q[q[..., 0] < 0.0] *= -1.0
+    return q
+
+
+def matrix_to_euler_xyz(matrix: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotation matrices -> (..., 3) Euler angles (x, y, z), radians, in Blender's
+    'XYZ' order: R = Rz(z) Ry(y) Rx(x) (x applied first). y in [-pi/2, pi/2]; at gimbal lock
+    (|y| = pi/2) x takes the whole turn about the free axis and z = 0."""
+    m = np.asarray(matrix, dtype=np.float64)
+    sy = np.clip(-m[..., 2, 0], -1.0, 1.0)
+    y = np.arcsin(sy)
+    cy = np.hypot(m[..., 0, 0], m[..., 1, 0])
+    lock = cy < 1e-9
+    x = np.where(
+        lock, np.arctan2(-m[..., 1, 2], m[..., 1, 1]), np.arctan2(m[..., 2, 1], m[..., 2, 2])
+    )
+    z = np.where(lock, 0.0, np.arctan2(m[..., 1, 0], m[..., 0, 0]))
+    return np.stack([x, y, z], axis=-1)
+
+
+def euler_continuity(eulers: np.ndarray) -> np.ndarray:
+    """(N, ..., 3) XYZ Euler tracks over N frames -> the same rotations as the Euler triples
+    nearest the previous frame's: each frame picks, of its two triples (x, y, z) and
+    (x + pi, pi - y, z + pi), each angle moved by whole turns to lie within pi of the previous
+    one, the one closer to the previous frame (Blender's Euler.make_compatible does the same),
+    so F-curves never jump by a turn between keys."""
+    e = np.array(eulers, dtype=np.float64, copy=True)
+    two_pi = 2.0 * np.pi
+    for i in range(1, len(e)):
+        prev = e[i - 1]
+        alt = e[i] + np.array([np.pi, 0.0, np.pi])
+        alt[..., 1] = np.pi - e[i][..., 1]
+        best, best_d = None, None
+        for cand in (e[i], alt):
+            cand = cand - two_pi * np.round((cand - prev) / two_pi)
+            d = np.sum(np.abs(cand - prev), axis=-1)
+            if best is None:
+                best, best_d = cand, d
+            else:
+                take = d < best_d
+                best = np.where(take[..., None], cand, best)
+                best_d = np.minimum(d, best_d)
+        e[i] = best
+    return e
 
 
 def bone_local_rotations(
@@ -313,8 +366,66 @@ def camera_location_for_hand(hand_location_world: np.ndarray, transl: np.ndarray
 
 
 # ------------------------------------------------------------------------------ time
-def scene_frame(index: int, video_fps: float, scene_fps: float, frame_start: int) -> int:
-    """Scene frame of video frame `index`: start + round(index * scene_fps / video_fps)."""
-    if video_fps <= 0 or scene_fps <= 0:
+# Video frame i is shown from time i / video_fps (frame 0 at the scene's start frame), so its
+# pose belongs at scene frame start + i * scene_fps / video_fps: a fractional frame when the
+# rates differ. Keys go there exactly (Blender keys and evaluates at sub-frames), so no video
+# frame is dropped or doubled; at a whole scene frame Blender interpolates between the two
+# nearest keys, and the clip behind the camera shows the video frame whose key is nearest
+# (`clip_offset_expression`).
+
+
+def _check_rates(video_fps: float, scene_fps: float) -> None:
+    if not (video_fps > 0 and scene_fps > 0):
         raise ValueError(f"frame rates must be positive (video {video_fps}, scene {scene_fps})")
+
+
+def scene_frame(index: int, video_fps: float, scene_fps: float, frame_start: int) -> int:
+    """The whole scene frame nearest video frame `index`'s time:
+    start + round(index * scene_fps / video_fps)."""
+    _check_rates(video_fps, scene_fps)
     return int(frame_start + round(index * scene_fps / video_fps))
+
+
+def scene_frame_times(
+    indices: np.ndarray, video_fps: float, scene_fps: float, frame_start: int
+) -> np.ndarray:
+    """(N,) video frame indices -> (N,) scene frames (float) at their times:
+    start + index * scene_fps / video_fps."""
+    _check_rates(video_fps, scene_fps)
+    return frame_start + np.asarray(indices, dtype=np.float64) * (scene_fps / video_fps)
+
+
+def clip_frame_at(
+    frame: int, video_fps: float, scene_fps: float, frame_start: int, last_index: int
+) -> int:
+    """The video frame (0-based) to show at whole scene frame `frame`: the one whose time is
+    nearest the scene frame's, floor((frame - start) * video_fps / scene_fps + 1/2), held
+    within [0, last_index] (the clip's last frame stays up until the take's last scene frame)."""
+    _check_rates(video_fps, scene_fps)
+    index = int(np.floor((frame - frame_start) * video_fps / scene_fps + 0.5))
+    return min(max(index, 0), int(last_index))
+
+
+def clip_offset_expression(
+    video_fps: float, scene_fps: float, frame_start: int, last_index: int
+) -> str:
+    """A driver expression for ``MovieClip.frame_offset`` that makes a clip whose
+    ``frame_start`` is the scene's start show `clip_frame_at(frame)` at each scene frame.
+
+    Blender shows the clip's 0-based frame ``frame - clip.frame_start + clip.frame_offset``
+    at scene frame ``frame`` (movieclip.cc: one clip frame per scene frame, whatever the clip's
+    rate), so the offset is clip_frame_at(frame) - (frame - start). Only `frame`, numbers,
+    floor, min and max: a simple expression, which Blender evaluates without Python auto-run."""
+    _check_rates(video_fps, scene_fps)
+    ratio = float(video_fps) / float(scene_fps)
+    index = f"min(max(floor((frame - {frame_start}) * {ratio!r} + 0.5), 0), {int(last_index)})"
+    return f"{index} - (frame - {frame_start})"
+
+
+def scene_rate(fps: float) -> tuple[int, float]:
+    """Blender's (render.fps, render.fps_base) for a frame rate: fps = round(rate) (at least 1)
+    and fps_base = fps / rate, so fps / fps_base is the rate (29.97 -> (30, 1.001))."""
+    if not fps > 0:
+        raise ValueError(f"frame rate must be positive, got {fps}")
+    whole = max(1, int(round(fps)))
+    return whole, whole / float(fps)

@@ -336,6 +336,13 @@ class Track:
     transl: np.ndarray  # (N, 3) camera frame
     K: np.ndarray  # (3, 3) of the first frame
     fitted_frames: int = 0  # frames fitted to MediaPipe's landmarks (the hand's "fit" is set)
+    scores: np.ndarray | None = None  # (N,) each frame's confidence
+    signals: str = "network"  # what made the track's hands: the frames' "fit" signals, joined
+
+    @property
+    def median_score(self) -> float:
+        """The track's confidence: the median of its frames' scores (1.0 when unknown)."""
+        return 1.0 if self.scores is None or not len(self.scores) else float(np.median(self.scores))
 
     @property
     def shape_betas(self) -> np.ndarray:
@@ -395,6 +402,13 @@ def video_tracks(video: VideoResult) -> list[Track]:
         sides = [h.side for _, h in items]
         side = max(SIDES, key=sides.count)
         items = [(i, h) for i, h in items if h.side == side]
+        signals: list[str] = []
+        for _, h in items:
+            fit = h.raw.get("fit")
+            listed = fit.get("signals") if isinstance(fit, Mapping) else None
+            for name in listed if isinstance(listed, list) else ["network"]:
+                if str(name) not in signals:
+                    signals.append(str(name))
         tracks.append(
             Track(
                 track=tid,
@@ -405,12 +419,19 @@ def video_tracks(video: VideoResult) -> list[Track]:
                 transl=np.stack([h.transl for _, h in items]),
                 K=items[0][1].K,
                 fitted_frames=sum(bool(h.raw.get("fit")) for _, h in items),
+                scores=np.array([h.score for _, h in items], dtype=np.float64),
+                signals=", ".join(signals),
             )
         )
     return tracks
 
 
 DETECTOR_NAMES = {"mediapipe": "MediaPipe Hands", "hamr": "the HAMR network"}
+SIGNAL_NAMES = {
+    "mediapipe_2d": "MediaPipe 2D",
+    "mediapipe_3d": "MediaPipe 3D",
+    "network": "network",
+}
 
 
 def describe(doc: Any) -> list[str]:
@@ -422,6 +443,8 @@ def describe(doc: Any) -> list[str]:
     schema = doc.get("schema")
     if schema == VIDEO_SCHEMA:
         lines = [f"Video track {doc.get('track', '?')}, {doc.get('fps', 0):g} fps"]
+        if isinstance(doc.get("score"), (int, float)):
+            lines.append(f"Median confidence {float(doc['score']):.2f}")
         frames, fitted = doc.get("frames"), doc.get("fitted_frames")
         if isinstance(frames, int) and isinstance(fitted, int):
             lines.append(f"Fitted to landmarks on {fitted} of {frames} frames")
@@ -440,6 +463,13 @@ def describe(doc: Any) -> list[str]:
     if isinstance(fit, Mapping) and "rms_px_after" in fit:
         before, after = float(fit.get("rms_px_before", math.nan)), float(fit["rms_px_after"])
         lines.append(f"Fitted to landmarks: {before:.1f} -> {after:.1f} px")
+        signals = fit.get("signals")
+        if isinstance(signals, list) and signals:
+            names = ", ".join(SIGNAL_NAMES.get(str(x), str(x)) for x in signals)
+            lines.append(f"Signals: {names}")
+        weight = fit.get("network_weight")
+        if isinstance(weight, (int, float)):
+            lines.append(f"Network weight {float(weight):.2f}")
     else:
         lines.append("Not fitted to landmarks (the network's hand)")
     return lines

@@ -6,9 +6,10 @@
    (evaluated tip vertices) projected through Blender's camera
    (bpy_extras.object_utils.world_to_camera_view, y flipped to pixels) must land on keypoints2d.
 2. Video: a synthetic 30 fps track whose root rotation passes through 180 degrees (quaternion
-   sign flips) keyed into a 24 fps scene: frame mapping, one key per mapped frame on every
-   channel, continuous quaternion signs, no overshoot between keys, and the evaluated mesh at a
-   keyed frame equal to the hand model in the camera frame.
+   sign flips) keyed into a 24 fps scene: every video frame keyed at its time (scene frame
+   1 + i * 24 / 30, none dropped), w >= 0 on every first key, continuous quaternion signs, no
+   overshoot between keys, the frame range the take's, and the evaluated mesh at a keyed
+   frame equal to the hand model in the camera frame.
 3. Failure safety: an error injected after the rigs are built leaves no data-block behind.
 """
 
@@ -145,7 +146,7 @@ fcurves = [
     for bag in strip.channelbags
     for fc in bag.fcurves
 ]
-expected_frames = sorted({1 + round(i * 24 / 30) for i in range(n)})
+expected_frames = [1 + i * 24 / 30 for i in range(n)]  # by time: fractional scene frames
 counts = {len(fc.keyframe_points) for fc in fcurves}
 names = json.loads(arm["hamr_rig"])["joint_names"]
 
@@ -154,12 +155,13 @@ def curve(path: str, index: int):
     return next(fc for fc in fcurves if fc.data_path == path and fc.array_index == index)
 
 
-min_dot, overshoot = 1.0, 0.0
+min_dot, overshoot, first_w = 1.0, 0.0, 1.0
 for name in names:
     path = f'pose.bones["{name}"].rotation_quaternion'
     chans = [curve(path, k) for k in range(4)]
     keys = np.array([[kp.co[1] for kp in c.keyframe_points] for c in chans]).T  # (N, 4)
     min_dot = min(min_dot, float(np.min(np.sum(keys[1:] * keys[:-1], axis=1))))
+    first_w = min(first_w, float(keys[0, 0]))
     # between two keys the curve stays between them: the rotation half-way is no farther from
     # either key than the keys are from each other (no spin the long way round)
     for a in range(len(expected_frames) - 1):
@@ -171,8 +173,8 @@ for name in names:
         overshoot = max(overshoot, float(far - step))
 # the evaluated hand at a keyed frame, in the camera frame, equals the hand model
 idx = 20
-frame = 1 + round(idx * 24 / 30)
-scene_.frame_set(frame)
+frame = 1 + idx * 24 / 30  # 17.0: a whole frame
+scene_.frame_set(int(frame), subframe=frame - int(frame))
 origin = arm.parent
 verts_world = _common.evaluated_vertices(vres.meshes[0], world=True)
 verts_cam = convert.blender_to_model(verts_world - np.array(origin.matrix_world.translation))
@@ -194,6 +196,7 @@ out["video"] = {
     "expected_first_last": [expected_frames[0], expected_frames[-1]],
     "fcurves": len(fcurves),
     "min_consecutive_dot": min_dot,
+    "min_first_w": first_w,
     "max_overshoot_rad": overshoot,
     "mesh_err_at_frame_m": float(np.abs(verts_cam - ref).max()),
     "frame_end": scene_.frame_end,

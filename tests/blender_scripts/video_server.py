@@ -1,10 +1,11 @@
 """hamr.keyframe_video against a real `hamr serve`, and a job cancelled midway.
 
 argv: ZIP URL VIDEO. The operator runs its blocking path (no event loop in background mode;
-the modal path runs the same VideoJob and keying). Checks: one rig per track, one key per mapped
-scene frame on every channel, continuous quaternion signs, the evaluated mesh at a keyed frame
-equal to the backend's hand in the camera frame (the reference: the same clip run again with
-the client; the backend gives the same result to the bit every time, tests/test_detect.py).
+the modal path runs the same VideoJob and keying). Checks: one rig per track, one key per video
+frame on every channel (at its time), continuous quaternion signs, the evaluated mesh at a
+keyed frame equal to the backend's hand in the camera frame (the reference: the same clip run
+again with the client; the backend gives the same result to the bit every time,
+tests/test_detect.py).
 Then a second job is cancelled while running: the backend reports it cancelled and the scene
 is unchanged.
 """
@@ -44,7 +45,8 @@ out["tracks"] = sorted(tracks)
 checks = []
 for arm in arms:
     track = tracks[json.loads(arm["hamr_prediction"])["track"]]
-    frames = [convert.scene_frame(int(i), video.fps, 24.0, 1) for i in track.frame_indices]
+    # each video frame's time in the 24 fps scene (fractional frames: 10 fps -> 1 + 2.4 i)
+    frames = convert.scene_frame_times(track.frame_indices, video.fps, 24.0, 1)
     action = arm.animation_data.action
     fcurves = [
         fc
@@ -63,7 +65,7 @@ for arm in arms:
         q = np.array([[kp.co[1] for kp in fc.keyframe_points] for fc in chans]).T
         min_dot = min(min_dot, float(np.min(np.sum(q[1:] * q[:-1], axis=1))))
     k = len(track.frame_indices) // 2
-    scene.frame_set(frames[k])
+    scene.frame_set(int(frames[k]), subframe=float(frames[k] - int(frames[k])))
     mesh = next(ch for ch in arm.children if ch.get("hamr_kind") == "mesh")
     origin = np.array(arm.parent.matrix_world.translation)
     verts_cam = convert.blender_to_model(_common.evaluated_vertices(mesh, world=True) - origin)
@@ -72,7 +74,7 @@ for arm in arms:
     )
     checks.append(
         {
-            "frames": len(set(frames)),
+            "frames": len(set(frames.tolist())),
             "key_counts": sorted({len(fc.keyframe_points) for fc in fcurves}),
             "fcurves": len(fcurves),
             "min_dot": min_dot,
