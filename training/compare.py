@@ -68,6 +68,40 @@ def box_scores(model, specs, device="cpu") -> dict:
             "pck_0.1_box": float((e < 0.1).float().mean())}  # fmt: skip
 
 
+def detector_check(paths: list[str], photos: list[str]) -> dict:
+    """The network's own detector (`--detector hamr`, no landmark fit) on each photo with each
+    checkpoint: the boxes it finds, and how many of MediaPipe's hands (the reference) it finds
+    (a box with IoU > 0.3; each MediaPipe hand counted once)."""
+    import numpy as np
+
+    from backend.crop import iou
+    from backend.detect import mediapipe_hands
+    from backend.pipeline.photo import Predictor
+
+    from .data.common import load_rgb
+
+    out: dict = {}
+    images = {photo: load_rgb(photo) for photo in photos}
+    reference = {
+        photo: [d["box_xyxy"] for d in mediapipe_hands.detect(img)] for photo, img in images.items()
+    }
+    for path in paths:
+        predictor = Predictor(path, detector="hamr", refine="off")
+        rows = {}
+        for photo, image in images.items():
+            hands, _ = predictor.predict_hands(image, detector="hamr", refine=False)
+            boxes = [h.box_xyxy for h in hands]
+            found = sum(1 for ref in reference[photo] if any(iou(ref, b) > 0.3 for b in boxes))
+            rows[photo] = {
+                "mediapipe_hands": len(reference[photo]),
+                "hamr_boxes": len(boxes),
+                "mediapipe_hands_found": found,
+                "boxes": np.round(np.asarray(boxes, float), 1).tolist(),
+            }
+        out[path] = rows
+    return out
+
+
 def compare(
     paths: list[str], count: int = 256, teacher: str | None = None, device: str = "cpu"
 ) -> dict:
@@ -110,11 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher", default=None, help="a teacher-labelled folder (its test split)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--detector-photos",
+        default=None,
+        help="comma-separated photos: run only `detector_check` on them (--detector hamr)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = compare(args.checkpoints.split(","), args.count, args.teacher)
+        if args.detector_photos:
+            result = detector_check(args.checkpoints.split(","), args.detector_photos.split(","))
+        else:
+            result = compare(args.checkpoints.split(","), args.count, args.teacher)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
