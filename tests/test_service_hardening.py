@@ -38,7 +38,7 @@ from test_server import (
 from backend.media.image import exif_f35_mm, load_image, load_image_within
 from backend.options import MAX_BOXES
 from backend.service.guard import Guard
-from backend.service.jobs import all_finite
+from backend.service.storage import all_finite
 
 TOKEN = "0123456789abcdef-token"
 

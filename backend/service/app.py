@@ -61,17 +61,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.camera import default_focal, intrinsics, project_points
-from backend.errors import Cancelled, InputError, OptionError
-from backend.media.image import encode_png
-from backend.options import HandRequest, check_box
+from backend.errors import InputError, OptionError
 from backend.pipeline.photo import Predictor
 from backend.schema import rig_json
 
@@ -79,25 +75,14 @@ from . import openapi
 from .forms import (
     JOB_FIELDS,
     PREDICT_FIELDS,
-    PREDICT_MAX_PIXELS,
-    HandOptions,
-    decode_image,
-    decode_photo,
     form_fields,
     json_fields,
     parse_hand_options,
 )
 from .guard import HEALTH_PATH, ApiError, Guard, error_response
-from .jobs import (
-    JobManager,
-    JobRecords,
-    PathPolicy,
-    all_finite,
-    cache_dir,
-    submit_job,
-    sweep_stale,
-    upload_root_for,
-)
+from .jobs import JobManager, PathPolicy, submit_job
+from .photos import encode_upright_png, predict_image
+from .storage import JobRecords, cache_dir, sweep_stale, upload_root_for
 
 log = logging.getLogger("hamr.server")
 T = TypeVar("T")
@@ -105,103 +90,6 @@ T = TypeVar("T")
 
 MAX_PENDING_INFERENCE = 16  # photo requests in or waiting for the worker; more is 503 busy
 MAX_JSON_BYTES = 64 * 1024  # a JSON job request
-
-
-def predict_image(
-    predictor: Predictor,
-    lock: threading.Lock,
-    data: bytes,
-    options: HandOptions,
-    max_pixels: float,
-    cancelled: threading.Event | None = None,
-) -> dict[str, Any]:
-    """decode -> check boxes -> predict (blocking: run it in the inference worker). A photo over
-    PREDICT_MAX_PIXELS is decoded at a reduced size and predicted there with the focal length
-    scaled to it; the result is then put back in the full photo's pixels (`to_full_image`).
-    Raises ApiError 400 `client_disconnected` when `cancelled` is set before the work starts or
-    while it runs (checked between hands and between batches of the network detector's crops),
-    422 `non_finite` for a result out of float range."""
-    image, exif_f35, (full_w, full_h) = decode_photo(data, max_pixels, PREDICT_MAX_PIXELS)
-    for box in options.boxes:
-        check_box(box, full_w, full_h)
-    height, width = image.shape[:2]
-    sx, sy = width / full_w, height / full_h
-    reduced = (width, height) != (full_w, full_h)
-    focal = options.focal
-    full_focal = focal or default_focal(full_w, full_h, exif_f35)
-    boxes = options.boxes
-    if reduced:  # the reduced photo's own pixels and focal length, the latter given as the
-        # 35 mm equivalent that makes it (default_focal: f35 / 36 * longer side), since a focal in
-        # pixels is checked against the limits of full-size photos
-        focal, exif_f35 = None, full_focal * sx * 36.0 / max(width, height)
-        boxes = [(x0 * sx, y0 * sy, x1 * sx, y1 * sy) for x0, y0, x1, y1 in boxes]
-    hands = [HandRequest(box, options.side) for box in boxes] or None
-    with lock:
-        if cancelled is not None and cancelled.is_set():
-            raise ApiError(400, "client_disconnected", "the client went away; nothing was done")
-        try:
-            result = predictor.predict(
-                image,
-                hands,
-                focal=focal,
-                exif_f35_mm=exif_f35,
-                side=options.side,
-                detector=options.detector,
-                refine=options.refine,
-                cancel=cancelled,
-            )
-        except Cancelled:  # the client left while its hands were being predicted
-            msg = "the client went away; the work stopped"
-            raise ApiError(400, "client_disconnected", msg) from None
-    if reduced:
-        result = to_full_image(result, full_w, full_h, full_focal, sx, sy, options.boxes)
-    if not all_finite(result):
-        raise ApiError(
-            422,
-            "non_finite",
-            "the result has numbers out of range (NaN or infinite); check the focal length "
-            "and the boxes",
-        )
-    return result
-
-
-def to_full_image(
-    result: dict[str, Any],
-    width: int,
-    height: int,
-    focal: float,
-    sx: float,
-    sy: float,
-    boxes: list[tuple[float, float, float, float]],
-) -> dict[str, Any]:
-    """A prediction made on a reduced copy of a photo (its pixels sx, sy of the full one's, its
-    focal length focal * sx) -> the same hands in the full width x height photo: boxes and crops
-    scaled back (given boxes as given), K of the full photo, keypoints2d the projection of
-    joints3d_cam with it (3D is the same: the reduced camera sees the same rays), fit residuals
-    in full pixels."""
-    K = intrinsics(width, height, focal)
-    result["image"] = {"width": width, "height": height}
-    for i, hand in enumerate(result["hands"]):
-        if boxes:
-            hand["box_xyxy"] = [round(float(v), 2) for v in boxes[i]]
-        else:
-            hand["box_xyxy"] = _scaled_box(hand["box_xyxy"], sx, sy)
-        if hand.get("crop_xyxy"):
-            hand["crop_xyxy"] = _scaled_box(hand["crop_xyxy"], sx, sy)
-        hand["camera"] = {"K": K.tolist()}
-        joints = np.asarray(hand["joints3d_cam"], dtype=np.float64)
-        hand["keypoints2d"] = project_points(joints, K).tolist()
-        fit = hand.get("fit")
-        if isinstance(fit, dict):
-            for key in [k for k in fit if k.startswith("rms_px")]:
-                fit[key] = round(float(fit[key]) / sx, 2)
-    return result
-
-
-def encode_upright_png(data: bytes, max_pixels: float) -> bytes:
-    """Image bytes -> PNG bytes of the image `decode_image` gives (blocking)."""
-    image, _ = decode_image(data, max_pixels)
-    return encode_png(image)
 
 
 class ServerState:
@@ -480,12 +368,6 @@ def create_app(
         return JSONResponse(state.job_manager.cancel(job_id))
 
     return app
-
-
-def _scaled_box(box: list[float], sx: float, sy: float) -> list[float]:
-    """A box in a reduced photo's pixels -> the full photo's (rounded as the pipeline rounds)."""
-    x0, y0, x1, y1 = box
-    return [round(x0 / sx, 2), round(y0 / sy, 2), round(x1 / sx, 2), round(y1 / sy, 2)]
 
 
 async def read_json(request: Request) -> Any:
