@@ -506,3 +506,31 @@ def test_hamr_blend_keys_a_clip_headless(
         bpy_env,
     )
     assert proc.returncode == 2 and "--scene-fps must be a frame rate" in proc.stderr
+
+
+def test_photo_take_confidence_action_collection_and_gltf(bpy_env: dict[str, str]) -> None:
+    """Issue #22: false detections (the network detector's ~0.1 boxes) were built as rigs; a
+    photo import made no action, so glTF export with default options wrote the flat rest
+    hand; objects landed in the active collection."""
+    out = run_bpy("photo_take.py", 5, env=bpy_env)
+    low, none = out["errors"]
+    assert low.startswith("no hand found: 2 candidates scored under the Min Score 0.15")
+    assert "pass the hand's box" in low and "another side" not in low
+    assert none.startswith("no hand found in the image: pass the hand's box")
+    assert out["unchanged_after_errors"] and out["given_box_low_score"] == 1
+    assert out["built"] == 1 and any("under the Min Score" in n for n in out["notes"])
+    assert out["stored"] == {
+        "score": 0.6,
+        "signals": "mediapipe_2d, network",
+        "network_weight": 0.25,
+    }
+    assert len(out["collections"]) == 1  # its own, the second take of this photo:
+    assert out["collections"][0] == "HAMR trumpet.jpg.001"
+    assert out["action"]["fcurves"] == 16 * 4 and out["action"]["key_frames"] == [1.0]
+    assert out["action"]["min_first_w"] >= 0.0 and out["action"]["bones_w"] >= 0.0
+    assert out["blender_err_m"] < 1e-5
+    assert out["export"] == ["FINISHED"] and out["import"] == ["FINISHED"]
+    # the photo's pose (1.2 mm measured: glTF keeps 4 joint influences per vertex by default,
+    # MANO's skin has more)...
+    assert out["gltf"]["pose_err_m"] < 3e-3, out["gltf"]
+    assert out["gltf"]["rest_err_m"] > 3e-2, out["gltf"]  # ...not the flat rest hand (9 cm)
