@@ -2,8 +2,8 @@
 
 Endpoints (DESIGN.md "HTTP API"); every error is JSON {"error": {"code", "message"}}:
 
-    GET    /v1/health            200 {"status": "ok", "device", "checkpoint", "hand_model",
-                                 "detector", "refine"};
+    GET    /v1/health            200 {"status": "ok", "version", "device", "checkpoint",
+                                 "hand_model", "detector", "refine"};
                                  503 {"status": "loading"} until the model is loaded
                                  (503 {"status": "failed", "error"} if loading failed)
     GET    /v1/model?side=       hamr.rig/1 of the hand model in use (backend.schema), cached
@@ -67,6 +67,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend import __version__
 from backend.errors import InputError, OptionError
 from backend.pipeline.photo import Predictor
 from backend.schema import rig_json
@@ -286,6 +287,7 @@ def create_app(
         return JSONResponse(
             {
                 "status": "ok",
+                "version": __version__,
                 "device": str(predictor.device),
                 "checkpoint": predictor.checkpoint.name,
                 "hand_model": predictor.hand_model_id,
