@@ -215,3 +215,12 @@ def test_blend_hands_over_to_the_headless_import(tmp_path, capsys) -> None:
     )
     assert code == 2 and "hamr blend: error: image not found" in err
     assert not (tmp_path / "x.blend").exists()
+
+
+def test_a_file_that_is_no_picture_is_named_as_such(tmp_path, capsys) -> None:
+    """Pillow's own message names its buffer (<_io.BytesIO object at 0x...>); the user gets what
+    the file is not."""
+    text = tmp_path / "notes.jpg"
+    text.write_text("shopping list")
+    code, _, err = run_cli(["predict", str(text)], capsys)
+    assert code == 2 and "not a picture" in err and "object at 0x" not in err, err

@@ -17,7 +17,11 @@ from PIL import Image, ImageOps
 
 from backend.errors import InputError
 
-MAX_IMAGE_PIXELS = 80_000_000  # refuse larger images (decompression bombs)
+MAX_IMAGE_PIXELS = 80_000_000
+NOT_AN_IMAGE = (
+    "cannot read the image: not a picture Pillow can decode (JPEG, PNG, WebP, TIFF, BMP, GIF, "
+    "HEIF/HEIC)"
+)  # refuse larger images (decompression bombs)
 # EXIF FocalLengthIn35mmFilm outside this range is no camera's (the widest fisheye is ~8 mm, the
 # longest lens ~5,000 mm) and is ignored, like a missing tag: it would put the camera's focal
 # length in pixels out of float range
@@ -110,6 +114,8 @@ def load_image_within(
             rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except InputError:
         raise
+    except Image.UnidentifiedImageError as e:  # its message holds the file object's repr
+        raise InputError(NOT_AN_IMAGE) from e
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise InputError(f"cannot read the image: {e}") from e
     if rgb.shape[0] < 8 or rgb.shape[1] < 8:

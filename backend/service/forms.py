@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from backend.detect import mediapipe_hands
 from backend.errors import InputError, OptionError
-from backend.media.image import load_image_within, require_heif_reader
+from backend.media.image import NOT_AN_IMAGE, load_image_within, require_heif_reader
 from backend.options import check_detector, check_refine, check_side, parse_boxes, parse_focal
 
 from .guard import ApiError
@@ -196,6 +196,8 @@ def decode_photo(
             width, height = im.size
     except Image.DecompressionBombError as exc:
         raise ApiError(413, "too_many_pixels", f"image too large: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:  # its message holds the file object's repr
+        raise ApiError(400, "bad_image", NOT_AN_IMAGE) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ApiError(400, "bad_image", f"cannot read the image: {exc}") from exc
     except Exception as exc:  # a decoder's own failure on hostile bytes is still a bad image
