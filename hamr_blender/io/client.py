@@ -36,6 +36,8 @@ _LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 # Python's repr of an object, e.g. "<_io.BytesIO object at 0x7f...>": a backend message that
 # names the upload by its in-memory stream says nothing to the user (the file name does)
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+# the backend's error codes about the uploaded file itself: their messages get its name
+UPLOAD_ERRORS = frozenset({"bad_image", "empty_image", "bad_video", "too_many_pixels"})
 
 
 class BackendError(RuntimeError):
@@ -293,6 +295,8 @@ class HamrClient:
             if e.code == 404:
                 message += f" (is {self.url} a HAMR backend?)"
         message = _OBJECT_REPR.sub(repr(upload_name) if upload_name else "the upload", message)
+        if upload_name and code in UPLOAD_ERRORS and repr(upload_name) not in message:
+            message = f"{upload_name!r}: {message}"  # which of the user's files it was
         return BackendError(f"HAMR backend: {message}", status=e.code, code=code)
 
     # -------------------------------------------------------------------- endpoints
