@@ -151,7 +151,7 @@ def test_extension_builds_validates_installs_and_registers(
     assert not out["torch_imported"] and not out["backend_imported"]
     assert set(out["drawn_operators"]) == {
         "hamr.check_backend", "hamr.start_backend", "hamr.import_image",
-        "hamr.keyframe_video", "hamr.align_camera",
+        "hamr.import_result", "hamr.keyframe_video", "hamr.align_camera",
         "hamr.retarget", "hamr.bone_map_fill", "hamr.bone_map_load", "hamr.bone_map_save",
     }  # fmt: skip
     assert out["drawn_props"] >= 10
@@ -534,3 +534,40 @@ def test_photo_take_confidence_action_collection_and_gltf(bpy_env: dict[str, str
     # MANO's skin has more)...
     assert out["gltf"]["pose_err_m"] < 3e-3, out["gltf"]
     assert out["gltf"]["rest_err_m"] > 3e-2, out["gltf"]  # ...not the flat rest hand (9 cm)
+
+
+def test_a_saved_result_builds_what_its_import_builds(
+    extension_zip: Path, server: str, bpy_env: dict[str, str], tmp_path: Path, sample_photo: Path
+) -> None:
+    """Issue #22: a result saved with `hamr predict --json` could not be loaded. It now builds the
+    same hands as importing its photo (evaluated vertices), a `hamr video --json` result keys its
+    tracks, and a JSON file that is no result is refused with the scene unchanged."""
+    from hamr_blender.io.client import HamrClient
+
+    client = HamrClient(server)
+    prediction = client.predict(sample_photo, side="right", refine=True)
+    saved = tmp_path / "photo.json"
+    saved.write_text(json.dumps(prediction))
+    from conftest import render_hand_frames, write_clip
+
+    frames, _ = render_hand_frames()
+    clip = write_clip(tmp_path / "clip.mp4", frames[:4])
+    job = client.submit_video(clip, side="right")
+    for _ in range(600):
+        if client.job(job)["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.1)
+    video = client.job_result(job)
+    saved_video = tmp_path / "clip.json"
+    saved_video.write_text(json.dumps(video))
+    junk = tmp_path / "notes.json"
+    junk.write_text(json.dumps({"schema": "something/1", "hands": []}))
+    out = run_bpy(
+        "saved_result.py", extension_zip, server, sample_photo, saved, saved_video, junk,
+        env=bpy_env,
+    )  # fmt: skip
+    assert out["photo_result"] == ["FINISHED"] and out["photo_hands"][0] == out["photo_hands"][1]
+    assert out["photo_hands"][0] >= 1
+    assert out["photo_max_diff_m"] < 1e-6, out
+    assert out["video_result"] == ["FINISHED"] and out["video_rigs"] >= 1 and out["video_keyed"]
+    assert out["junk"][0] == "CANCELLED" and out["junk_unchanged"], out

@@ -8,6 +8,7 @@ Errors are one of DOMAIN_ERRORS and leave nothing behind. Imports bpy.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -17,7 +18,15 @@ import bpy
 
 from ..io import backend_process, orientation
 from ..io.client import DEFAULT_URL, BackendError, HamrClient, VideoJob, is_loopback
-from ..io.payload import PayloadError, RigData, parse_prediction, parse_rig, parse_video
+from ..io.payload import (
+    PREDICTION_SCHEMA,
+    VIDEO_SCHEMA,
+    PayloadError,
+    RigData,
+    parse_prediction,
+    parse_rig,
+    parse_video,
+)
 from . import ADDON, scene
 from .rig import NewData, RigOptions
 
@@ -262,6 +271,53 @@ def key_video_result(
             location=location,
             take=take_options(op_like),
         )
+    except BaseException:
+        new.remove_all()
+        raise
+
+
+def import_saved(
+    context,
+    op_like,
+    filepath: str,
+    source_path: str = "",
+    client: HamrClient | None = None,
+    location=None,
+) -> scene.ImportResult:
+    """A saved result built as its import would be: a ``hamr.prediction/1`` file (`hamr predict
+    --json`) becomes posed hands, a ``hamr.video/1`` file (`hamr video --json`) keyed tracks. The
+    rig data comes from the backend (its hand model must be the file's); source_path: the photo
+    or clip it was made from, for the camera's background (none without it). Raises one of
+    DOMAIN_ERRORS (a file that is no such result: ValueError naming it); leaves nothing behind."""
+    path = bpy.path.abspath(filepath) if filepath else ""
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"result file not found: {path or '(none chosen)'}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{os.path.basename(path)} is not a HAMR result (JSON): {e}") from e
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    media = bpy.path.abspath(source_path) if source_path else ""
+    client = client or client_for(context, timeout=30.0)
+    if schema == VIDEO_SCHEMA:
+        return key_video_result(context, op_like, client, doc, media, location)
+    if schema != PREDICTION_SCHEMA:
+        raise ValueError(
+            f"{os.path.basename(path)} is not a HAMR result: its schema is {schema!r}, not "
+            f"{PREDICTION_SCHEMA!r} (hamr predict --json) or {VIDEO_SCHEMA!r} (hamr video --json)"
+        )
+    prediction = parse_prediction(doc)
+    rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
+    source = scene.ImageSource("image", media if os.path.isfile(media) else "", "")
+    if source.path:
+        source.orientation = orientation.file_orientation(source.path)
+    new = NewData()
+    try:
+        return scene.import_prediction(
+            context, prediction, rigs, rig_options(op_like), source, new,
+            align=op_like.align_camera, location=location, take=take_options(op_like),
+        )  # fmt: skip
     except BaseException:
         new.remove_all()
         raise

@@ -31,6 +31,7 @@ from .importer import (
     DOMAIN_ERRORS,
     client_for,
     import_image,
+    import_saved,
     key_video_result,
     refuse_photo_as_video,
     settings,
@@ -280,6 +281,45 @@ class HAMR_OT_import_image(_HandOptions, bpy.types.Operator):
         return {"FINISHED"}
 
 
+class HAMR_OT_import_result(_HandOptions, bpy.types.Operator):
+    """Build the hands of a saved HAMR result (hamr predict --json or hamr video --json)"""
+
+    bl_idname = "hamr.import_result"
+    bl_label = "Import Saved Result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="Result", subtype="FILE_PATH", default="")
+    filter_glob: StringProperty(default="*.json", options={"HIDDEN", "SKIP_SAVE"})
+    source_path: StringProperty(
+        name="Photo or Clip",
+        subtype="FILE_PATH",
+        description="Optional: the photo or clip the result was made from (camera background)",
+        default="",
+    )
+    scene_fps: EnumProperty(name="Frame Rate", items=SCENE_FPS_ITEMS, default="KEEP")
+
+    @classmethod
+    def poll(cls, context):
+        return context.mode == "OBJECT"
+
+    def invoke(self, context, event):
+        if self.filepath:
+            return self.execute(context)
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        try:
+            result = import_saved(context, self, self.filepath, self.source_path)
+        except DOMAIN_ERRORS as e:
+            self.report({"ERROR"}, f"HAMR: {e}")
+            return {"CANCELLED"}
+        _report_notes(self, result.notes)
+        n = len(result.armatures)
+        self.report({"INFO"}, f"HAMR: built {n} hand{'s' if n != 1 else ''} from the result")
+        return {"FINISHED"}
+
+
 class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
     """Track the hands of a video with the backend and key every frame (Esc cancels)"""
 
@@ -441,6 +481,7 @@ classes = (
     HAMR_OT_start_backend,
     HAMR_OT_stop_backend,
     HAMR_OT_import_image,
+    HAMR_OT_import_result,
     HAMR_OT_keyframe_video,
     HAMR_OT_align_camera,
 )

@@ -111,6 +111,9 @@ class HAMR_PT_image(_HamrPanel, bpy.types.Panel):
         op.image_name = s.image.name if s.image is not None else ""
         op.use_box = s.use_box
         op.box = s.box
+        # a result saved by `hamr predict --json` / `hamr video --json`: the file browser asks
+        op = layout.operator("hamr.import_result", icon="FILE_FOLDER")
+        _pass_options(op, s)
 
 
 class HAMR_PT_video(_HamrPanel, bpy.types.Panel):

@@ -23,6 +23,7 @@ out: dict = {
 }
 ops = [
     "import_image",
+    "import_result",
     "keyframe_video",
     "align_camera",
     "start_backend",
