@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.synth
 	$(PY) -m benchmarks.inference
 	$(PY) -m benchmarks.refine
+	$(PY) -m benchmarks.accuracy
 	$(PY) -m benchmarks.train_step
 	$(PY) -m benchmarks.serve
 	$(PY) -m benchmarks.blender
