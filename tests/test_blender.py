@@ -562,8 +562,11 @@ def test_a_saved_result_builds_what_its_import_builds(
     saved_video.write_text(json.dumps(video))
     junk = tmp_path / "notes.json"
     junk.write_text(json.dumps({"schema": "something/1", "hands": []}))
+    other = tmp_path / "other.json"  # another photo's hand, for Apply to Active Hand
+    webcam = ROOT / "backend" / "assets" / "samples" / "webcam_hand.jpg"
+    other.write_text(json.dumps(client.predict(webcam, side="right", refine=True)))
     out = run_bpy(
-        "saved_result.py", extension_zip, server, sample_photo, saved, saved_video, junk,
+        "saved_result.py", extension_zip, server, sample_photo, saved, saved_video, junk, other,
         env=bpy_env,
     )  # fmt: skip
     assert out["photo_result"] == ["FINISHED"] and out["photo_hands"][0] == out["photo_hands"][1]
@@ -571,3 +574,8 @@ def test_a_saved_result_builds_what_its_import_builds(
     assert out["photo_max_diff_m"] < 1e-6, out
     assert out["video_result"] == ["FINISHED"] and out["video_rigs"] >= 1 and out["video_keyed"]
     assert out["junk"][0] == "CANCELLED" and out["junk_unchanged"], out
+    # Apply to Active Hand: keyed onto the existing hand at frame 10, nothing new built, frame 1
+    # as it was, the pose there the one a new hand gets, the short way round from frame 1
+    assert out["apply_result"] == ["FINISHED"] and out["apply_new_objects"] == 0, out
+    assert out["apply_frame1_kept"] < 1e-6 and out["apply_max_rotation_diff"] < 1e-5, out
+    assert out["apply_min_dot_1_to_10"] >= 0, out

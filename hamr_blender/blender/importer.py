@@ -28,7 +28,7 @@ from ..io.payload import (
     parse_video,
 )
 from . import ADDON, scene
-from .rig import NewData, RigOptions
+from .rig import NewData, RigOptions, find_hand_armature
 
 # Errors an import can meet for reasons outside the extension's control (backend, payload,
 # files, Blender refusing data): reported to the user. BackendError, PayloadError, RigBuildError
@@ -193,6 +193,8 @@ def import_image(
         refine=op_like.refine,
     )
     prediction = parse_prediction(doc)
+    if (target := apply_target(context, op_like)) is not None:
+        return apply_to(context, op_like, target, prediction)
     rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
     new = NewData()
     try:
@@ -276,6 +278,25 @@ def key_video_result(
         raise
 
 
+def apply_target(context, op_like) -> bpy.types.Object | None:
+    """The HAMR hand to key a photo's pose onto (`apply_to_active` on, the active object or its
+    mesh being a HAMR hand), else None. ValueError when asked with no HAMR hand active."""
+    if not getattr(op_like, "apply_to_active", False):
+        return None
+    target = find_hand_armature(context.active_object)
+    if target is None:
+        raise ValueError("Apply to Active Hand: select a hand that HAMR built first")
+    return target
+
+
+def apply_to(context, op_like, target, prediction) -> scene.ImportResult:
+    """`scene.apply_prediction` at the current frame, as an import's result."""
+    frame = context.scene.frame_current
+    scene.apply_prediction(target, prediction, frame, take_options(op_like))
+    note = f"keyed the photo's pose onto {target.name} at frame {frame}"
+    return scene.ImportResult(armatures=[target], notes=[note])
+
+
 def import_saved(
     context,
     op_like,
@@ -299,8 +320,11 @@ def import_saved(
         raise ValueError(f"{os.path.basename(path)} is not a HAMR result (JSON): {e}") from e
     schema = doc.get("schema") if isinstance(doc, dict) else None
     media = bpy.path.abspath(source_path) if source_path else ""
-    client = client or client_for(context, timeout=30.0)
+    target = apply_target(context, op_like)
     if schema == VIDEO_SCHEMA:
+        if target is not None:
+            raise ValueError("Apply to Active Hand takes a photo's result, not a video's")
+        client = client or client_for(context, timeout=30.0)
         return key_video_result(context, op_like, client, doc, media, location)
     if schema != PREDICTION_SCHEMA:
         raise ValueError(
@@ -308,6 +332,9 @@ def import_saved(
             f"{PREDICTION_SCHEMA!r} (hamr predict --json) or {VIDEO_SCHEMA!r} (hamr video --json)"
         )
     prediction = parse_prediction(doc)
+    if target is not None:
+        return apply_to(context, op_like, target, prediction)
+    client = client or client_for(context, timeout=30.0)
     rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
     source = scene.ImageSource("image", media if os.path.isfile(media) else "", "")
     if source.path:

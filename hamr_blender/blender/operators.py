@@ -258,6 +258,12 @@ class HAMR_OT_import_image(_HandOptions, bpy.types.Operator):
     box: FloatVectorProperty(
         name="Box", description="Hand box X0, Y0, X1, Y1 in image pixels", size=4, default=(0,) * 4
     )
+    apply_to_active: BoolProperty(
+        name="Apply to Active Hand",
+        description="Key the photo's pose onto the selected HAMR hand at the current frame "
+        "instead of building a new hand",
+        default=False,
+    )
 
     @classmethod
     def poll(cls, context):
@@ -297,6 +303,12 @@ class HAMR_OT_import_result(_HandOptions, bpy.types.Operator):
         default="",
     )
     scene_fps: EnumProperty(name="Frame Rate", items=SCENE_FPS_ITEMS, default="KEEP")
+    apply_to_active: BoolProperty(
+        name="Apply to Active Hand",
+        description="Key the photo's pose onto the selected HAMR hand at the current frame "
+        "instead of building a new hand",
+        default=False,
+    )
 
     @classmethod
     def poll(cls, context):

@@ -62,6 +62,7 @@ from .rig import (
     build_hand_rig,
     pose_hand,
     pose_rotations,
+    rig_record,
 )
 
 PREDICTION_PROP = "hamr_prediction"
@@ -244,6 +245,69 @@ def import_prediction(
         result.camera = apply_camera(context, *camera_parts)
     _select(context, result.armatures)
     return result
+
+
+def apply_prediction(
+    arm_obj: bpy.types.Object,
+    prediction: Prediction,
+    frame: float,
+    take: TakeOptions = TakeOptions(),
+) -> Hand:
+    """Key a photo's pose onto an existing HAMR hand at `frame` instead of building a new one
+    (photos taken one after another become the hand's keys): the prediction's best hand of the
+    rig's side, its rotations keyed into the rig's action (inserted among the keys it has, each
+    quaternion on the side of the key before it, so blends never swing the long way). The rig
+    keeps its shape and place. SceneBuildError when no hand of that side is confident enough."""
+    side = rig_record(arm_obj).get("side", "right")
+    hands = [h for h in confident_hands(prediction, take.min_score) if h.side == side]
+    if not hands:
+        raise SceneBuildError(f"the result has no {side} hand for {arm_obj.name!r}")
+    hand = max(hands, key=lambda h: h.score)
+    names = rig_record(arm_obj)["joint_names"]
+    values = pose_rotations(
+        hand.pose_axis_angle[None], bone_rest_rotations(arm_obj, names), take.rotation_mode
+    )[0]
+    for name, value in zip(names, values, strict=True):
+        pbone = arm_obj.pose.bones[name]
+        if take.rotation_mode == "QUATERNION":
+            before = _evaluated_quaternion(arm_obj, pbone, frame)
+            if before is not None and float(np.dot(before, value)) < 0:
+                value = -value  # the short way from the key before
+            pbone.rotation_mode = "QUATERNION"
+            pbone.rotation_quaternion = value.tolist()
+            pbone.keyframe_insert("rotation_quaternion", frame=frame, group=name)
+        else:
+            pbone.rotation_mode = take.rotation_mode
+            pbone.rotation_euler = value.tolist()
+            pbone.keyframe_insert("rotation_euler", frame=frame, group=name)
+    _store_confidence(arm_obj, hand.score, *hand_signals(hand))
+    return hand
+
+
+def _evaluated_quaternion(arm_obj, pbone, frame: float) -> np.ndarray | None:
+    """The bone's keyed quaternion at `frame` from its F-curves (the last key before it rules),
+    or None when it has no keys yet."""
+    anim = arm_obj.animation_data
+    action = anim.action if anim is not None else None
+    if action is None:
+        return None
+    path = f'pose.bones["{pbone.name}"].rotation_quaternion'
+    curves = [_find_fcurve(action, anim, path, i) for i in range(4)]
+    if any(c is None or not len(c.keyframe_points) for c in curves):
+        return None
+    return np.array([c.evaluate(frame) for c in curves])
+
+
+def _find_fcurve(action, anim, data_path: str, index: int):
+    """An F-curve of a (layered, Blender 5) action for the animated object's slot."""
+    for layer in action.layers:
+        for strip in layer.strips:
+            bag = strip.channelbag(anim.action_slot) if anim.action_slot is not None else None
+            if bag is not None:
+                curve = bag.fcurves.find(data_path, index=index)
+                if curve is not None:
+                    return curve
+    return None
 
 
 def _select(context: bpy.types.Context, objects: Sequence[bpy.types.Object]) -> None:

@@ -54,6 +54,11 @@ class HAMR_SceneSettings(bpy.types.PropertyGroup):
     )
     min_score: FloatProperty(name="Min Score", default=scene.DEFAULT_MIN_SCORE, min=0.0, max=1.0)
     scene_fps: EnumProperty(name="Frame Rate", items=operators.SCENE_FPS_ITEMS, default="KEEP")
+    apply_to_active: BoolProperty(
+        name="Apply to Active Hand",
+        description="Key a photo's pose onto the selected HAMR hand at the current frame",
+        default=False,
+    )
 
 
 def _pass_options(op, s: HAMR_SceneSettings) -> None:
@@ -105,15 +110,18 @@ class HAMR_PT_image(_HamrPanel, bpy.types.Panel):
         sub.enabled = s.use_box
         sub.prop(s, "box", text="")
         layout.prop(s, "focal")
+        layout.prop(s, "apply_to_active")
         op = layout.operator("hamr.import_image", icon="IMPORT")
         _pass_options(op, s)
         op.filepath = s.image_path
         op.image_name = s.image.name if s.image is not None else ""
         op.use_box = s.use_box
         op.box = s.box
+        op.apply_to_active = s.apply_to_active
         # a result saved by `hamr predict --json` / `hamr video --json`: the file browser asks
         op = layout.operator("hamr.import_result", icon="FILE_FOLDER")
         _pass_options(op, s)
+        op.apply_to_active = s.apply_to_active
 
 
 class HAMR_PT_video(_HamrPanel, bpy.types.Panel):

@@ -2,20 +2,23 @@
 hands as importing the photo through the backend, a saved `hamr video --json` keys its tracks, and
 a file that is no result is refused with the scene unchanged.
 
-argv: ZIP URL PHOTO PREDICTION_JSON VIDEO_JSON NOT_A_RESULT. The reference for the photo: the
-same photo imported with hamr.import_image (the backend gives the same result to the bit every
-time), compared on the evaluated meshes' vertices.
+argv: ZIP URL PHOTO PREDICTION_JSON VIDEO_JSON NOT_A_RESULT OTHER_PREDICTION_JSON. The reference
+for the photo: the same photo imported with hamr.import_image (the backend gives the same result
+to the bit every time), compared on the evaluated meshes' vertices. Then Apply to Active Hand:
+another photo's result keyed onto that hand at frame 10 (no new hand), its rotations there
+against the same result built as a new hand, and no quaternion sign flip from frame 1.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
 import _common
 import bpy
 import numpy as np
 
-zip_path, url, photo, prediction_json, video_json, junk = sys.argv[1:7]
+zip_path, url, photo, prediction_json, video_json, junk, other_json = sys.argv[1:8]
 _common.install_extension(zip_path, url)
 
 
@@ -47,6 +50,46 @@ out["photo_result"] = list(result)
 out["photo_hands"] = [len(reference), len(loaded)]
 out["photo_max_diff_m"] = max(
     (float(np.abs(a - b).max()) for a, b in zip(reference, loaded, strict=True)), default=None
+)
+# Apply to Active Hand: the other photo's pose keyed at frame 10 onto the hand just built
+hand = next(o for o in bpy.context.scene.objects if o.type == "ARMATURE")
+bpy.context.view_layer.objects.active = hand
+names = [b.name for b in hand.pose.bones if b.rotation_mode == "QUATERNION"]
+
+
+def rotations(arm) -> np.ndarray:
+    return np.array([list(arm.pose.bones[n].rotation_quaternion) for n in names])
+
+
+bpy.context.scene.frame_set(1)
+at_one = rotations(hand)
+bpy.context.scene.frame_set(10)
+objects_before = len(bpy.data.objects)
+result = bpy.ops.hamr.import_result(filepath=other_json, apply_to_active=True, **options)
+out["apply_result"] = list(result)
+out["apply_new_objects"] = len(bpy.data.objects) - objects_before
+bpy.context.scene.frame_set(10)
+applied = rotations(hand)
+bpy.context.scene.frame_set(1)
+out["apply_frame1_kept"] = float(np.abs(rotations(hand) - at_one).max())
+out["apply_min_dot_1_to_10"] = float(np.min(np.sum(at_one * applied, axis=1)))
+# the reference: the other result built as a new hand with this hand's shape (bone rests, and
+# so the keyed local rotations, depend on the shape; the applied hand keeps its own)
+with open(other_json) as fh:
+    other = json.load(fh)
+betas = [float(b) for b in hand["hamr_betas"]]
+for h in other["hands"]:
+    h["betas"] = betas
+same_shape = other_json.replace(".json", "_same_shape.json")
+with open(same_shape, "w") as fh:
+    json.dump(other, fh)
+clear()
+assert bpy.ops.hamr.import_result(filepath=same_shape, **options) == {"FINISHED"}
+fresh = next(o for o in bpy.context.scene.objects if o.type == "ARMATURE")
+bpy.context.scene.frame_set(1)
+built = rotations(fresh)
+out["apply_max_rotation_diff"] = float(
+    np.min([np.abs(applied - built).max(axis=1), np.abs(applied + built).max(axis=1)], axis=0).max()
 )
 clear()
 result = bpy.ops.hamr.import_result(filepath=video_json, **options)
