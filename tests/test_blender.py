@@ -579,3 +579,21 @@ def test_a_saved_result_builds_what_its_import_builds(
     assert out["apply_result"] == ["FINISHED"] and out["apply_new_objects"] == 0, out
     assert out["apply_frame1_kept"] < 1e-6 and out["apply_max_rotation_diff"] < 1e-5, out
     assert out["apply_min_dot_1_to_10"] >= 0, out
+
+
+def test_redo_of_build_options_asks_the_backend_nothing(
+    extension_zip: Path, server: str, bpy_env: dict[str, str], sample_photo: Path
+) -> None:
+    """Issue #22: every change in the redo panel ran the prediction again. A photo and options
+    the backend answered are now built again without asking it (counted in the server's access
+    log), while an option that changes the prediction (the side) asks it."""
+    log = Path(bpy_env["XDG_CACHE_HOME"]) / "server.log"
+
+    def predictions() -> int:
+        return log.read_text(errors="replace").count("POST /v1/predict")
+
+    before = predictions()
+    out = run_bpy("photo_redo.py", extension_zip, server, sample_photo, env=bpy_env)
+    assert out["first"] == out["rebuilt"] == out["other_side"] == ["FINISHED"], out
+    assert out["after_rebuilt"] == 2 * out["after_first"] >= 2, out
+    assert predictions() - before == 2  # the first import and the other side, not the rebuild

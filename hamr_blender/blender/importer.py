@@ -167,34 +167,71 @@ def _image_upload(
     return path, os.path.basename(path), source
 
 
-def import_image(
-    context,
-    op_like,
-    filepath: str = "",
-    image_name: str = "",
-    client: HamrClient | None = None,
-    location=None,
-) -> scene.ImportResult:
-    """The import behind hamr.import_image (also used by `hamr blend`): predict, fetch the rigs,
-    build. `op_like` holds the options (side, use_box, box, detector, refine, focal, shape_keys,
-    correctives, align_camera, and optionally rotation_mode, min_score: `scene.take_options`);
-    client: the backend (default: the preferences'). Raises one of
-    DOMAIN_ERRORS; leaves nothing behind on failure."""
+@dataclass
+class PhotoRequest:
+    """A photo import's request, made on Blender's thread (`prepare_photo`): what goes to the
+    backend (`predict_photo` may run on a worker thread) and what builds the hands after."""
+
+    client: HamrClient
+    upload: str | bytes  # a file path or encoded bytes
+    name: str  # the file name sent
+    source: scene.ImageSource
+    fields: dict  # the prediction options (side, box, focal, detector, refine)
+    key: tuple | None  # the prediction cache's key; None: not cached (pixels only in Blender)
+
+
+# Backend predictions of the last photos, by (backend, file, size, mtime, options): the redo
+# panel re-runs an import for options that only change the build (shape keys, correctives,
+# camera, rotations, min score), and those need no new prediction.
+_PREDICTIONS: dict[tuple, dict] = {}
+KEEP_PREDICTIONS = 8
+
+
+def prepare_photo(
+    context, op_like, filepath: str = "", image_name: str = "", client: HamrClient | None = None
+) -> PhotoRequest:
+    """The request of hamr.import_image (Blender's thread: it reads images in Blender)."""
     upload, name, source = _image_upload(context, filepath, image_name)
     client = client or client_for(context, timeout=30.0)
     box = tuple(op_like.box) if op_like.use_box else None
-    doc = client.predict(
-        upload,
-        filename=name,
-        side=op_like.side,
-        box=box,
-        focal=op_like.focal or None,
-        detector=None if box else op_like.detector,
-        refine=op_like.refine,
-    )
+    fields = {
+        "side": op_like.side,
+        "box": box,
+        "focal": op_like.focal or None,
+        "detector": None if box else op_like.detector,
+        "refine": op_like.refine,
+    }
+    key = None
+    if isinstance(upload, str):
+        stat = os.stat(upload)
+        key = (client.url, upload, stat.st_size, stat.st_mtime_ns, tuple(sorted(fields.items())))
+    return PhotoRequest(client, upload, name, source, fields, key)
+
+
+def cached_prediction(request: PhotoRequest) -> dict | None:
+    """The backend's answer to the same photo and options, if it was asked before."""
+    return _PREDICTIONS.get(request.key) if request.key is not None else None
+
+
+def predict_photo(request: PhotoRequest) -> dict:
+    """POST /v1/predict (HTTP only: safe on a worker thread); the answer is cached."""
+    if (doc := cached_prediction(request)) is not None:
+        return doc
+    doc = request.client.predict(request.upload, filename=request.name, **request.fields)
+    if request.key is not None:
+        _PREDICTIONS[request.key] = doc
+        while len(_PREDICTIONS) > KEEP_PREDICTIONS:
+            _PREDICTIONS.pop(next(iter(_PREDICTIONS)))
+    return doc
+
+
+def build_photo(context, op_like, request: PhotoRequest, doc: dict, location=None):
+    """The hands of a prediction, built (or keyed onto the active hand: Apply to Active Hand);
+    leaves nothing behind on failure."""
     prediction = parse_prediction(doc)
     if (target := apply_target(context, op_like)) is not None:
         return apply_to(context, op_like, target, prediction)
+    client, upload, name, source = request.client, request.upload, request.name, request.source
     rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
     new = NewData()
     try:
@@ -215,6 +252,24 @@ def import_image(
     except BaseException:
         new.remove_all()
         raise
+
+
+def import_image(
+    context,
+    op_like,
+    filepath: str = "",
+    image_name: str = "",
+    client: HamrClient | None = None,
+    location=None,
+) -> scene.ImportResult:
+    """The import behind hamr.import_image, blocking (its execute, the redo panel, `hamr blend`):
+    `prepare_photo`, `predict_photo` (the backend is not asked again for a photo and options it
+    answered before), `build_photo`. `op_like` holds the options (side, use_box, box, detector,
+    refine, focal, shape_keys, correctives, align_camera, and optionally rotation_mode,
+    min_score: `scene.take_options`, apply_to_active); client: the backend (default: the
+    preferences'). Raises one of DOMAIN_ERRORS; leaves nothing behind on failure."""
+    request = prepare_photo(context, op_like, filepath, image_name, client)
+    return build_photo(context, op_like, request, predict_photo(request), location)
 
 
 def _decoded_background(

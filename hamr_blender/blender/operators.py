@@ -19,6 +19,7 @@ in `..io.client` / `..io.payload`. Imports bpy.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import bpy
@@ -29,10 +30,13 @@ from ..io.client import BackendError, VideoJob
 from . import camera, scene
 from .importer import (
     DOMAIN_ERRORS,
+    build_photo,
+    cached_prediction,
     client_for,
-    import_image,
     import_saved,
     key_video_result,
+    predict_photo,
+    prepare_photo,
     refuse_photo_as_video,
     settings,
     user_dir,
@@ -276,8 +280,71 @@ class HAMR_OT_import_image(_HandOptions, bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def execute(self, context):
+        """With a window, the backend's prediction runs on a worker thread while a timer keeps
+        Blender responsive (Esc cancels, the scene unchanged); the hands are built on Blender's
+        thread when it arrives. A photo and options the backend answered before (the redo
+        panel changing a build option) are built at once, without asking it again."""
         try:
-            result = import_image(context, self, self.filepath, self.image_name)
+            request = prepare_photo(context, self, self.filepath, self.image_name)
+            doc = cached_prediction(request)
+            if doc is None and (bpy.app.background or context.window is None):
+                doc = predict_photo(request)
+        except DOMAIN_ERRORS as e:
+            self.report({"ERROR"}, f"HAMR: {e}")
+            return {"CANCELLED"}
+        if doc is not None:
+            return self._build(context, request, doc)
+        self._request, self._outcome = request, {}
+        outcome = self._outcome
+
+        def work() -> None:
+            try:
+                outcome["doc"] = predict_photo(request)
+            except BaseException as e:  # handed to Blender's thread, which reports it
+                outcome["error"] = e
+
+        self._thread = threading.Thread(target=work, name="hamr-photo", daemon=True)
+        self._thread.start()
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.modal_handler_add(self)
+        self._status(context, f"predicting {request.name}, Esc cancels")
+        return {"RUNNING_MODAL"}
+
+    _request = None
+    _outcome: dict | None = None
+    _thread = None
+    _timer = None
+
+    def _status(self, context, text: str | None) -> None:
+        if context.workspace is not None:
+            context.workspace.status_text_set(None if text is None else f"HAMR photo: {text}")
+
+    def _cleanup(self, context) -> None:
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        self._status(context, None)
+
+    def modal(self, context, event):
+        if event.type == "ESC":
+            self._cleanup(context)
+            self.report({"WARNING"}, "HAMR: photo import cancelled; nothing was changed")
+            return {"CANCELLED"}
+        if event.type != "TIMER" or self._thread.is_alive():
+            return {"PASS_THROUGH"}
+        self._cleanup(context)
+        error = self._outcome.get("error")
+        if error is not None:
+            if not isinstance(error, DOMAIN_ERRORS):
+                raise error
+            self.report({"ERROR"}, f"HAMR: {error}")
+            return {"CANCELLED"}
+        return self._build(context, self._request, self._outcome["doc"])
+
+    def _build(self, context, request, doc):
+        try:
+            result = build_photo(context, self, request, doc)
         except DOMAIN_ERRORS as e:
             self.report({"ERROR"}, f"HAMR: {e}")
             return {"CANCELLED"}
