@@ -52,7 +52,10 @@ def samples_figure(predictor: Predictor) -> None:
     print(json.dumps({"wrote": str(out.relative_to(REPO))}))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     photos = sorted(p for d in SAMPLES.glob("wild_*") for p in d.glob("*.jpg"))
     if not photos:
         raise SystemExit(f"no photos under {SAMPLES}/wild_*")
