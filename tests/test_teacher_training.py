@@ -146,3 +146,33 @@ def test_short_mixed_run_lowers_both_losses(tmp_path):
         train_step(net, batch, weights, optim, 5.0, False)
     after = losses()
     assert after[0] < before[0] and after[1] < before[1], (before, after)
+
+
+def test_interpolate_checkpoints(tmp_path):
+    """training.interpolate: alpha 0 and 1 give the two networks, 0.5 their mean (BatchNorm
+    statistics too); the header keeps the fine-tuned run's metadata and records the mix."""
+    from backend.hand_model.model import hand_model_id
+    from backend.network.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint
+    from training.interpolate import interpolate
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = HamrNet(HamrConfig.light())
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+        paths.append(tmp_path / f"{seed}.safetensors")
+        save_checkpoint(paths[-1], net, hand_model_id=hand_model_id("open"), metadata={"s": seed})
+    states = [load_checkpoint(p)[0].state_dict() for p in paths]
+    for alpha in (0.0, 0.5, 1.0):
+        out = interpolate(paths[0], paths[1], alpha, tmp_path / f"mix{alpha}.safetensors")
+        mixed = load_checkpoint(out)[0].state_dict()
+        for k, v in mixed.items():
+            if v.is_floating_point():
+                want = (1 - alpha) * states[0][k] + alpha * states[1][k]
+                assert torch.allclose(v, want, atol=1e-6), (alpha, k)
+    meta = read_checkpoint_header(out)["metadata"]
+    assert meta["s"] == 1 and meta["interpolation"]["alpha"] == 1.0
+    with pytest.raises(ValueError):
+        interpolate(paths[0], paths[1], 1.5, tmp_path / "bad.safetensors")
