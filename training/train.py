@@ -396,6 +396,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     if rank == 0:
         _periodic_eval(model, cfg, device, out, step + 1, log)
     if world > 1:
+        # every rank reaches the end (rank 0 after its last checkpoint and evaluation) before any
+        # tears the group down: a rank that left early aborted once in CI ("terminate called
+        # without an active exception", exit -6) in the two-rank time-limit test
+        dist.barrier()
         dist.destroy_process_group()
     return out
 
