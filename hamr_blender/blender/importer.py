@@ -227,7 +227,8 @@ def predict_photo(request: PhotoRequest) -> dict:
 
 def build_photo(context, op_like, request: PhotoRequest, doc: dict, location=None):
     """The hands of a prediction, built (or keyed onto the active hand: Apply to Active Hand);
-    leaves nothing behind on failure."""
+    leaves nothing behind on failure. request.upload may be "" (a saved result without its
+    photo: no background)."""
     prediction = parse_prediction(doc)
     if (target := apply_target(context, op_like)) is not None:
         return apply_to(context, op_like, target, prediction)
@@ -375,9 +376,8 @@ def import_saved(
         raise ValueError(f"{os.path.basename(path)} is not a HAMR result (JSON): {e}") from e
     schema = doc.get("schema") if isinstance(doc, dict) else None
     media = bpy.path.abspath(source_path) if source_path else ""
-    target = apply_target(context, op_like)
     if schema == VIDEO_SCHEMA:
-        if target is not None:
+        if apply_target(context, op_like) is not None:
             raise ValueError("Apply to Active Hand takes a photo's result, not a video's")
         client = client or client_for(context, timeout=30.0)
         return key_video_result(context, op_like, client, doc, media, location)
@@ -386,23 +386,16 @@ def import_saved(
             f"{os.path.basename(path)} is not a HAMR result: its schema is {schema!r}, not "
             f"{PREDICTION_SCHEMA!r} (hamr predict --json) or {VIDEO_SCHEMA!r} (hamr video --json)"
         )
-    prediction = parse_prediction(doc)
-    if target is not None:
-        return apply_to(context, op_like, target, prediction)
-    client = client or client_for(context, timeout=30.0)
-    rigs = fetch_rigs(client, {h.side for h in prediction.hands}, prediction.hand_model)
-    source = scene.ImageSource("image", media if os.path.isfile(media) else "", "")
-    if source.path:
-        source.orientation = orientation.file_orientation(source.path)
-    new = NewData()
-    try:
-        return scene.import_prediction(
-            context, prediction, rigs, rig_options(op_like), source, new,
-            align=op_like.align_camera, location=location, take=take_options(op_like),
-        )  # fmt: skip
-    except BaseException:
-        new.remove_all()
-        raise
+    # the photo (when given) as an import of it would send it, for the camera's background
+    upload, name, source = (
+        _image_upload(context, media, "")
+        if os.path.isfile(media)
+        else ("", "", scene.ImageSource("image", "", ""))
+    )
+    request = PhotoRequest(
+        client or client_for(context, timeout=30.0), upload, name, source, {}, None
+    )
+    return build_photo(context, op_like, request, doc, location)
 
 
 def import_video(

@@ -245,7 +245,32 @@ class _HandOptions:
     )
 
 
-class HAMR_OT_import_image(_HandOptions, bpy.types.Operator):
+class _ApplyOption:
+    """The photo imports' option to key onto an existing hand (a mixin of a bpy property)."""
+
+    apply_to_active: BoolProperty(
+        name="Apply to Active Hand",
+        description="Key the photo's pose onto the selected HAMR hand at the current frame "
+        "instead of building a new hand",
+        default=False,
+    )
+
+
+def _report_import(op, run, done: str):
+    """run() -> ImportResult, reported on `op`: a domain error as an ERROR ({'CANCELLED'}),
+    else the notes and `done` with the hand count ({n}, {s} the plural's s)."""
+    try:
+        result = run()
+    except DOMAIN_ERRORS as e:
+        op.report({"ERROR"}, f"HAMR: {e}")
+        return {"CANCELLED"}
+    _report_notes(op, result.notes)
+    n = len(result.armatures)
+    op.report({"INFO"}, "HAMR: " + done.format(n=n, s="s" if n != 1 else ""))
+    return {"FINISHED"}
+
+
+class HAMR_OT_import_image(_ApplyOption, _HandOptions, bpy.types.Operator):
     """Recover the hands in a photo and add them as posed, rigged hand meshes"""
 
     bl_idname = "hamr.import_image"
@@ -261,12 +286,6 @@ class HAMR_OT_import_image(_HandOptions, bpy.types.Operator):
     use_box: BoolProperty(name="Use Box", description="Give the hand's box", default=False)
     box: FloatVectorProperty(
         name="Box", description="Hand box X0, Y0, X1, Y1 in image pixels", size=4, default=(0,) * 4
-    )
-    apply_to_active: BoolProperty(
-        name="Apply to Active Hand",
-        description="Key the photo's pose onto the selected HAMR hand at the current frame "
-        "instead of building a new hand",
-        default=False,
     )
 
     @classmethod
@@ -343,18 +362,12 @@ class HAMR_OT_import_image(_HandOptions, bpy.types.Operator):
         return self._build(context, self._request, self._outcome["doc"])
 
     def _build(self, context, request, doc):
-        try:
-            result = build_photo(context, self, request, doc)
-        except DOMAIN_ERRORS as e:
-            self.report({"ERROR"}, f"HAMR: {e}")
-            return {"CANCELLED"}
-        _report_notes(self, result.notes)
-        n = len(result.armatures)
-        self.report({"INFO"}, f"HAMR: imported {n} hand{'s' if n != 1 else ''}")
-        return {"FINISHED"}
+        return _report_import(
+            self, lambda: build_photo(context, self, request, doc), "imported {n} hand{s}"
+        )
 
 
-class HAMR_OT_import_result(_HandOptions, bpy.types.Operator):
+class HAMR_OT_import_result(_ApplyOption, _HandOptions, bpy.types.Operator):
     """Build the hands of a saved HAMR result (hamr predict --json or hamr video --json)"""
 
     bl_idname = "hamr.import_result"
@@ -370,12 +383,6 @@ class HAMR_OT_import_result(_HandOptions, bpy.types.Operator):
         default="",
     )
     scene_fps: EnumProperty(name="Frame Rate", items=SCENE_FPS_ITEMS, default="KEEP")
-    apply_to_active: BoolProperty(
-        name="Apply to Active Hand",
-        description="Key the photo's pose onto the selected HAMR hand at the current frame "
-        "instead of building a new hand",
-        default=False,
-    )
 
     @classmethod
     def poll(cls, context):
@@ -388,15 +395,11 @@ class HAMR_OT_import_result(_HandOptions, bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def execute(self, context):
-        try:
-            result = import_saved(context, self, self.filepath, self.source_path)
-        except DOMAIN_ERRORS as e:
-            self.report({"ERROR"}, f"HAMR: {e}")
-            return {"CANCELLED"}
-        _report_notes(self, result.notes)
-        n = len(result.armatures)
-        self.report({"INFO"}, f"HAMR: built {n} hand{'s' if n != 1 else ''} from the result")
-        return {"FINISHED"}
+        return _report_import(
+            self,
+            lambda: import_saved(context, self, self.filepath, self.source_path),
+            "built {n} hand{s} from the result",
+        )
 
 
 class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
@@ -516,15 +519,11 @@ class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
             level = "WARNING" if job.state == "cancelled" else "ERROR"
             self.report({level}, f"HAMR: {job.message or job.state}")
             return {"CANCELLED"}
-        try:
-            result = key_video_result(context, self, job.client, job.result, self._path)
-        except DOMAIN_ERRORS as e:
-            self.report({"ERROR"}, f"HAMR: {e}")
-            return {"CANCELLED"}
-        _report_notes(self, result.notes)
-        n = len(result.armatures)
-        self.report({"INFO"}, f"HAMR: keyed {n} hand track{'s' if n != 1 else ''}")
-        return {"FINISHED"}
+        return _report_import(
+            self,
+            lambda: key_video_result(context, self, job.client, job.result, self._path),
+            "keyed {n} hand track{s}",
+        )
 
 
 class HAMR_OT_align_camera(bpy.types.Operator):

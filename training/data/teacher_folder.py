@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .common import CropJitter, HandCropDataset, HandSample, build_item, load_rgb
+from .common import CropJitter, HandCropDataset, HandSample, load_rgb
 
 FORMAT = "hamr.teacher/1"
 SIDES = {"right": 0, "left": 1}
@@ -81,15 +81,8 @@ class TeacherFolder(HandCropDataset):
         )
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"{self.name}: index {index} out of range for {n} items")
-        index %= n
-        rng = None
-        if self.crop_jitter is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-        item = build_item(self.load(index), index, self.crop_jitter, rng)
-        rec = self.records[index]
+        item = super().__getitem__(index)  # the crop and its 2D/3D labels (checks the index)
+        rec = self.records[index % len(self)]
         item["pose"] = torch.tensor(rec["pose"], dtype=torch.float32)
         item["betas"] = torch.tensor(rec["betas"], dtype=torch.float32)
         item["has_mano"] = torch.tensor(1.0)
