@@ -205,7 +205,8 @@ class HAMR_OT_stop_backend(bpy.types.Operator):
 
 
 class _HandOptions:
-    """Options shared by the import operators (a mixin of bpy properties)."""
+    """Options shared by the import operators (a mixin of bpy properties), and their poll and
+    invoke: a chosen file runs at once, else the file browser asks for one."""
 
     side: EnumProperty(name="Side", items=SIDE_ITEMS, default="auto")
     detector: EnumProperty(
@@ -243,6 +244,16 @@ class _HandOptions:
         min=0.0,
         max=1.0,
     )
+
+    @classmethod
+    def poll(cls, context):
+        return context.mode == "OBJECT"
+
+    def invoke(self, context, event):
+        if self.filepath:
+            return self.execute(context)
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
 
 
 class _ApplyOption:
@@ -288,11 +299,7 @@ class HAMR_OT_import_image(_ApplyOption, _HandOptions, bpy.types.Operator):
         name="Box", description="Hand box X0, Y0, X1, Y1 in image pixels", size=4, default=(0,) * 4
     )
 
-    @classmethod
-    def poll(cls, context):
-        return context.mode == "OBJECT"
-
-    def invoke(self, context, event):
+    def invoke(self, context, event):  # an image already in Blender needs no file either
         if self.filepath or self.image_name:
             return self.execute(context)
         context.window_manager.fileselect_add(self)
@@ -384,16 +391,6 @@ class HAMR_OT_import_result(_ApplyOption, _HandOptions, bpy.types.Operator):
     )
     scene_fps: EnumProperty(name="Frame Rate", items=SCENE_FPS_ITEMS, default="KEEP")
 
-    @classmethod
-    def poll(cls, context):
-        return context.mode == "OBJECT"
-
-    def invoke(self, context, event):
-        if self.filepath:
-            return self.execute(context)
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
-
     def execute(self, context):
         return _report_import(
             self,
@@ -426,16 +423,6 @@ class HAMR_OT_keyframe_video(_HandOptions, bpy.types.Operator):
 
     _job: VideoJob | None = None
     _timer = None
-
-    @classmethod
-    def poll(cls, context):
-        return context.mode == "OBJECT"
-
-    def invoke(self, context, event):
-        if self.filepath:
-            return self.execute(context)
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def execute(self, context):
         path = bpy.path.abspath(self.filepath)
