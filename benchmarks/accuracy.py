@@ -1,6 +1,6 @@
 """Accuracy of the fused hand against its peers on the same hands, in the same run. Prints JSON.
 
-    python -m benchmarks.accuracy [--count 160] [--threads 1]
+    python -m benchmarks.accuracy [--count 160] [--threads 1] [--out docs/results/accuracy.json]
 
 For each hand with ground truth that MediaPipe finds (its box over the true one, IoU > 0.5):
 - mediapipe: its image landmarks (2D) and its world landmarks (3D, Procrustes-aligned);
@@ -16,7 +16,6 @@ Ratios: fused / mediapipe (targets: 2D <= 1.0, 3D <= 0.95).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -29,6 +28,7 @@ from backend.detect import mediapipe_hands
 from backend.media.image import load_image
 from backend.options import HandRequest
 from backend.pipeline.photo import Predictor
+from benchmarks.output import add_out_argument, emit
 
 
 def pa_mm(pred, truth) -> float:
@@ -169,10 +169,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=160, help="synthetic test crops")
     ap.add_argument("--threads", type=int, default=1)
+    add_out_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not mediapipe_hands.available():
-        print(json.dumps({"skipped": "mediapipe is not installed"}))
+        emit({"skipped": "mediapipe is not installed"}, args.out)
         return
     predictor = Predictor(refine="off")
     result = {
@@ -181,7 +182,7 @@ def main() -> None:
         "synthetic": synthetic(predictor, args.count),
         "samples": samples(predictor),
     }
-    print(json.dumps(result, indent=1))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

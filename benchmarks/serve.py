@@ -1,7 +1,7 @@
 """Speed of the HTTP service against direct in-process calls. Prints one JSON object.
 
     python -m benchmarks.serve [--repeats 15] [--threads N] [--checkpoint PATH] [--frames 60]
-                               [--load-requests 1000] [--only-hardening]
+                               [--load-requests 1000] [--only-hardening] [--out PATH]
 
 For each device (CPU, and CUDA when present), with a real `hamr serve` (uvicorn) subprocess on a
 free loopback port and the same checkpoint loaded in this process:
@@ -38,7 +38,6 @@ OpenMP threads spin-waiting on each other (many times slower than one thread the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket
@@ -63,6 +62,7 @@ from backend.network.runner import DEFAULT_CHECKPOINT
 from backend.options import HandRequest
 from backend.pipeline.photo import Predictor
 from backend.pipeline.video import VideoOptions, process_video
+from benchmarks.output import add_out_argument, emit
 
 ROOT = Path(__file__).resolve().parents[1]
 WEBCAM = ROOT / "backend" / "assets" / "samples" / "webcam_hand.jpg"
@@ -368,6 +368,7 @@ def main() -> None:
         "--only-hardening", action="store_true", help="only the hardening figures (issue #20)"
     )
     parser.add_argument("--skip-hardening", action="store_true", help="no hardening figures")
+    add_out_argument(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -386,22 +387,20 @@ def main() -> None:
             hardened = hardening(
                 checkpoint, photo, box, args.load_requests, args.repeats, args.threads, workdir
             )
-    print(
-        json.dumps(
-            {
-                "benchmark": "hamr_serve",
-                "checkpoint": checkpoint.name,
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "cpu": platform.processor() or platform.machine(),
-                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                "repeats": args.repeats,
-                "clients": CLIENTS,
-                "results": results,
-                "hardening": hardened,
-            },
-            indent=1,
-        )
+    emit(
+        {
+            "benchmark": "hamr_serve",
+            "checkpoint": checkpoint.name,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "repeats": args.repeats,
+            "clients": CLIENTS,
+            "results": results,
+            "hardening": hardened,
+        },
+        args.out,
     )
 
 

@@ -13,13 +13,13 @@ For each clip:
   track;
 - MediaPipe alone in its video mode (`static_image_mode=False`), the same frames: frames per
   second and jitter, as the peer.
-Prints one JSON object (per clip and the means). CPU, the shipped checkpoint.
+Prints one JSON object (per clip and the means; `--out PATH` writes it to a file too). CPU, the
+shipped checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -32,6 +32,7 @@ import torch
 from backend.detect import mediapipe_hands
 from backend.pipeline.photo import Predictor
 from backend.pipeline.video import process_video
+from benchmarks.output import add_out_argument, emit
 
 WEBCAM = Path(__file__).resolve().parents[1].parent / "shared" / "realhands" / "webcam_scenes"
 SCALE = 2.2  # the photo's scale in the clip
@@ -123,10 +124,11 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=3)
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
+    add_out_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not WEBCAM.is_dir() or not mediapipe_hands.available():
-        print(json.dumps({"skipped": f"needs {WEBCAM} and mediapipe"}))
+        emit({"skipped": f"needs {WEBCAM} and mediapipe"}, args.out)
         return
     predictor = Predictor()
     clips = []
@@ -155,7 +157,7 @@ def main() -> None:
                 clips.append(row)
     keys = ("fps", "tracks", "jitter_px", "mediapipe_video_fps", "mediapipe_video_jitter_px")
     means = {k: round(float(np.nanmean([c[k] for c in clips])), 2) for k in keys} if clips else {}
-    print(json.dumps({"threads": args.threads, "clips": clips, "mean": means}, indent=1))
+    emit({"threads": args.threads, "clips": clips, "mean": means}, args.out)
 
 
 if __name__ == "__main__":
