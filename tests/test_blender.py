@@ -146,7 +146,8 @@ def test_extension_builds_validates_installs_and_registers(
     assert "HAMR_PT_main" in out["panels"]
     assert out["prefs"]["backend_url"] == "http://127.0.0.1:8734"
     assert out["prefs"]["start_command"] == "hamr serve"
-    assert out["scene_settings"] == "auto" and out["object_betas"]
+    assert out["scene_settings"] == "auto" and out["armature_hand"]
+    assert not out["object_betas"]  # the shape lives on HAMR armatures, not on every Object
     assert out["user_dir"].startswith(bpy_env["BLENDER_USER_RESOURCES"])
     assert not out["torch_imported"] and not out["backend_imported"]
     assert set(out["drawn_operators"]) == {
@@ -168,12 +169,16 @@ def test_rig_equals_hand_model_both_sides_with_correctives(bpy_env: dict[str, st
         assert max(r["max_err_m"]) < 1e-4, (side, r["max_err_m"])
         assert r["max_err_after_set_betas_m"] < 1e-4, side
         assert r["corrective_size_m"] > 1e-3  # the injected correctives really move vertices
-        assert r["bones"] == 21 and r["deform_bones"] == 16
+        assert r["bones"] == 21 + 10 and r["deform_bones"] == 16  # + IK targets, poles
+        s = "R" if side == "right" else "L"
         assert r["vertex_groups"] == [
-            "wrist", "index1", "index2", "index3", "middle1", "middle2", "middle3",
-            "pinky1", "pinky2", "pinky3", "ring1", "ring2", "ring3", "thumb1", "thumb2", "thumb3",
+            f"{j}.{s}" for j in ("wrist", "index1", "index2", "index3", "middle1", "middle2",
+            "middle3", "pinky1", "pinky2", "pinky3", "ring1", "ring2", "ring3", "thumb1",
+            "thumb2", "thumb3")
         ]  # fmt: skip
-        assert {"thumb4", "index4", "middle4", "ring4", "pinky4"} <= set(r["bone_names"])
+        assert {f"{d}4.{s}" for d in ("thumb", "index", "middle", "ring", "pinky")} <= set(
+            r["bone_names"]
+        )
         assert r["beta_keys"] == [f"beta_{i:02d}" for i in range(10)]
         assert r["shape_keys"] == 1 + 10 + 135 and r["drivers"] == 135
         assert r["driver_errors"] == 0 and r["simple_expressions"]

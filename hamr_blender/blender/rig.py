@@ -45,9 +45,15 @@ import bpy
 import numpy as np
 
 from ..io import convert
+from ..io.bone_maps import hamr_bone_name
 from ..io.payload import NUM_BETAS, RigData
 
 RIG_PROP = "hamr_rig"  # JSON on the armature object: what set_betas needs
+IK_PROP = "hamr_ik"  # on the armature object: the fingertip IKs' influence (0: off, the default)
+LIMITS_PROP = "hamr_limits"  # on the armature object: the rotation limits' influence (0: off)
+HAND_PROPS = "hamr_hand"  # the Armature's property group (`HandSettings`: the shape slider)
+COLLECTIONS = ("Deform", "Controls", "Tips")  # bone collections (the tips hidden)
+WIDGET_PREFIX = "HAMR WGT "
 KIND_PROP = "hamr_kind"  # "armature" / "mesh" / "camera" on HAMR's objects
 SKIN_RGBA = (0.80, 0.57, 0.47, 1.0)
 NAIL_RGBA = (0.90, 0.72, 0.68, 1.0)
@@ -85,6 +91,7 @@ class NewData:
             bpy.types.MovieClip: bpy.data.movieclips,
             bpy.types.Scene: bpy.data.scenes,
             bpy.types.Collection: bpy.data.collections,
+            bpy.types.Text: bpy.data.texts,
         }
         for id_block in reversed(self.ids):
             for cls, coll in collections.items():
@@ -163,24 +170,216 @@ def _bone_tails(rig: RigData, joints_b: np.ndarray, tips_b: np.ndarray) -> np.nd
     return tails
 
 
-def _rig_record(rig: RigData, tails_minus_heads: np.ndarray, tip_vectors: np.ndarray) -> str:
-    """The JSON stored on the armature for `set_betas` (model frame arrays, metres)."""
+def _rig_record(rig: RigData, names: list[str], tip_bones: list[str], follow: list) -> str:
+    """The JSON stored on the armature (compact: no spaces, float32 precision): the MANO joint
+    names and the bones that play them, the rest joints and fingertips and their shape
+    directions (model frame, metres) for `set_betas`, and how each bone follows them."""
     tip_dirs = rig.shapedirs[rig.tip_vertex_ids]  # (5, 3, 10)
+
+    def arr(a) -> list:
+        return np.asarray(a, dtype=np.float32).tolist()
+
     return json.dumps(
         {
             "side": rig.side,
             "hand_model": rig.hand_model,
-            "joint_names": rig.joint_names,
+            "joint_names": rig.joint_names,  # MANO's (the backend's) names, MANO order
+            "bone_names": names,  # the bones playing them ("index1.R")
             "tip_names": rig.tip_names,
+            "tip_bones": tip_bones,
             "joints_rest": rig.joints_rest.tolist(),
-            "joints_shapedirs": rig.joints_shapedirs.tolist(),
+            "joints_shapedirs": arr(rig.joints_shapedirs),
             "tips_rest": rig.v_template[rig.tip_vertex_ids].tolist(),
-            "tips_shapedirs": tip_dirs.tolist(),
+            "tips_shapedirs": arr(tip_dirs),
             "tip_vertex_ids": rig.tip_vertex_ids.tolist(),
-            "bone_vectors": tails_minus_heads.tolist(),  # Blender frame, tail - head
-            "tip_vectors": tip_vectors.tolist(),
-        }
+            "follow": [[b, k, i, arr(o), arr(v)] for b, k, i, o, v in follow],
+        },
+        separators=(",", ":"),
     )
+
+
+def _bone_z_axes(rig: RigData, joints_m: np.ndarray, vectors_b: np.ndarray) -> np.ndarray:
+    """(16, 3) the Z axis (Blender frame) each joint bone's roll aligns to, so that its local X
+    is its digit's flexion axis (`convert.digit_axes`, the backend's; a positive X rotation curls
+    towards the palm, Z points out of the palm) made perpendicular to the bone; the wrist's Z is
+    the palm normal. The thumb gets its own flexion axis, not the palm's."""
+    axes = convert.digit_axes(joints_m, rig.side)
+    flex = np.zeros((len(rig.joint_names), 3))
+    for digit, joints in convert.DIGIT_JOINTS.items():
+        flex[list(joints)] = axes[digit][0]
+    flex_b = convert.model_to_blender(flex)
+    y = vectors_b / np.linalg.norm(vectors_b, axis=-1, keepdims=True)
+    x = flex_b - np.sum(flex_b * y, axis=-1, keepdims=True) * y
+    z = np.cross(x, y)
+    z[0] = convert.model_to_blender(convert.palm_normal(joints_m, rig.side))
+    return z
+
+
+def _new_bone(edit_arm, name: str, head, vector, z_axis, deform: bool = True):
+    eb = edit_arm.edit_bones.new(name)
+    eb.head, eb.tail = np.asarray(head).tolist(), (np.asarray(head) + vector).tolist()
+    eb.align_roll(np.asarray(z_axis).tolist())
+    eb.use_connect = False  # heads stay exactly on the joints whatever the shape
+    eb.use_deform = deform
+    return eb
+
+
+def _ik_bones(edit_arm, rig, bones, joints_b, tips_b, tails_b, z_axes) -> list:
+    """Each digit's IK target (at its fingertip) and pole (behind its middle joint, on the back
+    of the hand), children of the wrist bone; returns their `follow` entries."""
+    out = []
+    wrist = bones[0]
+    for digit, (_, j2, j3) in convert.DIGIT_JOINTS.items():
+        t = rig.tip_parents.index(j3)
+        vec = 0.5 * (tails_b[j3] - joints_b[j3])
+        ik = _new_bone(edit_arm, hamr_bone_name(f"{digit}_ik", rig.side), tips_b[t], vec,
+                       z_axes[j3], deform=False)  # fmt: skip
+        ik.parent = wrist
+        out.append([ik.name, "tip", t, [0.0] * 3, vec.tolist()])
+        length = float(np.linalg.norm(tails_b[j2] - joints_b[j2]))
+        offset = -2.0 * length * z_axes[j2] / np.linalg.norm(z_axes[j2])  # dorsal
+        pvec = 0.4 * (tails_b[j2] - joints_b[j2])
+        pole = _new_bone(edit_arm, hamr_bone_name(f"{digit}_pole", rig.side),
+                         joints_b[j2] + offset, pvec, z_axes[j2], deform=False)  # fmt: skip
+        pole.parent = wrist
+        out.append([pole.name, "joint", j2, offset.tolist(), pvec.tolist()])
+    return out
+
+
+# Blender's IK pole angle that keeps each finger chain in its rest plane with the pole on the
+# back of the hand (bone X the flexion axis, Z out of the palm): measured, see tests.
+IK_POLE_ANGLE = -np.pi / 2
+
+
+def _drive_influence(constraint, arm_obj, prop: str) -> None:
+    """Drive a constraint's influence by a custom property of the armature object (a simple
+    expression: no Python auto-run needed)."""
+    fcurve = constraint.driver_add("influence")
+    driver = fcurve.driver
+    driver.type = "SCRIPTED"
+    var = driver.variables.new()
+    var.name = "v"
+    var.type = "SINGLE_PROP"
+    var.targets[0].id = arm_obj
+    var.targets[0].data_path = f'["{prop}"]'
+    driver.expression = "v"
+    while len(fcurve.modifiers):
+        fcurve.modifiers.remove(fcurve.modifiers[0])
+
+
+def _limits(rig: RigData, joints_m: np.ndarray, arm_obj, names: list[str]) -> dict:
+    """bone -> ((x_min, x_max), (y_min, y_max), (z_min, z_max)) radians in the bone's own axes,
+    from `convert.LIMITS_DEG`: X flexion, Y twist, Z spread (signed as the spread axis lies along
+    the bone's Z) for the first bone of a digit, the twist range sideways for the others."""
+    axes = convert.digit_axes(joints_m, rig.side)
+    out = {}
+    for digit, joints in convert.DIGIT_JOINTS.items():
+        limits = np.radians(np.asarray(convert.LIMITS_DEG[digit], dtype=np.float64))
+        spread_b = convert.model_to_blender(axes[digit][1])
+        for k, j in enumerate(joints):
+            bone = arm_obj.data.bones[names[j]]
+            z = np.array(bone.matrix_local.to_3x3().col[2])
+            side_range = limits[4]
+            if k == 0:
+                lo, hi = limits[3]
+                side_range = (lo, hi) if float(np.dot(spread_b, z)) >= 0 else (-hi, -lo)
+            out[names[j]] = (tuple(limits[k]), tuple(limits[4]), tuple(side_range))
+    return out
+
+
+def _dress_rig(arm_obj, rig: RigData, names, tip_bones, joints_m, new: NewData) -> None:
+    """What makes the deform skeleton an animator's rig, none of it changing the imported pose:
+    bone collections, custom shapes and colours, the fingertip IKs with pole targets and the
+    anatomical rotation limits (both driven by a property of the armature, 0 = off), IK limits
+    (which act on the IK solver only)."""
+    arm = arm_obj.data
+    colls = {name: arm.collections.new(name) for name in COLLECTIONS}
+    colls["Tips"].is_visible = False
+    arm_obj[IK_PROP] = 0.0
+    arm_obj[LIMITS_PROP] = 0.0
+    for prop, what in ((IK_PROP, "fingertip IK"), (LIMITS_PROP, "anatomical rotation limits")):
+        text = f"Influence of the {what} (0: off, the imported pose exact)"
+        arm_obj.id_properties_ui(prop).update(min=0.0, max=1.0, description=text)
+    widgets = {k: _widget(k, new) for k in ("finger", "wrist", "ik", "pole")}
+    limits = _limits(rig, joints_m, arm_obj, names)
+    for j, name in enumerate(names):
+        pb = arm_obj.pose.bones[name]
+        pb.rotation_mode = "QUATERNION"
+        colls["Deform"].assign(pb)
+        pb.custom_shape = widgets["wrist" if j == 0 else "finger"]
+        pb.color.palette = "THEME03" if j == 0 else "THEME04"
+        if j == 0:
+            continue
+        pb.lock_location = (True, True, True)  # joints stay on their parents
+        (xr, yr, zr) = limits[name]
+        con = pb.constraints.new("LIMIT_ROTATION")
+        con.name = "HAMR Limits"
+        con.owner_space = "LOCAL"
+        if hasattr(con, "euler_order"):
+            con.euler_order = "ZYX"  # a first joint: spread (Z), then flexion (X)
+        for axis, (lo, hi) in zip("xyz", (xr, yr, zr), strict=True):
+            setattr(con, f"use_limit_{axis}", True)
+            setattr(con, f"min_{axis}", float(lo))
+            setattr(con, f"max_{axis}", float(hi))
+        _drive_influence(con, arm_obj, LIMITS_PROP)
+        # the IK solver's own limits (no effect on FK poses): flexion and, for a first joint,
+        # spread; no twist
+        pb.lock_ik_y = True
+        pb.use_ik_limit_x, pb.ik_min_x, pb.ik_max_x = True, float(xr[0]), float(xr[1])
+        first = j in [joints[0] for joints in convert.DIGIT_JOINTS.values()]
+        pb.lock_ik_z = not first
+        if first:
+            pb.use_ik_limit_z, pb.ik_min_z, pb.ik_max_z = True, float(zr[0]), float(zr[1])
+    for name in tip_bones:
+        colls["Tips"].assign(arm_obj.pose.bones[name])
+        arm_obj.pose.bones[name].lock_location = (True, True, True)
+    for digit, (_, _, j3) in convert.DIGIT_JOINTS.items():
+        ik_name = hamr_bone_name(f"{digit}_ik", rig.side)
+        pole_name = hamr_bone_name(f"{digit}_pole", rig.side)
+        for bone, widget, palette in ((ik_name, "ik", "THEME01"), (pole_name, "pole", "THEME09")):
+            pb = arm_obj.pose.bones[bone]
+            colls["Controls"].assign(pb)
+            pb.custom_shape = widgets[widget]
+            pb.color.palette = palette
+        con = arm_obj.pose.bones[names[j3]].constraints.new("IK")
+        con.name = "HAMR Fingertip IK"
+        con.target, con.subtarget = arm_obj, ik_name
+        con.pole_target, con.pole_subtarget = arm_obj, pole_name
+        con.pole_angle = IK_POLE_ANGLE
+        con.chain_count = 3
+        con.use_tail = True
+        con.use_stretch = False
+        _drive_influence(con, arm_obj, IK_PROP)
+
+
+def _widget(kind: str, new: NewData) -> bpy.types.Object:
+    """A custom-shape object (wire mesh, not linked to any scene), shared by every HAMR rig: a
+    ring around the bone for the FK bones, a square for the wrist, a box at the tip for the IK
+    targets, a diamond for the poles (unit bone length: Blender scales shapes by the bone)."""
+    name = f"{WIDGET_PREFIX}{kind}"
+    obj = bpy.data.objects.get(name)
+    if obj is not None and obj.get(KIND_PROP) == "widget" and obj.type == "MESH":
+        return obj
+    t = np.linspace(0.0, 2 * np.pi, 24, endpoint=False)
+    ring = lambda r, y: [(r * np.cos(a), y, r * np.sin(a)) for a in t]  # noqa: E731
+    loop = lambda n, o=0: [(o + i, o + (i + 1) % n) for i in range(n)]  # noqa: E731
+    if kind == "finger":
+        verts, edges = ring(0.3, 0.5), loop(24)
+    elif kind == "wrist":
+        verts = [(-0.6, 0.15, -0.6), (0.6, 0.15, -0.6), (0.6, 0.15, 0.6), (-0.6, 0.15, 0.6)]
+        edges = loop(4)
+    elif kind == "ik":
+        c = [(x, y, z) for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)]
+        verts = [tuple(0.6 * v for v in p) for p in c]
+        edges = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
+    else:  # pole: a diamond
+        verts = [(0.5, 0, 0), (0, 0.5, 0), (-0.5, 0, 0), (0, -0.5, 0), (0, 0, 0.5), (0, 0, -0.5)]
+        edges = loop(4) + [(4, i) for i in range(4)] + [(5, i) for i in range(4)]
+    mesh = new.add(bpy.data.meshes.new(name))
+    mesh.from_pydata([tuple(map(float, v)) for v in verts], edges, [])
+    obj = new.add(bpy.data.objects.new(name, mesh))
+    obj[KIND_PROP] = "widget"
+    return obj
 
 
 def _make_material(new: NewData, name: str, rgba: tuple[float, ...], rough: float):
@@ -240,10 +439,13 @@ def build_hand_rig(
     suffix = "R" if rig.side == "right" else "L"
     base = f"{options.name} {suffix}"
 
-    joints_b = convert.model_to_blender(rig.joints(beta))  # (16, 3)
+    joints_m = rig.joints(beta)
+    joints_b = convert.model_to_blender(joints_m)  # (16, 3)
     tips_b = convert.model_to_blender(rig.tips(beta))  # (5, 3)
     tails_b = _bone_tails(rig, joints_b, tips_b)  # (16, 3)
-    dorsal = convert.model_to_blender(np.array([0.0, 1.0, 0.0]))  # bone Z: back of the hand
+    z_axes = _bone_z_axes(rig, joints_m, tails_b - joints_b)  # (16, 3) each bone's Z (palmar)
+    names = [hamr_bone_name(j, rig.side) for j in rig.joint_names]
+    tip_bones = [hamr_bone_name(t, rig.side) for t in rig.tip_names]
 
     # --- armature (edit bones need edit mode: done in a temporary scene, see armature_edit)
     arm = new.add(bpy.data.armatures.new(base))
@@ -251,34 +453,28 @@ def build_hand_rig(
     arm_obj = new.add(bpy.data.objects.new(base, arm))
     arm_obj.show_in_front = True
     arm_obj[KIND_PROP] = "armature"
-    tip_vectors = np.zeros((5, 3))
+    # every bone's head follows a joint or a fingertip when the shape changes (set_betas):
+    # [bone, "joint" | "tip", index, head offset, tail - head] (Blender frame)
+    follow: list[list] = []
     with armature_edit(arm_obj) as edit_arm:
         bones = []
-        for j, name in enumerate(rig.joint_names):
-            eb = edit_arm.edit_bones.new(name)
-            eb.head, eb.tail = joints_b[j].tolist(), tails_b[j].tolist()
-            eb.align_roll(dorsal.tolist())
-            eb.use_connect = False
+        for j, name in enumerate(names):
+            eb = _new_bone(edit_arm, name, joints_b[j], tails_b[j] - joints_b[j], z_axes[j])
             if rig.parents[j] >= 0:
                 eb.parent = bones[rig.parents[j]]
             bones.append(eb)
-        for t, name in enumerate(rig.tip_names):
+            follow.append([name, "joint", j, [0.0] * 3, (tails_b[j] - joints_b[j]).tolist()])
+        for t, name in enumerate(tip_bones):
             parent = rig.tip_parents[t]
             vec = 0.5 * (tails_b[parent] - joints_b[parent])
-            tip_vectors[t] = vec
-            eb = edit_arm.edit_bones.new(name)
-            eb.head, eb.tail = tips_b[t].tolist(), (tips_b[t] + vec).tolist()
-            eb.align_roll(dorsal.tolist())
-            eb.use_connect = False
-            eb.use_deform = False
+            eb = _new_bone(edit_arm, name, tips_b[t], vec, z_axes[parent], deform=False)
             eb.parent = bones[parent]
-    if len(arm.bones) != len(rig.joint_names) + len(rig.tip_names):
+            follow.append([name, "tip", t, [0.0] * 3, vec.tolist()])
+        follow += _ik_bones(edit_arm, rig, bones, joints_b, tips_b, tails_b, z_axes)
+    if len(arm.bones) != len(follow):
         raise RigBuildError("Blender did not create the hand's bones")
-    arm_obj[RIG_PROP] = _rig_record(rig, tails_b - joints_b, tip_vectors)
-    for pbone in arm_obj.pose.bones:
-        pbone.rotation_mode = "QUATERNION"
-        if pbone.name != rig.joint_names[0]:
-            pbone.lock_location = (True, True, True)  # joints stay on their parents
+    arm_obj[RIG_PROP] = _rig_record(rig, names, tip_bones, follow)
+    _dress_rig(arm_obj, rig, names, tip_bones, joints_m, new)
 
     # --- mesh
     with_keys = options.shape_keys
@@ -307,10 +503,14 @@ def build_hand_rig(
     mesh_obj = new.add(bpy.data.objects.new(f"{base} Mesh", mesh))
     mesh_obj[KIND_PROP] = "mesh"
     mesh_obj.parent = arm_obj
+    uv_layer = mesh.uv_layers.new(name="UVMap")  # the hand's back and palm, side by side
+    uv_layer.data.foreach_set(
+        "uv", convert.hand_uv(rig.v_template, faces, rig.side).astype(np.float32).ravel()
+    )
 
     # vertex groups: one per deforming bone, MANO's skinning weights
     weights = rig.weights
-    for j, name in enumerate(rig.joint_names):
+    for j, name in enumerate(names):
         group = mesh_obj.vertex_groups.new(name=name)
         column = weights[:, j]
         for value in np.unique(column[column > 0]):
@@ -344,8 +544,8 @@ def build_hand_rig(
         if use_correctives:
             posedirs = rig.posedirs if rig.posedirs is not None else None
             for j in range(1, len(rig.joint_names)):
-                name = rig.joint_names[j]
-                c_rest = np.array(arm.bones[name].matrix_local.to_3x3(), dtype=np.float64)
+                name, bone = rig.joint_names[j], names[j]
+                c_rest = np.array(arm.bones[bone].matrix_local.to_3x3(), dtype=np.float64)
                 exprs = convert.corrective_driver_expressions(c_rest)
                 for e in range(9):
                     k = (j - 1) * 9 + e
@@ -354,7 +554,7 @@ def build_hand_rig(
                     if posedirs is not None:
                         offset = convert.model_to_blender(posedirs[:, :, k])
                         kb.data.foreach_set("co", (base_co + offset).astype(np.float32).ravel())
-                    _add_driver(kb, arm_obj, name, exprs[e])
+                    _add_driver(kb, arm_obj, bone, exprs[e])
     mesh_obj[RIG_PROP + "_options"] = json.dumps(
         {"shape_keys": with_keys, "correctives": bool(use_correctives)}
     )
@@ -387,6 +587,13 @@ def find_hand_armature(obj: bpy.types.Object | None) -> bpy.types.Object | None:
     return None
 
 
+def joint_bones(arm_obj: bpy.types.Object) -> list[str]:
+    """The 16 bones playing MANO's joints, in MANO order ("wrist.R", "index1.R", ...; a rig
+    built before the .L/.R names has MANO's names)."""
+    rec = rig_record(arm_obj)
+    return list(rec.get("bone_names") or rec["joint_names"])
+
+
 def bone_rest_rotations(arm_obj: bpy.types.Object, joint_names: Sequence[str]) -> np.ndarray:
     """(16, 3, 3) rest rotations C_j of the joint bones in armature space."""
     return np.array(
@@ -400,7 +607,7 @@ def pose_hand(
 ) -> None:
     """Set the pose bones' rotations from a MANO pose (16, 3) model-frame axis-angle: quaternions
     with w >= 0 (the short way round), or Euler angles in `rotation_mode` 'XYZ'."""
-    names = rig_record(arm_obj)["joint_names"]
+    names = joint_bones(arm_obj)
     pose = np.asarray(pose_axis_angle, dtype=np.float64)[None]  # (1, 16, 3)
     values = pose_rotations(pose, bone_rest_rotations(arm_obj, names), rotation_mode)
     for name, value in zip(names, values[0], strict=True):
@@ -458,28 +665,40 @@ def set_betas(arm_obj: bpy.types.Object, betas: Sequence[float] | np.ndarray) ->
         keys.key_blocks[BETA_KEY.format(i)].value = float(beta[i])
     joints = np.asarray(rec["joints_rest"]) + np.asarray(rec["joints_shapedirs"]) @ beta
     tips = np.asarray(rec["tips_rest"]) + np.asarray(rec["tips_shapedirs"]) @ beta
-    heads = np.concatenate([convert.model_to_blender(joints), convert.model_to_blender(tips)])
-    vectors = np.concatenate([np.asarray(rec["bone_vectors"]), np.asarray(rec["tip_vectors"])])
-    names = rec["joint_names"] + rec["tip_names"]
+    points = {"joint": convert.model_to_blender(joints), "tip": convert.model_to_blender(tips)}
+    follow = rec.get("follow")
+    if follow is None:  # a rig built before the follow list: its joint and tip bones
+        vectors = rec["bone_vectors"] + rec["tip_vectors"]
+        kinds = [("joint", j) for j in range(len(joints))] + [("tip", t) for t in range(5)]
+        names = rec["joint_names"] + rec["tip_names"]
+        rows = zip(names, kinds, vectors, strict=True)
+        follow = [[n, k, i, [0.0] * 3, v] for n, (k, i), v in rows]
     with armature_edit(arm_obj) as arm:
-        for name, head, vec in zip(names, heads, vectors, strict=True):
+        for name, kind, index, offset, vec in follow:
             eb = arm.edit_bones[name]
             roll = eb.roll
-            eb.head, eb.tail = head.tolist(), (head + vec).tolist()
+            head = points[kind][index] + np.asarray(offset)
+            eb.head, eb.tail = head.tolist(), (head + np.asarray(vec)).tolist()
             eb.roll = roll
 
 
 # ------------------------------------------------------------------------------ registration
-def _betas_update(self: bpy.types.Object, context: bpy.types.Context) -> None:
-    if self.get(RIG_PROP):
+def _hand_armature_objects(arm: bpy.types.Armature) -> list[bpy.types.Object]:
+    return [o for o in bpy.data.objects if o.data is arm and o.get(RIG_PROP)]
+
+
+def _betas_update(self, context: bpy.types.Context) -> None:
+    for arm_obj in _hand_armature_objects(self.id_data):
         try:
-            set_betas(self, np.asarray(self.hamr_betas, dtype=np.float64))
+            set_betas(arm_obj, np.asarray(self.betas, dtype=np.float64))
         except RigBuildError as e:
             print(f"HAMR: {e}")
 
 
-def register() -> None:
-    bpy.types.Object.hamr_betas = bpy.props.FloatVectorProperty(
+class HandSettings(bpy.types.PropertyGroup):
+    """A HAMR hand's settings, on its Armature data only (``Armature.hamr_hand``)."""
+
+    betas: bpy.props.FloatVectorProperty(
         name="Shape",
         description="The hand's shape coefficients (β); the joints follow the shape",
         size=NUM_BETAS,
@@ -491,5 +710,22 @@ def register() -> None:
     )
 
 
+def store_betas(arm_obj: bpy.types.Object, betas) -> None:
+    """Record β as the shape slider's value (`HandSettings.betas`) without running its update
+    (the rig is already built with that shape); works whether or not the add-on is registered."""
+    arm_obj.data[HAND_PROPS] = {"betas": [float(b) for b in betas]}
+
+
+def stored_betas(arm_obj: bpy.types.Object) -> list[float]:
+    group = arm_obj.data.get(HAND_PROPS)
+    return [float(b) for b in group["betas"]] if group is not None else []
+
+
+def register() -> None:
+    bpy.utils.register_class(HandSettings)
+    bpy.types.Armature.hamr_hand = bpy.props.PointerProperty(type=HandSettings)
+
+
 def unregister() -> None:
-    del bpy.types.Object.hamr_betas
+    del bpy.types.Armature.hamr_hand
+    bpy.utils.unregister_class(HandSettings)

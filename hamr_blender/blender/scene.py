@@ -3,7 +3,8 @@
 - `import_prediction`: one posed rig per hand of a ``hamr.prediction/1`` result, the first hand's
   model origin at the 3D cursor and the others where the photo puts them relative to it; the
   pose is keyed into an action at the scene's start frame (so exporters such as glTF carry it);
-  the prediction JSON is stored on each armature (``hamr_prediction``) with the camera it implies
+  the prediction JSON is kept in a text data-block that each armature's ``hamr_prediction``
+  points to (`store_prediction`), with the camera it implies
   (``hamr_camera``) and its confidence (``hamr_score``, ``hamr_signals``,
   ``hamr_network_weight``); optionally the scene camera is aligned. Hands that a detector found
   with a score under `TakeOptions.min_score` are not built (a given box always is).
@@ -60,9 +61,11 @@ from .rig import (
     RigOptions,
     bone_rest_rotations,
     build_hand_rig,
+    joint_bones,
     pose_hand,
     pose_rotations,
     rig_record,
+    store_betas,
 )
 
 PREDICTION_PROP = "hamr_prediction"
@@ -144,6 +147,31 @@ def hand_signals(hand: Hand) -> tuple[str, float | None]:
     return "network", None
 
 
+def store_prediction(arm_obj, doc: dict, new: NewData) -> bpy.types.Text:
+    """Keep a hand's prediction (or video track summary) as JSON in a text data-block named for
+    the hand (readable in the Text Editor), pointed to by the armature's ``hamr_prediction``
+    property: not a long string among its custom properties."""
+    text = new.add(bpy.data.texts.new(f"{arm_obj.name} prediction.json"))
+    text.from_string(json.dumps(doc, indent=1))
+    arm_obj[PREDICTION_PROP] = text
+    return text
+
+
+def stored_prediction(arm_obj) -> dict | None:
+    """The prediction kept on a hand (`store_prediction`; a JSON string in files from before),
+    or None when it has none or it is unreadable."""
+    value = arm_obj.get(PREDICTION_PROP) if arm_obj is not None else None
+    if isinstance(value, bpy.types.Text):
+        value = value.as_string()
+    if not isinstance(value, str):
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def _store_confidence(arm_obj, score: float, signals: str, weight: float | None) -> None:
     arm_obj[SCORE_PROP] = float(score)
     arm_obj[SIGNALS_PROP] = signals
@@ -219,10 +247,10 @@ def import_prediction(
         pose_hand(arm_obj, hand.pose_axis_angle, take.rotation_mode)
         _key_pose(arm_obj, f"{name} Pose", hand.pose_axis_angle[None], None,
                   np.array([float(scene.frame_start)]), take.rotation_mode, new)  # fmt: skip
-        arm_obj["hamr_betas"] = [float(b) for b in hand.betas]  # storage of Object.hamr_betas
+        store_betas(arm_obj, hand.betas)  # the shape slider's value
         doc = dict(prediction.raw)
         doc["hands"] = [hand.raw]
-        arm_obj[PREDICTION_PROP] = json.dumps(doc)
+        store_prediction(arm_obj, doc, new)
         _store_confidence(arm_obj, hand.score, *hand_signals(hand))
         rel = np.eye(4)  # the camera in the armature's space: at -transl, looking along +Y
         rel[:3, :3] = cam_rot
@@ -263,7 +291,7 @@ def apply_prediction(
     if not hands:
         raise SceneBuildError(f"the result has no {side} hand for {arm_obj.name!r}")
     hand = max(hands, key=lambda h: h.score)
-    names = rig_record(arm_obj)["joint_names"]
+    names = joint_bones(arm_obj)
     values = pose_rotations(
         hand.pose_axis_angle[None], bone_rest_rotations(arm_obj, names), take.rotation_mode
     )[0]
@@ -373,7 +401,7 @@ def _key_pose(
     """Key MANO poses (N, 16, 3) at scene frames (N,) into a new action on `arm_obj` (and the
     object's location (N, 3) when given); the bones take `rotation_mode`. Returns the keyed
     rotation values (N, 16, 4 or 3)."""
-    names = json.loads(arm_obj["hamr_rig"])["joint_names"]
+    names = joint_bones(arm_obj)
     values = pose_rotations(poses, bone_rest_rotations(arm_obj, names), rotation_mode)
     action = new.add(bpy.data.actions.new(action_name))
     slot = _assign_action(arm_obj, action, new)
@@ -486,8 +514,9 @@ def key_video(
         locs = convert.model_to_blender(track.transl)
         _key_pose(arm_obj, f"{name} Motion", track.pose_axis_angle, locs, frames,
                   take.rotation_mode, new)  # fmt: skip
-        arm_obj["hamr_betas"] = [float(b) for b in track.shape_betas]
-        arm_obj[PREDICTION_PROP] = json.dumps(
+        store_betas(arm_obj, track.shape_betas)
+        store_prediction(
+            arm_obj,
             {
                 "schema": "hamr.video/1",
                 "fps": video.fps,
@@ -495,7 +524,8 @@ def key_video(
                 "frames": len(track.frame_indices),
                 "fitted_frames": track.fitted_frames,
                 "score": track.median_score,
-            }
+            },
+            new,
         )
         _store_confidence(arm_obj, track.median_score, track.signals, None)
         arm_obj[CAMERA_PROP] = camera_record_json(track.K, width, height, source, "parent", rel)

@@ -10,8 +10,6 @@ The preferences are `preferences`'. Imports bpy.
 
 from __future__ import annotations
 
-import json
-
 import bpy
 from bpy.props import (
     BoolProperty,
@@ -25,8 +23,8 @@ from bpy.props import (
 from ..io import backend_process
 from ..io.payload import describe
 from . import operators, scene
-from .rig import find_hand_armature, hand_mesh
-from .scene import PREDICTION_PROP
+from .rig import IK_PROP, LIMITS_PROP, find_hand_armature, hand_mesh
+from .scene import stored_prediction
 
 
 class HAMR_SceneSettings(bpy.types.PropertyGroup):
@@ -171,20 +169,21 @@ class HAMR_PT_active(_HamrPanel, bpy.types.Panel):
         arm = find_hand_armature(context.active_object)
         layout = self.layout
         layout.label(text=arm.name, icon="ARMATURE_DATA")
-        try:
-            record = json.loads(arm.get(PREDICTION_PROP, "null"))
-        except (TypeError, ValueError):
-            record = None
+        record = stored_prediction(arm)
         col = layout.column(align=True)
         for line in describe(record):
             col.label(text=line)
         layout.operator("hamr.align_camera", icon="CAMERA_DATA")
+        col = layout.column(align=True)  # the rig's options (0: off, the imported pose exact)
+        for prop, label in ((IK_PROP, "Fingertip IK"), (LIMITS_PROP, "Rotation Limits")):
+            if prop in arm:
+                col.prop(arm, f'["{prop}"]', text=label, slider=True)
         mesh = hand_mesh(arm)
         keys = mesh.data.shape_keys if mesh is not None else None
         if keys is not None and keys.key_blocks.get("beta_00") is not None:
             col = layout.column(align=True)
             col.label(text="Shape (β); the joints follow:")
-            col.prop(arm, "hamr_betas", text="")
+            col.prop(arm.data.hamr_hand, "betas", text="")
         else:
             layout.label(text="Shape baked into the mesh (no shape keys)", icon="INFO")
 

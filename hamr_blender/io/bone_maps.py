@@ -8,7 +8,8 @@ Every joint bone goes from its joint to the next one (the thumb's first bone is 
 from the carpometacarpal joint), as in MANO, Rigify and Mixamo; the wrist bone's head is the
 wrist.
 
-Built-in maps (`BUILTIN_MAPS`): this extension's own rig (MANO names, one armature per hand),
+Built-in maps (`BUILTIN_MAPS`): this extension's own rig (MANO names with .L/.R, one armature
+per hand),
 the Rigify human metarig, the generated Rigify rig's FK finger controls, and Mixamo's names
 (``mixamorig:LeftHandIndex1``...; any ``<prefix>:`` is accepted, as Mixamo downloads differ).
 `detect_map` picks the first built-in map whose bones the armature has; `validate_map` reports
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 SCHEMA = "hamr.bone_map/1"
 SIDES = ("left", "right")
 DIGITS = ("thumb", "index", "middle", "ring", "pinky")
-# The 16 MANO joints, MANO order (hamr_blender's rig names its bones so).
+# The 16 MANO joints, MANO order (hamr_blender's rig names its bones so, with .L/.R).
 JOINTS: tuple[str, ...] = (
     "wrist",
     "index1", "index2", "index3",
@@ -99,10 +100,20 @@ def _mixamo(prefix: str) -> dict[str, dict[str, str]]:
     return out
 
 
+HAMR_SIDE_SUFFIX = {"left": "L", "right": "R"}
+
+
+def hamr_bone_name(joint: str, side: str) -> str:
+    """This extension's bone for a MANO joint (or fingertip, e.g. "index4") of one side: the MANO
+    name with Blender's side suffix, "index1.R", "thumb4.L" (so X-mirror and flipped pose paste
+    pair the two hands' bones)."""
+    return f"{joint}.{HAMR_SIDE_SUFFIX[side]}"
+
+
 def hamr_map() -> BoneMap:
-    """This extension's rig: one armature per hand, bones named as the MANO joints."""
-    entries = {j: j for j in JOINTS}
-    return BoneMap("HAMR", {"left": dict(entries), "right": dict(entries)})
+    """This extension's rig: one armature per hand, bones named as the MANO joints with the
+    side's suffix (`hamr_bone_name`: "index1.R", "index1.L")."""
+    return BoneMap("HAMR", {side: {j: hamr_bone_name(j, side) for j in JOINTS} for side in SIDES})
 
 
 def mixamo_map(prefix: str = "mixamorig:") -> BoneMap:

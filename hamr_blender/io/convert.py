@@ -429,3 +429,86 @@ def scene_rate(fps: float) -> tuple[int, float]:
         raise ValueError(f"frame rate must be positive, got {fps}")
     whole = max(1, int(round(fps)))
     return whole, whole / float(fps)
+
+
+# ------------------------------------------------------------------------------ rig anatomy
+# MANO joint indices of each digit, proximal to distal (backend.hand_model.poses.DIGIT_JOINTS).
+DIGIT_JOINTS: dict[str, tuple[int, int, int]] = {
+    "thumb": (13, 14, 15),
+    "index": (1, 2, 3),
+    "middle": (4, 5, 6),
+    "ring": (10, 11, 12),
+    "pinky": (7, 8, 9),
+}
+# Active ranges of motion, degrees, (min, max) of flex1, flex2, flex3, spread, twist per digit:
+# the hand model's anatomy as the synthetic data engine samples it (training/synth/prior.py
+# LIMITS_DEG, typical ranges from the hand-surgery literature; a test pins the copy).
+LIMITS_DEG: dict[str, tuple[tuple[float, float], ...]] = {
+    "thumb": ((-15, 55), (-10, 65), (-15, 85), (-35, 40), (-10, 10)),
+    "index": ((-20, 90), (0, 110), (-5, 80), (-20, 25), (-6, 6)),
+    "middle": ((-20, 90), (0, 110), (-5, 80), (-15, 15), (-6, 6)),
+    "ring": ((-20, 90), (0, 110), (-5, 80), (-20, 20), (-6, 6)),
+    "pinky": ((-20, 90), (0, 110), (-5, 80), (-20, 30), (-8, 8)),
+}
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def palm_normal(joints: np.ndarray, side: str) -> np.ndarray:
+    """(3,) unit normal out of the palm for rest joints (16, 3) in MANO order, as the backend
+    defines it (backend.hand_model.poses.palm_normal): (index1 - pinky1) x (middle1 - wrist) for
+    a right hand, the other way round for a left one (a mirror image flips cross products)."""
+    j = np.asarray(joints, dtype=np.float64)
+    along, across = j[4] - j[0], j[1] - j[7]
+    return _unit(np.cross(across, along) if side == "right" else np.cross(along, across))
+
+
+def digit_axes(joints: np.ndarray, side: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """digit -> (flexion axis (3,), spread axis (3,)) for rest joints (16, 3), in their frame, as
+    the backend's named poses and pose prior use them (backend.hand_model.poses.digit_axes):
+    flexion d x n (d the digit's first bone, n the palm normal; a positive angle curls towards
+    the palm), spread +-n (positive away from the middle finger; the thumb away from the index)."""
+    j = np.asarray(joints, dtype=np.float64)
+    n = palm_normal(j, side)
+    middle_dir = _unit(j[5] - j[4])
+    out = {}
+    for digit, (j1, j2, _) in DIGIT_JOINTS.items():
+        d = _unit(j[j2] - j[j1])
+        flex = _unit(np.cross(d, n))
+        away = d - middle_dir if digit != "middle" else np.zeros(3)
+        if digit == "thumb":
+            away = d - _unit(j[2] - j[1])
+        spread = n if float(np.dot(np.cross(n, d), away)) >= 0 else -n
+        out[digit] = (flex, spread)
+    return out
+
+
+def hand_uv(vertices: np.ndarray, faces: np.ndarray, side: str) -> np.ndarray:
+    """(F, 3, 2) per-corner UVs of the hand mesh (rest vertices (V, 3) in the model frame, where
+    the flat hand lies in the x-z plane with its back towards +y): the back of the hand and the
+    palm projected onto the hand's plane, side by side (back in u < 0.5, palm in u > 0.5), fingers
+    up (v), aspect kept. A face goes to the island its normal faces; each island is mirrored if
+    needed so that its faces keep their winding (no island is seen from behind), which also
+    makes a left hand's layout the mirror image of the right's."""
+    p = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces)
+    if side == "left":
+        p = p * np.array([-1.0, 1.0, 1.0])
+    normal = np.cross(p[f[:, 1]] - p[f[:, 0]], p[f[:, 2]] - p[f[:, 0]])
+    if side == "left":  # mirrored positions: the winding's normals point the other way
+        normal = -normal
+    back = normal[:, 1] >= 0.0  # (F,)
+    along, across = p[:, 0], p[:, 2]  # fingers along +x
+    margin = 0.02
+    scale = min((1 - 2 * margin) / np.ptp(along), (0.5 - 2 * margin) / np.ptp(across))
+    uv = np.empty(f.shape + (2,))
+    uv[..., 1] = (margin + (along - along.min()) * scale)[f]
+    uv[..., 0] = (margin + (across - across.min()) * scale)[f]
+    uv[~back, :, 0] += 0.5
+    for island, (lo, hi) in ((back, (0.0, 0.5)), (~back, (0.5, 1.0))):
+        e1, e2 = uv[island, 1] - uv[island, 0], uv[island, 2] - uv[island, 0]
+        if np.sum(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 0:  # seen from behind: mirror
+            uv[island, :, 0] = lo + hi - uv[island, :, 0]
+    return uv

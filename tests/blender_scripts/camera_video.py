@@ -81,7 +81,7 @@ dg = context.evaluated_depsgraph_get()
 dg.update()
 errors = []
 for arm, mesh, hand in zip(result.armatures, result.meshes, prediction.hands, strict=True):
-    names = json.loads(arm["hamr_rig"])["joint_names"]
+    names = json.loads(arm["hamr_rig"])["bone_names"]
     joints = [arm.matrix_world @ arm.pose.bones[n].head for n in names]  # 16, world
     verts = _common.evaluated_vertices(mesh, world=True)
     tips = [Vector(verts[i]) for i in rigs[hand.side].tip_vertex_ids]
@@ -103,7 +103,7 @@ out["camera"] = {
     "type": cam_obj.data.type,
     "background": [b.image.filepath if b.image else None for b in bg],
     "show_background": cam_obj.data.show_background_images,
-    "stored_prediction": json.loads(result.armatures[1]["hamr_prediction"])["hands"][0]["side"],
+    "stored_prediction": json.loads(result.armatures[1]["hamr_prediction"].as_string())["hands"][0]["side"],
 }
 # align_camera again after moving the hand: the camera follows the hand
 arm0 = result.armatures[0]
@@ -148,7 +148,7 @@ fcurves = [
 ]
 expected_frames = [1 + i * 24 / 30 for i in range(n)]  # by time: fractional scene frames
 counts = {len(fc.keyframe_points) for fc in fcurves}
-names = json.loads(arm["hamr_rig"])["joint_names"]
+names = json.loads(arm["hamr_rig"])["bone_names"]
 
 
 def curve(path: str, index: int):

@@ -42,7 +42,7 @@ out["new_objects"] = new_objects
 
 
 def check_hand(arm) -> dict:
-    pred = json.loads(arm["hamr_prediction"])
+    pred = json.loads(arm["hamr_prediction"].as_string())
     hand = pred["hands"][0]
     K = np.array(hand["camera"]["K"])
     w, h = pred["image"]["width"], pred["image"]["height"]
@@ -56,7 +56,7 @@ def check_hand(arm) -> dict:
     ref, _ = _common.hand_model_vertices(
         hand["side"], hand["pose_axis_angle"], hand["betas"], hand["transl"]
     )
-    names = json.loads(arm["hamr_rig"])["joint_names"]
+    names = json.loads(arm["hamr_rig"])["bone_names"]
     joints = [arm.matrix_world @ arm.pose.bones[n].head for n in names]
     tips_ids = json.loads(arm["hamr_rig"])["tip_vertex_ids"]
     points = list(joints) + [Vector(verts_world[i]) for i in tips_ids]
@@ -97,16 +97,17 @@ bpy.context.view_layer.objects.active = arms[0]
 out["align"] = list(bpy.ops.hamr.align_camera())
 out["align_check"] = check_hand(arms[0])
 
-# the shape slider of the installed extension (Object.hamr_betas): shape keys and joints follow
+# the shape slider of the installed extension (Armature.hamr_hand.betas): shape keys and joints follow
 arm = arms[0]
-hand0 = json.loads(arm["hamr_prediction"])["hands"][0]
+hand0 = json.loads(arm["hamr_prediction"].as_string())["hands"][0]
 new_betas = [0.8, -0.6, 0.4, 0.0, 0.3, -0.2, 0.1, 0.0, 0.5, -0.4]
-arm.hamr_betas = new_betas
+arm.data.hamr_hand.betas = new_betas
 changed = dict(hand0, betas=new_betas)
-arm["hamr_prediction"] = json.dumps(dict(json.loads(arm["hamr_prediction"]), hands=[changed]))
+stored = arm["hamr_prediction"]  # a text data-block
+stored.from_string(json.dumps(dict(json.loads(stored.as_string()), hands=[changed])))
 out["betas_check"] = check_hand(arm)
-arm["hamr_prediction"] = json.dumps(dict(json.loads(arm["hamr_prediction"]), hands=[hand0]))
-arm.hamr_betas = hand0["betas"]
+stored.from_string(json.dumps(dict(json.loads(stored.as_string()), hands=[hand0])))
+arm.data.hamr_hand.betas = hand0["betas"]
 
 # an image made inside Blender (no file, not packed): sent as a PNG copy
 gen = bpy.data.images.new("generated", 96, 80)

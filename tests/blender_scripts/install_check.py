@@ -43,6 +43,7 @@ out["prefs"] = {
 }
 out["scene_settings"] = hasattr(bpy.context.scene, "hamr") and bpy.context.scene.hamr.side
 out["object_betas"] = "hamr_betas" in bpy.types.Object.bl_rna.properties
+out["armature_hand"] = "hamr_hand" in bpy.types.Armature.bl_rna.properties
 out["user_dir"] = pkg.blender.importer.user_dir()
 out["torch_imported"] = (not had_torch) and "torch" in sys.modules
 out["backend_imported"] = any(m == "backend" or m.startswith("backend.") for m in sys.modules)
@@ -65,7 +66,10 @@ class FakeLayout:
         self.drawn.append(("label", text))
 
     def prop(self, data, name: str, **kwargs) -> None:
-        assert name in data.bl_rna.properties, name
+        if name.startswith('["'):  # a custom property
+            assert name[2:-2] in data.keys(), name
+        else:
+            assert name in data.bl_rna.properties, name
         self.drawn.append(("prop", name))
 
     def prop_search(self, data, name: str, search_data, search_name: str, **kwargs) -> None:
@@ -130,5 +134,6 @@ out["after_disable"] = {
     "panels": any(n.startswith("HAMR_PT_") for n in dir(bpy.types)),
     "scene_settings": hasattr(bpy.types.Scene, "hamr"),
     "object_betas": "hamr_betas" in bpy.types.Object.bl_rna.properties,
+    "armature_hand": "hamr_hand" in bpy.types.Armature.bl_rna.properties,
 }
 _common.emit(out)

@@ -122,7 +122,7 @@ fcurves = (
     if action
     else []
 )
-names = json.loads(arm["hamr_rig"])["joint_names"]
+names = json.loads(arm["hamr_rig"])["bone_names"]
 first_w = [
     fc.keyframe_points[0].co[1]
     for fc in fcurves

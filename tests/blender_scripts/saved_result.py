@@ -77,7 +77,7 @@ out["apply_min_dot_1_to_10"] = float(np.min(np.sum(at_one * applied, axis=1)))
 # so the keyed local rotations, depend on the shape; the applied hand keeps its own)
 with open(other_json) as fh:
     other = json.load(fh)
-betas = [float(b) for b in hand["hamr_betas"]]
+betas = [float(b) for b in hand.data["hamr_hand"]["betas"]]
 for h in other["hands"]:
     h["betas"] = betas
 same_shape = other_json.replace(".json", "_same_shape.json")

@@ -44,7 +44,7 @@ tracks = {t.track: t for t in payload.video_tracks(video)}
 out["tracks"] = sorted(tracks)
 checks = []
 for arm in arms:
-    track = tracks[json.loads(arm["hamr_prediction"])["track"]]
+    track = tracks[json.loads(arm["hamr_prediction"].as_string())["track"]]
     # each video frame's time in the 24 fps scene (fractional frames: 10 fps -> 1 + 2.4 i)
     frames = convert.scene_frame_times(track.frame_indices, video.fps, 24.0, 1)
     action = arm.animation_data.action
@@ -55,7 +55,7 @@ for arm in arms:
         for bag in strip.channelbags
         for fc in bag.fcurves
     ]
-    names = json.loads(arm["hamr_rig"])["joint_names"]
+    names = json.loads(arm["hamr_rig"])["bone_names"]
     min_dot = 1.0
     for name in names:
         path = f'pose.bones["{name}"].rotation_quaternion'

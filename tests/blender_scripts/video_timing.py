@@ -75,12 +75,12 @@ out["result"] = list(bpy.ops.hamr.keyframe_video(filepath=video_path, smoothing=
 arms = new_arms(before)
 checks = []
 for arm in arms:
-    track = tracks[json.loads(arm["hamr_prediction"])["track"]]
+    track = tracks[json.loads(arm["hamr_prediction"].as_string())["track"]]
     fcurves = fcurves_of(arm)
     loc = next(fc for fc in fcurves if fc.data_path == "location" and fc.array_index == 0)
     key_frames = np.array([kp.co[0] for kp in loc.keyframe_points])
     times = 1.0 + track.frame_indices * scene_fps / video.fps  # each frame's time, in frames
-    names = json.loads(arm["hamr_rig"])["joint_names"]
+    names = json.loads(arm["hamr_rig"])["bone_names"]
     min_dot, first_w = 1.0, 1.0
     for name in names:
         path = f'pose.bones["{name}"].rotation_quaternion'
@@ -127,14 +127,14 @@ out["euler_result"] = list(
     bpy.ops.hamr.keyframe_video(filepath=video_path, smoothing=0.5, rotation_mode="XYZ")
 )
 arm = new_arms(before)[0]
-track = tracks[json.loads(arm["hamr_prediction"])["track"]]
+track = tracks[json.loads(arm["hamr_prediction"].as_string())["track"]]
 fcurves = fcurves_of(arm)
 loc = next(fc for fc in fcurves if fc.data_path == "location" and fc.array_index == 0)
 key_frames = [kp.co[0] for kp in loc.keyframe_points]
 k = len(key_frames) // 2
 out["euler"] = {
     "modes": sorted(
-        {arm.pose.bones[n].rotation_mode for n in json.loads(arm["hamr_rig"])["joint_names"]}
+        {arm.pose.bones[n].rotation_mode for n in json.loads(arm["hamr_rig"])["bone_names"]}
     ),
     "paths": sorted({fc.data_path.rsplit(".", 1)[-1] for fc in fcurves}),
     "mesh_err_m": mesh_error(arm, track, k, key_frames[k]),
