@@ -38,18 +38,44 @@ def test_rigify_generated_rig_follows_hamr_hands(rigify_mixamo: dict) -> None:
     assert out["rigify_map"] == "Rigify (generated rig)"  # detected from the bone names
     mean, worst, tip = _stats(out["rigify"])
     assert mean <= 5.0 and worst <= 10.0, (mean, worst)
-    # Rigify's stock metarig has other proportions than MANO (its thumb base sits farther from
-    # the wrist, its finger/palm ratios differ): with every bone pointing as MANO's, fingertips
-    # land within 0.17 hand lengths; see docs/blender.md "Retarget"
+    # Rigify's stock metarig has other proportions than MANO (relative to the hand's length its
+    # palm is longer, its fingers and above all its thumb shorter): with every bone pointing as
+    # MANO's, fingertips land within 0.18 hand lengths (docs/retarget.md). No rotation of its
+    # bones brings the thumb tip within 0.1 of MANO's in the flat hand (the geometric floor,
+    # measured from the bone lengths alone), so the 0.1 target cannot be met by a retarget that
+    # keeps the rig's proportions; `fingertips` gets as close as that floor allows.
     assert tip <= 0.2, tip
+    floors = [r["floor"]["thumb"] for poses in out["rigify_tips"].values() for r in poses.values()]
+    assert max(floors) > 0.15
+
+
+def test_rigify_fingertips_mode_closes_the_fist_and_the_grasp(rigify_mixamo: dict) -> None:
+    """`fingertips=True`: every tip as close to MANO's as the Rigify finger can get (its floor),
+    but for fingers touching MANO's thumb, which follow the target thumb instead: the fist
+    closes, the grasp's thumb and index touch."""
+    for side, poses in rigify_mixamo["rigify_tips"].items():
+        for name, r in poses.items():
+            for d in DIGITS:
+                touching = d != "thumb" and r["ref_thumb_gap"][d] < 0.15
+                if not touching:
+                    assert r["tip_err"][d] <= r["floor"][d] + 0.02, (side, name, d, r)
+            if name == "fist":  # the four fingers' tips where MANO's are: the fist closes
+                assert max(r["tip_err"][d] for d in DIGITS[1:]) < 0.03, (side, r["tip_err"])
+            mano_gap, gap = r["pinch_gap"]
+            if mano_gap < 0.05:  # thumb and index touch on MANO: they touch on Rigify
+                assert gap <= mano_gap + 0.02, (side, name, r["pinch_gap"])
+    # in directions mode the same grasp leaves a gap of 0.14 hand lengths between them
+    plain = rigify_mixamo["rigify"]["right"]["grasp"]["pinch_gap"]
+    assert plain[1] > plain[0] + 0.05
 
 
 def test_mixamo_armature_with_rest_curl_and_roll(rigify_mixamo: dict) -> None:
     out = rigify_mixamo
     assert out["mixamo_map"] == "Mixamo"
-    mean, worst, tip = _stats(out["mixamo"])
-    assert mean <= 5.0 and worst <= 10.0, (mean, worst)
-    assert tip <= 0.1, tip  # same proportions as the HAMR hand: the tips agree
+    for key in ("mixamo", "mixamo_tips"):  # same proportions as HAMR: both modes agree
+        mean, worst, tip = _stats(out[key])
+        assert mean <= 5.0 and worst <= 10.0, (key, mean, worst)
+        assert tip <= 0.01, (key, tip)
 
 
 def test_retarget_errors_leave_the_scene_unchanged(rigify_mixamo: dict) -> None:

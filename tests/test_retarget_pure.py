@@ -42,14 +42,16 @@ def test_builtin_maps_name_the_rigs_bones() -> None:
     assert m.bones("right")["pinky3"] == "mixamorig:RightHandPinky3"
     assert m.wrist_control("right") == "mixamorig:RightHand"  # no separate control
     h = bone_maps.BUILTIN_MAPS["HAMR"]
-    assert list(h.bones("right")) == list(bone_maps.JOINTS) == list(h.bones("right").values())
+    assert list(h.bones("right")) == list(bone_maps.JOINTS)
+    assert len(set(h.bones("right").values()) | set(h.bones("left").values())) == 32
     assert len(bone_maps.JOINTS) == 16
 
 
 def test_detect_map_from_bone_names() -> None:
     assert bone_maps.detect_map(_rigify_names(True))[0] == "RIGIFY"
     assert bone_maps.detect_map(_rigify_names(False))[0] == "RIGIFY_METARIG"
-    assert bone_maps.detect_map(bone_maps.JOINTS)[0] == "HAMR"
+    hamr = bone_maps.BUILTIN_MAPS["HAMR"]  # its own names, whatever they are
+    assert bone_maps.detect_map(hamr.bones("right").values())[0] == "HAMR"
     # Mixamo with another prefix, one hand only
     names = {"mixamorig1:LeftHand"} | {
         f"mixamorig1:LeftHand{d.capitalize()}{k}" for d in bone_maps.DIGITS for k in (1, 2, 3, 4)
@@ -211,3 +213,75 @@ def test_continuous_quaternions() -> None:
     assert retarget_math.angle_between(
         np.array([1.0, 0, 0]), np.array([0, 2.0, 0])
     ) == pytest.approx(90)
+
+
+# ------------------------------------------------------------------------------ fingertip reach
+def _finger(rng, n):
+    """n frames of one 3-bone finger along y (segments 0.4, 0.3, 0.2), turned at random."""
+    segments = np.array([[[0, 0.4, 0], [0, 0.3, 0], [0, 0.2, 0]]])  # (1, 3, 3)
+    rot = convert.axis_angle_to_matrix(rng.normal(0, 0.3, size=(n, 1, 3, 3)))
+    base = rng.normal(0, 1, size=(n, 1, 3))
+    return rot, base, segments
+
+
+def test_chain_tips_by_hand() -> None:
+    rot = np.tile(np.eye(3), (1, 1, 3, 1, 1))
+    rot[0, 0, 2] = _rot([0, 0, 1], 90)  # the last bone turned 90 degrees about z
+    segs = np.array([[[0, 0.4, 0], [0, 0.3, 0], [0, 0.2, 0]]])
+    tip = retarget_math.chain_tips(rot, np.array([[[1.0, 0, 0]]]), segs)
+    np.testing.assert_allclose(tip[0, 0], [1 - 0.2, 0.7, 0], atol=1e-12)
+
+
+def test_reach_fingertips_meets_reachable_goals_with_small_turns() -> None:
+    rng = np.random.default_rng(3)
+    rot, base, segs = _finger(rng, 20)
+    # goals: the tips of the same chain turned by up to ~10 degrees per bone
+    moved = convert.axis_angle_to_matrix(rng.normal(0, 0.1, size=(20, 1, 3, 3))) @ rot
+    goal = retarget_math.chain_tips(moved, base, segs)
+    new, turn = retarget_math.reach_fingertips(rot, base, segs, goal, sigma=1e-3)
+    got = retarget_math.chain_tips(new, base, segs)
+    # met, except a goal beyond REACH of the chain's length (0.9), which stops there
+    beyond = np.linalg.norm(goal - base, axis=-1) - retarget_math.REACH * 0.9
+    assert np.all(np.linalg.norm(got - goal, axis=-1) <= np.maximum(beyond, 0) + 1e-5)
+    assert (beyond < 0).sum() >= 15
+    assert turn.max() < 25.0  # no larger than needed (the goals came from turns of ~6 degrees)
+    np.testing.assert_allclose(
+        new @ np.swapaxes(new, -1, -2), np.tile(np.eye(3), new.shape[:3] + (1, 1)), atol=1e-10
+    )
+    # a goal already met leaves the chain as it was
+    inside = beyond[:, 0] < 0
+    same, turn0 = retarget_math.reach_fingertips(
+        rot[inside], base[inside], segs, retarget_math.chain_tips(rot, base, segs)[inside], 1e-3
+    )
+    np.testing.assert_allclose(same, rot[inside], atol=1e-9)
+    assert turn0.max() < 1e-6
+
+
+def test_reach_fingertips_out_of_reach_stops_at_the_geometric_floor() -> None:
+    """A goal 1.2 from the base of a chain 0.9 long (about where the finger points, turned up to
+    ~20 degrees): the closest any rotations can come is 0.3, the straightened chain pointing at
+    it."""
+    rng = np.random.default_rng(4)
+    rot, base, segs = _finger(rng, 10)
+    direction = retarget_math.chain_tips(rot, base, segs) - base
+    direction = (
+        convert.axis_angle_to_matrix(rng.normal(0, 0.2, size=(10, 1, 3))) @ direction[..., None]
+    )[..., 0]
+    goal = base + 1.2 * direction / np.linalg.norm(direction, axis=-1, keepdims=True)
+    new, _ = retarget_math.reach_fingertips(rot, base, segs, goal, sigma=1e-3)
+    dist = np.linalg.norm(retarget_math.chain_tips(new, base, segs) - goal, axis=-1)
+    np.testing.assert_allclose(dist, 1.2 - 0.99 * 0.9, atol=1e-3)
+
+
+def test_contact_weights() -> None:
+    tips = np.zeros((1, 3, 3))
+    tips[0, 1] = [0.0, 0.0, 0.0]  # touching the thumb (index 0)
+    tips[0, 2] = [0.5, 0.0, 0.0]  # half a hand away
+    w = retarget_math.contact_weights(tips, 0, 1.0)
+    assert w[0, 0] == 0.0 and w[0, 1] == pytest.approx(1.0) and w[0, 2] < 1e-10
+    tips[0, 1] = [retarget_math.CONTACT_RANGE, 0, 0]
+    assert retarget_math.contact_weights(tips, 0, 1.0)[0, 1] == pytest.approx(np.exp(-1))
+
+
+def test_hand_length() -> None:
+    assert retarget_math.hand_length(np.zeros(3), np.array([0, 3.0, 4.0]), [1, 2, 3]) == 11.0

@@ -8,6 +8,11 @@ the bone names) and every missing bone is reported before anything changes. The 
 bone point and twist in its hand frame as the source bone does in its own, rest curl, roll and
 proportions compensated; optionally the wrist's orientation (through the map's wrist control,
 relative to its parent: the forearm), and the hand's world placement (off by default).
+With `fingertips` (off by default) the fingers are then bent, as little as needed, so that the
+target's fingertips reach the HAMR fingertips' places in the hand frame scaled by the two hands'
+lengths, and a fingertip touching the HAMR thumb's follows the target thumb where that thumb is
+too short to reach its own goal: for rigs whose finger proportions are not MANO's (a fist
+closes, a pinch touches), at the cost of bone directions.
 
 - POSE (a photo's hand, no animation): the target's pose bones are set (one undo step);
 - BAKE (a keyed take): the source is read from its F-curves (every keyed frame, optionally
@@ -79,6 +84,7 @@ class RetargetOptions:
     frame_start: int | None = None  # bake only keys in [frame_start, frame_end]
     frame_end: int | None = None
     use_nla: bool = False  # put the baked action on a new NLA track
+    fingertips: bool = False  # also bend the target's fingers so its fingertips reach MANO's
 
 
 @dataclass
@@ -186,13 +192,27 @@ def _topological(arm_obj: bpy.types.Object) -> list[bpy.types.Bone]:
 @dataclass
 class SourceMotion:
     """A HAMR hand over N frames: posed joint matrices (N, 16, 4, 4) in its armature space, the
-    rest matrices (16, 4, 4), its object's world matrices (N, 4, 4)."""
+    rest matrices (16, 4, 4) and bone lengths (16,), its object's world matrices (N, 4, 4)."""
 
     frames: np.ndarray
     posed: np.ndarray
     rest: np.ndarray
     world: np.ndarray
     animated: bool
+    lengths: np.ndarray
+
+
+def source_bones(src: bpy.types.Object) -> list[str]:
+    """The HAMR hand's bone for each of `bone_maps.JOINTS`: through the HAMR bone map of its
+    side, else (a hand built before the map's names changed) the rig record's joint names."""
+    names = {b.name for b in src.data.bones}
+    entries = bone_maps.BUILTIN_MAPS["HAMR"].bones(hand_side(src))
+    if all(entries.get(j) in names for j in bone_maps.JOINTS):
+        return [entries[j] for j in bone_maps.JOINTS]
+    recorded = json.loads(src[RIG_PROP]).get("joint_names", [])
+    if len(recorded) == len(bone_maps.JOINTS) and all(n in names for n in recorded):
+        return list(recorded)
+    raise RetargetError(f"the HAMR hand {src.name!r} lacks its joint bones")
 
 
 def source_motion(src: bpy.types.Object, bake: bool, options: RetargetOptions) -> SourceMotion:
@@ -248,11 +268,8 @@ def source_motion(src: bpy.types.Object, bake: bool, options: RetargetOptions) -
                 if fc is not None:
                     basis[:, i, k, 3] = _sample(fc, frames)
     posed = retarget_math.forward_kinematics(rest, parents, basis)
-    joints = bone_maps.JOINTS
-    missing = [j for j in joints if j not in index]
-    if missing:
-        raise RetargetError(f"the HAMR hand {src.name!r} lacks the bones {missing}")
-    sel = [index[j] for j in joints]
+    joint_bones = source_bones(src)
+    sel = [index[j] for j in joint_bones]
     # the object's world matrix per frame: keyed location (a video's take) over its current one
     world = np.broadcast_to(_m(src.matrix_world), (n, 4, 4)).copy()
     loc_curves = [curves.get(("location", k)) for k in range(3)]
@@ -264,7 +281,8 @@ def source_motion(src: bpy.types.Object, bake: bool, options: RetargetOptions) -
             if fc is not None:
                 local[:, k, 3] = _sample(fc, frames)
         world = parent_part @ local
-    return SourceMotion(frames, posed[:, sel], rest[sel], world, bake)
+    lengths = np.array([src.data.bones[j].length for j in joint_bones])
+    return SourceMotion(frames, posed[:, sel], rest[sel], world, bake, lengths)
 
 
 # ------------------------------------------------------------------------------ the solve
@@ -332,6 +350,8 @@ def plan_side(
     desired = retarget_math.transfer_rotations(
         h_s[:, :3, :3], motion.posed[:, fi, :3, :3], q_s, q_t, h_t[:, :3, :3]
     )  # (N, 15, 3, 3)
+    if options.fingertips:
+        desired = _reach_fingertips(motion, h_s, h_t, desired, target, bmap, hand_motion)
     # --- the posed target bones, parents first
     posed_names = [bmap[j] for j in fingers]
     want_rot = {bmap[j]: desired[:, k] for k, j in enumerate(fingers)}
@@ -390,6 +410,69 @@ def plan_side(
     return Plan(
         side, bone_map, order, rot, loc, [name in want_loc for name in order], motion.frames
     )
+
+
+TIP_SIGMA = 0.01  # hand lengths of tip distance that weigh as much as a bone turn of 1 radian
+
+
+def _reach_fingertips(motion, h_s, h_t, desired, target, bmap, hand_motion) -> np.ndarray:
+    """The direction transfer's rotations `desired` (N, 15, 3, 3), bent so that each target
+    fingertip reaches the HAMR fingertip's place in the hand: in the hand frame, scaled by the
+    two hands' lengths (wrist to middle fingertip). Bones turn as little as that needs
+    (`retarget_math.reach_fingertips`); a tip out of the target finger's reach gets as close as
+    the straightened finger allows."""
+    tb, tp = target.data.bones, target.pose.bones
+    j_index = {j: i for i, j in enumerate(bone_maps.JOINTS)}
+    digits = [bone_maps.FINGER_JOINTS[k][:-1] for k in range(0, 15, 3)]  # MANO order
+    mid = [j_index[f"middle{k}"] for k in (1, 2, 3)]
+    src_len = retarget_math.hand_length(
+        motion.rest[j_index["wrist"], :3, 3], motion.rest[mid[0], :3, 3], motion.lengths[mid]
+    )
+    tgt_len = retarget_math.hand_length(
+        _m(tb[bmap["wrist"]].head_local),
+        _m(tb[bmap["middle1"]].head_local),
+        [tb[bmap[f"middle{k}"]].length for k in (1, 2, 3)],
+    )
+    # the HAMR tips (tails of the distal bones) in the HAMR hand frame, in target lengths
+    last = [j_index[f"{d}3"] for d in digits]
+    p3 = motion.posed[:, last]  # (N, 5, 4, 4)
+    tip_s = (
+        p3[..., :3, 3]
+        + retarget_math.orthonormal(p3[..., :3, :3])[..., :, 1]
+        * (motion.lengths[last][None, :, None])
+    )
+    local = np.linalg.inv(h_s)[:, None, :3, :3] @ (tip_s - h_s[:, None, :3, 3])[..., None]
+    goal = (h_t[:, None, :3, :3] @ local)[..., 0] * (tgt_len / src_len) + h_t[:, None, :3, 3]
+    # the target chains: first heads (moved with the hand), segments in each bone's rest frame
+    heads = np.array([_m(tp[bmap[f"{d}1"]].head) for d in digits])  # (5, 3)
+    n = len(h_t)
+    base = np.broadcast_to(heads, (n, 5, 3)).copy()
+    if hand_motion is not None:
+        base = (hand_motion[:, None, :3, :3] @ heads[None, ..., None])[..., 0]
+        base += hand_motion[:, None, :3, 3]
+    segments = np.zeros((5, 3, 3))
+    for f, d in enumerate(digits):
+        bones = [tb[bmap[f"{d}{k}"]] for k in (1, 2, 3)]
+        for k, bone in enumerate(bones):
+            rot = retarget_math.orthonormal(_m(bone.matrix_local)[:3, :3])
+            to_next = (
+                _m(bones[k + 1].head_local) - _m(bone.head_local)
+                if k < 2
+                else _m(bone.tail_local) - _m(bone.head_local)
+            )
+            segments[f, k] = rot.T @ to_next
+    rest_rot = desired.reshape(n, 5, 3, 3, 3)
+    sigma = TIP_SIGMA * tgt_len
+    rot, _ = retarget_math.reach_fingertips(rest_rot, base, segments, goal, sigma)
+    # contacts: a finger whose HAMR tip touches the HAMR thumb's follows the target thumb
+    # where that could not reach its goal (a short thumb still closes the pinch)
+    thumb = digits.index("thumb")
+    reached = retarget_math.chain_tips(rot, base, segments)
+    follow = retarget_math.contact_weights(tip_s, thumb, src_len)  # (N, 5)
+    if np.any(follow > 1e-3):
+        goal = goal + follow[..., None] * (reached[:, thumb] - goal[:, thumb])[:, None]
+        rot, _ = retarget_math.reach_fingertips(rest_rot, base, segments, goal, sigma)
+    return rot.reshape(n, 15, 3, 3)
 
 
 # ------------------------------------------------------------------------------ writing
@@ -746,6 +829,13 @@ class HAMR_RetargetSettings(bpy.types.PropertyGroup):
         description="Also move the hand to the HAMR hand's world place (off for a character)",
     )  # fmt: skip
     use_nla: BoolProperty(name="Push to NLA", default=False)
+    fingertips: BoolProperty(
+        name="Match Fingertips", default=False,
+        description="Also bend the target's fingers so that its fingertips reach the HAMR "
+        "fingertips' places in the hand (scaled by hand length) and a finger touching the thumb "
+        "keeps touching it: for a rig with other finger proportions. Off: every bone points as "
+        "the HAMR bone does",
+    )  # fmt: skip
     use_range: BoolProperty(name="Frame Range", default=False)
     frame_start: IntProperty(name="Start", default=1)
     frame_end: IntProperty(name="End", default=250)
@@ -801,6 +891,7 @@ class HAMR_OT_retarget(bpy.types.Operator):
             frame_start=s.frame_start if s.use_range else None,
             frame_end=s.frame_end if s.use_range else None,
             use_nla=s.use_nla,
+            fingertips=s.fingertips,
         )
         try:
             options.bone_map = _map_for(s, target)
@@ -914,6 +1005,7 @@ class HAMR_PT_retarget(bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(s, "wrist")
         row.prop(s, "placement")
+        layout.prop(s, "fingertips")
         layout.prop(s, "use_nla")
         row = layout.row(align=True)
         row.prop(s, "use_range")

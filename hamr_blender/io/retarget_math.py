@@ -24,6 +24,11 @@ Frames and notation. Every matrix is 4x4 (or its 3x3 rotation) in one armature's
    the rig as it is (bones in between, such as Rigify's finger MCH bones, keep their current
    pose), or, for a bone with no posed ancestor, the parent's current pose moved rigidly with the
    wrist (identity when the wrist is not transferred).
+5. *Fingertip reach* (`reach_fingertips`, optional): the transferred rotations give each target
+   fingertip where the target's own proportions put it. To put it where the source's is (scaled
+   by hand length), every bone of the finger gets a small extra turn (damped least squares IK
+   from the transferred pose); `contact_weights` says which fingers touch the thumb, so that
+   they follow a thumb that cannot reach.
 
 Pure numpy; imports `convert` for quaternions. Shapes: N frames, B bones, J joints.
 """
@@ -204,3 +209,101 @@ def angle_between(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """(...) angle in degrees between vectors (..., 3)."""
     c = np.sum(_unit(u) * _unit(v), axis=-1)
     return np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
+
+
+def hand_length(wrist: np.ndarray, middle1: np.ndarray, middle_lengths) -> float:
+    """A rig's hand length at rest: wrist to middle knuckle plus the middle finger's three bones
+    (wrist to the middle fingertip along the straight finger)."""
+    return float(np.linalg.norm(np.asarray(middle1) - wrist) + np.sum(middle_lengths))
+
+
+def chain_tips(rot: np.ndarray, base: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Tips (N, F, 3) of F finger chains posed with armature-space rotations rot (N, F, K, 3, 3):
+    base (N, F, 3) the first bone's head, segments (F, K, 3) each bone's vector to the next
+    bone's head (the last: to its tail) in the bone's own rest frame."""
+    return base + np.sum(rot @ segments[None, ..., None], axis=2)[..., 0]
+
+
+def _exp(w: np.ndarray) -> np.ndarray:
+    return convert.axis_angle_to_matrix(w)
+
+
+def _log(r: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotations -> (..., 3) axis-angle vectors (angle in [0, pi])."""
+    q = convert.matrix_to_quaternion(r)
+    q = np.where(q[..., :1] < 0, -q, q)
+    s = np.linalg.norm(q[..., 1:], axis=-1, keepdims=True)
+    angle = 2.0 * np.arctan2(s, q[..., :1])
+    return q[..., 1:] * np.where(s < 1e-12, 2.0, angle / np.maximum(s, 1e-12))
+
+
+REACH = 0.99  # a chain reaches out to this share of its length (see `reach_fingertips`)
+
+
+def reach_fingertips(
+    rot: np.ndarray,
+    base: np.ndarray,
+    segments: np.ndarray,
+    goal: np.ndarray,
+    sigma: float,
+    iterations: int = 12,
+    max_step: float = 0.15,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bend finger chains so that their tips reach `goal`, turning the bones as little as needed.
+
+    rot (N, F, K, 3, 3): each bone's armature-space rotation (the direction transfer's result);
+    base (N, F, 3), segments (F, K, 3): as in `chain_tips`; goal (N, F, 3): the tips wanted;
+    sigma: the tip distance that weighs as much as one radian of bone turn (small: the tips win).
+    Each bone gets a turn in armature space (R_k' = exp(w_k) R_k), found by damped least squares
+    from the transferred pose: each iteration's turns d minimise |tip + J d - goal|^2 / sigma^2
+    + |d|^2 (a 3K x 3K solve per frame and finger, batched; at most max_step radians per bone,
+    as the linearisation holds only for small turns), so the bones turn little and share the
+    turn. A goal out of reach is first moved onto the reachable shell (REACH of the chain's
+    length, the straight chain being singular, or as far as the transferred pose already
+    reaches), so the chain straightens towards it. Returns the
+    new rotations (N, F, K, 3, 3) and each bone's turn in degrees (N, F, K)."""
+    rot = np.asarray(rot, dtype=np.float64)
+    n, f, k = rot.shape[:3]
+    # a goal out of reach is first brought onto the reachable shell (just inside it: the
+    # straight chain is a singular point of the solve)
+    lengths = np.linalg.norm(segments, axis=-1)  # (F, K)
+    # (or as far as the transferred pose already reaches, which may be straighter)
+    start = np.linalg.norm(chain_tips(rot, base, segments) - base, axis=-1)  # (N, F)
+    outer = np.maximum(REACH * lengths.sum(-1), start)[..., None]
+    inner = np.maximum(0.0, 2.0 * lengths.max(-1) - lengths.sum(-1))
+    inner = np.minimum(inner / REACH, start)[..., None]
+    offset = goal - base
+    dist = np.linalg.norm(offset, axis=-1, keepdims=True)
+    goal = base + offset * np.clip(dist, inner, outer) / np.maximum(dist, 1e-12)
+    cur = rot.copy()
+    eye = np.eye(3 * k)
+    for _ in range(iterations):
+        v = (cur @ segments[None, ..., None])[..., 0]  # (N, F, K, 3) posed segments
+        tip = base + v.sum(axis=2)
+        # a small turn d of bone k (cur -> exp(d) cur) moves the tip by d x v_k = -[v_k]x d
+        jac = np.zeros((n, f, 3, k, 3))
+        jac[..., 0, :, 1], jac[..., 0, :, 2] = v[..., 2], -v[..., 1]
+        jac[..., 1, :, 0], jac[..., 1, :, 2] = -v[..., 2], v[..., 0]
+        jac[..., 2, :, 0], jac[..., 2, :, 1] = v[..., 1], -v[..., 0]
+        jac = jac.reshape(n, f, 3, 3 * k)
+        jt = np.swapaxes(jac, -1, -2)
+        lhs = jt @ jac / sigma**2 + eye
+        rhs = (jt @ (goal - tip)[..., None])[..., 0] / sigma**2
+        step = np.linalg.solve(lhs, rhs[..., None])[..., 0].reshape(n, f, k, 3)
+        size = np.linalg.norm(step, axis=-1, keepdims=True)  # a step of at most max_step
+        cur = _exp(step * np.minimum(1.0, max_step / np.maximum(size, 1e-12))) @ cur
+    w = _log(cur @ np.swapaxes(rot, -1, -2))  # the turns made
+    return cur, np.degrees(np.linalg.norm(w, axis=-1))
+
+
+CONTACT_RANGE = 0.06  # hand lengths: tips this far apart count about one third as touching
+
+
+def contact_weights(tips: np.ndarray, thumb: int, length: float) -> np.ndarray:
+    """(N, F) how much each fingertip touches the thumb's tip: exp(-(d / CONTACT_RANGE)^2)
+    with d the distance in hand lengths (1 touching, 0 far apart; 0 for the thumb itself).
+    tips (N, F, 3), the thumb's index in F, the hand's length."""
+    d = np.linalg.norm(tips - tips[:, thumb : thumb + 1], axis=-1) / length
+    out = np.exp(-((d / CONTACT_RANGE) ** 2))
+    out[:, thumb] = 0.0
+    return out

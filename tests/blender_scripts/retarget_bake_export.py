@@ -30,7 +30,7 @@ from scipy.spatial import cKDTree
 from backend.schema import rig_json as rig_data
 from benchmarks.blender import _synthetic_video
 from hamr_blender.blender import export, retarget, rig, scene
-from hamr_blender.io import payload
+from hamr_blender.io import bone_maps, payload
 from hamr_blender.io.retarget_math import RetargetError
 
 FRAMES = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
@@ -105,12 +105,14 @@ for bone in bone_names:
             fc for fc in curves if fc.data_path == f'pose.bones["{bone}"].rotation_quaternion'
             and fc.array_index == k).keyframe_points]) for k in range(4)], axis=1)  # fmt: skip
     quat_dots.append(float(np.min(np.sum(q[1:] * q[:-1], axis=1))))
+HAMR = bone_maps.BUILTIN_MAPS["HAMR"].bones("right")  # the HAMR rig's bone names
 mano = [f"{d}{k}" for d in ("index", "middle", "pinky", "ring", "thumb") for k in (1, 2, 3)]
 def_names = [f"DEF-{'thumb' if j[:-1] == 'thumb' else 'f_' + j[:-1]}.0{j[-1]}.R" for j in mano]
 angles = []
 for f in (1, FRAMES // 3, FRAMES // 2, FRAMES):
     context.scene.frame_set(f)
-    a = hand_dirs(src, "wrist", ("index1", "middle1", "pinky1"), mano)
+    a = hand_dirs(src, HAMR["wrist"], [HAMR[j] for j in ("index1", "middle1", "pinky1")],
+                  [HAMR[j] for j in mano])  # fmt: skip
     b = hand_dirs(gen, "DEF-hand.R", ("DEF-f_index.01.R", "DEF-f_middle.01.R", "DEF-f_pinky.01.R"),
                   def_names)  # fmt: skip
     cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

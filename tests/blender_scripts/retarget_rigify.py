@@ -101,6 +101,32 @@ def target_measure(arm, names: dict[str, list[str]], wrist: str):
     return dirs, tips
 
 
+def pinch_gap(tips) -> float:
+    """Thumb tip to index tip, hand lengths."""
+    return float(np.linalg.norm(tips["thumb"] - tips["index"]))
+
+
+def reach_floor(arm, names, wrist, ref_tips) -> dict:
+    """The least distance (hand lengths) any rotation of the target finger's bones can bring its
+    tip to MANO's, by geometry alone: a chain of bones l1..l3 from its first head reaches the
+    shell between max(0, 2 max(l) - sum(l)) and sum(l) around that head."""
+    bpy.context.view_layer.update()
+    pb, bones = arm.pose.bones, arm.data.bones
+    h = lambda n: np.array(pb[n].head)  # noqa: E731
+    axes, origin = frame(
+        h(wrist), h(names["index"][0]), h(names["middle"][0]), h(names["pinky"][0])
+    )
+    rest_len = np.linalg.norm(
+        np.array(bones[names["middle"][0]].head_local) - np.array(bones[wrist].head_local)
+    ) + sum(bones[n].length for n in names["middle"])
+    out = {}
+    for d in DIGITS:
+        lens = [bones[n].length / rest_len for n in names[d]]
+        dist = np.linalg.norm(ref_tips[d] - axes @ (h(names[d][0]) - origin) / rest_len)
+        out[d] = float(max(0.0, dist - sum(lens), 2 * max(lens) - sum(lens) - dist))
+    return out
+
+
 def compare(ref, got) -> dict:
     angles = {}
     for d in DIGITS:
@@ -108,7 +134,11 @@ def compare(ref, got) -> dict:
         cos = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         angles[d] = np.degrees(np.arccos(np.clip(cos, -1, 1))).tolist()
     tips = {d: float(np.linalg.norm(ref[1][d] - got[1][d])) for d in DIGITS}
-    return {"angles_deg": angles, "tip_err": tips}
+    return {
+        "angles_deg": angles, "tip_err": tips,
+        "pinch_gap": [pinch_gap(ref[1]), pinch_gap(got[1])],
+        "ref_thumb_gap": {d: float(np.linalg.norm(ref[1][d] - ref[1]["thumb"])) for d in DIGITS},
+    }  # fmt: skip
 
 
 def build_hand(side: str, betas) -> bpy.types.Object:
@@ -151,7 +181,9 @@ def mixamo_rig(hands: dict[str, bpy.types.Object]) -> bpy.types.Object:
     obj.scale = (0.01, 0.01, 0.01)
     with rig.armature_edit(obj) as arm:
         for side, word in (("left", "Left"), ("right", "Right")):
-            src = hands[side].data.bones
+            bones = hands[side].data.bones
+            hamr = bone_maps.BUILTIN_MAPS["HAMR"].bones(side)  # the HAMR rig's names
+            src = {j: bones[hamr[j]] for j in bone_maps.JOINTS}
             offset = np.array([-30.0 if side == "left" else 30.0, 0.0, 0.0])
             to_cm = lambda p, o=offset: np.array(p) * 100.0 + o  # noqa: E731
             wrist = src["wrist"]
@@ -167,9 +199,7 @@ def mixamo_rig(hands: dict[str, bpy.types.Object]) -> bpy.types.Object:
             hand.parent, hand.use_connect = fore, True
             for digit in DIGITS:
                 joints = [to_cm(src[f"{digit}{k}"].head_local) for k in (1, 2, 3)]
-                tip_name = {"thumb": "thumb4", "index": "index4", "middle": "middle4",
-                            "ring": "ring4", "pinky": "pinky4"}[digit]  # fmt: skip
-                joints.append(to_cm(src[tip_name].head_local))
+                joints.append(to_cm(src[f"{digit}3"].tail_local))  # the fingertip
                 # a curled rest: each joint bent 20-35 degrees about the palm's flexion axis
                 palm_z = np.cross(joints[1] - joints[0], np.array([0, 0, 1.0]))
                 axis = palm_z / np.linalg.norm(palm_z)
@@ -222,7 +252,7 @@ hands = {s: build_hand(s, betas[s]) for s in ("right", "left")}
 rest_joints = {s: torch.tensor(json.loads(hands[s][rig.RIG_PROP])["joints_rest"]) for s in hands}
 rigify = rigify_rig()
 mixamo = mixamo_rig(hands)
-out: dict = {"poses": POSES, "rigify": {}, "mixamo": {}}
+out: dict = {"poses": POSES, "rigify": {}, "mixamo": {}, "rigify_tips": {}, "mixamo_tips": {}}
 for side, s, word in (("right", "R", "Right"), ("left", "L", "Left")):
     for name in POSES:
         pose = named_pose(name, rest_joints[side].float(), side).numpy().astype(np.float64)
@@ -235,6 +265,18 @@ for side, s, word in (("right", "R", "Right"), ("left", "L", "Left")):
             ref, target_measure(rigify, rigify_names(s), f"DEF-hand.{s}")
         )
         out["rigify_map"] = res.map_name
+        fit = retarget.RetargetOptions(fingertips=True)
+        retarget.retarget(context, [hands[side]], rigify, fit)
+        out["rigify_tips"].setdefault(side, {})[name] = compare(
+            ref, target_measure(rigify, rigify_names(s), f"DEF-hand.{s}")
+        )
+        out["rigify_tips"][side][name]["floor"] = reach_floor(
+            rigify, rigify_names(s), f"DEF-hand.{s}", ref[1]
+        )
+        retarget.retarget(context, [hands[side]], mixamo, fit)
+        out["mixamo_tips"].setdefault(side, {})[name] = compare(
+            ref, target_measure(mixamo, mixamo_names(word), f"mixamorig:{word}Hand")
+        )
         res = retarget.retarget(context, [hands[side]], mixamo, retarget.RetargetOptions())
         out["mixamo"].setdefault(side, {})[name] = compare(
             ref, target_measure(mixamo, mixamo_names(word), f"mixamorig:{word}Hand")
