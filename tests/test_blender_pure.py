@@ -690,3 +690,57 @@ def test_client_refuses_urls_http_client_cannot_send() -> None:
         client.normalize_url("http://127.0.0.1:99999")
     with pytest.raises(ValueError, match="spaces"):
         client.normalize_url("http://127.0.0.1:8734/\x01")
+
+
+# ------------------------------------------------------------------------------ rig anatomy (#22)
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_digit_axes_are_the_backends(side: str) -> None:
+    """The extension's numpy copy of the flexion / spread axes against the backend's torch code
+    (backend.hand_model.poses), on a shaped hand."""
+    import torch
+
+    from backend.hand_model.poses import digit_axes
+    from backend.schema import rig_json
+    from hamr_blender.io import convert, payload
+
+    rig = payload.parse_rig(rig_json(side))
+    joints = rig.joints(np.random.default_rng(0).normal(size=10))
+    ours = convert.digit_axes(joints, side)
+    theirs = digit_axes(torch.tensor(joints), side)
+    for digit, (flex, spread) in theirs.items():
+        assert np.allclose(ours[digit][0], flex.numpy(), atol=1e-9), digit
+        assert np.allclose(ours[digit][1], spread.numpy(), atol=1e-9), digit
+
+
+def test_rig_limits_are_the_pose_priors() -> None:
+    from hamr_blender.io import convert
+    from training.synth.prior import LIMITS_DEG
+
+    assert convert.LIMITS_DEG == LIMITS_DEG
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_hand_uv_islands(side: str) -> None:
+    """Every face in [0, 1], none seen from behind (positive UV area), the back of the hand
+    (normal towards the model's +y) left of u = 0.5, the palm right of it."""
+    from backend.schema import rig_json
+    from hamr_blender.io import convert, payload
+
+    rig = payload.parse_rig(rig_json(side))
+    uv = convert.hand_uv(rig.v_template, rig.faces, side)
+    assert uv.shape == rig.faces.shape + (2,) and uv.min() >= 0.0 and uv.max() <= 1.0
+    e1, e2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
+    assert np.all(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0] > 0)
+    p = rig.v_template[rig.faces]
+    n = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+    back = n[:, 1] >= 0  # the back of either hand faces the model's +y
+    assert np.all(uv[back, :, 0] <= 0.5) and np.all(uv[~back, :, 0] >= 0.5)
+
+
+def test_hamr_bone_names_pair_for_mirroring() -> None:
+    from hamr_blender.io.bone_maps import BUILTIN_MAPS, hamr_bone_name
+
+    assert hamr_bone_name("index1", "right") == "index1.R"
+    assert hamr_bone_name("thumb4", "left") == "thumb4.L"
+    hamr = BUILTIN_MAPS["HAMR"]
+    assert hamr.bones("left")["wrist"] == "wrist.L" and hamr.bones("right")["pinky3"] == "pinky3.R"

@@ -587,6 +587,13 @@ def find_hand_armature(obj: bpy.types.Object | None) -> bpy.types.Object | None:
     return None
 
 
+def set_option(arm_obj: bpy.types.Object, prop: str, value: float) -> None:
+    """Set a rig option (IK_PROP, LIMITS_PROP: 0 off .. 1 on) from a script: the property and a
+    depsgraph tag, so the drivers that read it run again (the panel's slider does both)."""
+    arm_obj[prop] = float(value)
+    arm_obj.update_tag(refresh={"OBJECT", "DATA", "TIME"})
+
+
 def joint_bones(arm_obj: bpy.types.Object) -> list[str]:
     """The 16 bones playing MANO's joints, in MANO order ("wrist.R", "index1.R", ...; a rig
     built before the .L/.R names has MANO's names)."""
