@@ -114,6 +114,17 @@ def test_export_round_trip(bake_export: dict, fmt: str) -> None:
     assert r["covered"] == r["vertices"][1]  # every original vertex found
 
 
+@pytest.mark.parametrize("fmt", ["fbx", "glb"])
+def test_retargeted_character_round_trip(bake_export: dict, fmt: str) -> None:
+    """The Rigify rig with the baked hand take, exported and re-imported: its DEF hand and finger
+    bones (heads, tails, world rotations) at 5 frames as before, and they did move."""
+    r = bake_export["rig_export"][fmt]
+    assert r["animated"] and r["exported"] == [r["exported"][0]]
+    assert len(r["max_err_m"]) == 5 and max(r["max_err_m"]) < 1e-5, r["max_err_m"]
+    assert max(r["max_angle_deg"]) < 0.01, r["max_angle_deg"]
+    assert r["moved_m"] > 0.01  # the fingers move over those frames: the check is not vacuous
+
+
 def test_headless_retarget_and_export_steps(bake_export: dict) -> None:
     """`hamr blend --retarget RIG.blend:ARMATURE --export OUT.glb`'s steps after the import."""
     h = bake_export["headless"]

@@ -10,8 +10,11 @@
   re-imported with the matching options; at 5 frames the re-imported mesh's evaluated world
   vertices are matched to the original's (nearest vertex at the first frame, kept for the
   others: glTF splits vertices at material borders) and the largest distance is reported; the
-  shape keys' names are read back. The retargeted Mixamo-free character: the Rigify rig's DEF
-  finger bones' world heads at 3 frames after an FBX round trip.
+  shape keys' names are read back.
+- the retargeted character: the Rigify rig playing the baked take exported alone (FBX, GLB),
+  re-imported; at 5 frames the world heads and rotations of its DEF hand and 15 DEF finger
+  bones (those the skin follows) and the fingertips (distal heads + rotation x the original
+  length: neither format stores bone tails) against the original's.
 """
 
 from __future__ import annotations
@@ -153,6 +156,68 @@ out["cancel"] = {
     "actions_same": len(bpy.data.actions) == n_actions,
     "tracks_same": len(gen.animation_data.nla_tracks) == tracks,
 }
+
+# ------------------------------------------------- export round trip of the retargeted character
+# the Rigify rig playing the baked take (its action and the NLA track): its DEF hand and finger
+# bones' world heads and tails at 5 frames, against the re-imported armature's
+context.scene.frame_start, context.scene.frame_end = 1, 40
+rig_frames = (1, 9, 17, 29, 40)
+rig_bones = ["DEF-hand.R", *def_names]
+
+
+def bone_points(arm, f):
+    """World heads of the bones, and the fingertips: the distal bones' heads plus their world
+    y axes times the ORIGINAL rig's bone lengths (neither format stores a bone's tail: the
+    importers guess bone lengths, so the re-imported tails are not compared)."""
+    context.scene.frame_set(f)
+    mw = np.array(arm.matrix_world)
+    pts = []
+    for name in rig_bones:
+        pb = arm.pose.bones[name]
+        m = mw @ np.array(pb.matrix)
+        pts.append(m[:3, 3])
+        if name.endswith((".03.R",)):
+            pts.append(m[:3, 3] + m[:3, 1] / np.linalg.norm(m[:3, 1]) * lengths[name])
+    return np.array(pts)
+
+
+def bone_axes(arm, f):
+    context.scene.frame_set(f)
+    mw = np.array(arm.matrix_world)[:3, :3]
+    out = []
+    for name in rig_bones:
+        m = mw @ np.array(arm.pose.bones[name].matrix)[:3, :3]
+        out.append(m / np.linalg.norm(m, axis=0))
+    return np.array(out)
+
+
+lengths = {n: gen.data.bones[n].length * gen.matrix_world.to_scale()[1] for n in rig_bones}
+rig_ref = {f: (bone_points(gen, f), bone_axes(gen, f)) for f in rig_frames}
+rig_tmp = tempfile.mkdtemp(prefix="hamr-rig-export-")
+rig_rt = {}
+for ext in ("fbx", "glb"):
+    path = os.path.join(rig_tmp, f"character.{ext}")
+    exported = export.export_file(context, path, [gen])
+    new_objs = export.import_file(path)
+    arm = next(o for o in new_objs if o.type == "ARMATURE")
+    errs, angs = [], []
+    for f in rig_frames:
+        pts, axes = bone_points(arm, f), bone_axes(arm, f)
+        errs.append(float(np.linalg.norm(pts - rig_ref[f][0], axis=1).max()))
+        # |R1 - R2|_F = 2 sqrt(2) sin(angle / 2): precise for small angles, unlike arccos
+        diff = np.linalg.norm(axes - rig_ref[f][1], axis=(1, 2)) / (2 * np.sqrt(2))
+        angs.append(float(np.degrees(2 * np.arcsin(np.clip(diff, 0, 1))).max()))
+    moved = float(
+        np.linalg.norm(rig_ref[rig_frames[-1]][0] - rig_ref[rig_frames[0]][0], axis=1).max()
+    )
+    rig_rt[ext] = {
+        "exported": exported, "max_err_m": errs, "max_angle_deg": angs, "moved_m": moved,
+        "animated": arm.animation_data is not None and arm.animation_data.action is not None,
+        "bones": len(arm.data.bones), "size_bytes": os.path.getsize(path),
+    }  # fmt: skip
+    for o in new_objs:
+        bpy.data.objects.remove(o)
+out["rig_export"] = rig_rt
 
 # ------------------------------------------------------------------ export round trip
 for obj in list(context.scene.objects):  # a fresh, short take for the round trip
