@@ -246,6 +246,7 @@ def test_the_user_guide_names_every_panel_option_and_preference() -> None:
     for name in ("ui.py", "preferences.py"):
         source += (ROOT / "hamr_blender" / "blender" / name).read_text()
     labels = set(re.findall(r'\bname="([^"]+)"', source))
+    labels |= set(re.findall(r'\(\w+_PROP, "([^"]+)"\)', source))  # the rig's sliders
     labels -= {"Box"}  # the Hand Box's four numbers, drawn without a label
     operators = set(re.findall(r'operator\("(hamr\.\w+)"', source))
     ops_source = (ROOT / "hamr_blender" / "blender" / "operators.py").read_text()
