@@ -196,7 +196,12 @@ def test_camera_alignment_video_keying_and_failure_safety(bpy_env: dict[str, str
     cam = out["camera"]
     assert cam["hands"] == 2 and max(cam["max_px_err"]) < 0.5, cam["max_px_err"]
     assert cam["first_hand_at_cursor"] < 1e-6 and cam["camera_follows_hand"] < 1e-5
-    assert cam["resolution"] == [334, 512] and cam["type"] == "PERSP"
+    # the scene's render size is kept (issue #22: it became the photo's); the camera fits the
+    # photo into it, and the joints still land on keypoints2d (max_px_err above)
+    assert cam["resolution"] == [1920, 1080] and cam["type"] == "PERSP"
+    res = out["set_resolution"]  # Set Resolution: the photo's size, the old one restorable
+    assert res["set"] == [334, 512] and res["stored"] == res["before"] == [1920, 1080, 100]
+    assert res["px_err"] < 0.5 and res["restored"] and res["after_restore"] == res["before"]
     assert cam["sensor_fit"] == "HORIZONTAL" and cam["show_background"]
     assert cam["background"][0].endswith("photo.png") and cam["stored_prediction"] == "left"
     vid = out["video"]
@@ -259,10 +264,11 @@ def test_import_image_through_server(
     assert "HAMR Camera" in out["new_objects"]
     for hand in out["hands"] + out["packed_hands"] + [out["align_check"]]:
         assert hand["mesh_err_m"] < 1e-4, hand
-        assert hand["px_err"] < 0.5, hand
-        assert hand["resolution"] == hand["image"]
-        K = np.array(hand["K"])
-        assert np.isclose(hand["lens"], K[0, 0] * 36.0 / hand["image"][0], rtol=1e-5)
+        assert hand["px_err"] < 0.5, hand  # on the photo as the camera's background fits it
+        assert hand["resolution"] == [1920, 1080]  # the scene's, kept
+        K, (w, h) = np.array(hand["K"]), hand["image"]
+        scale = min(1920 / w, 1080 / h)  # the photo fitted into the 1920 x 1080 frame
+        assert np.isclose(hand["lens"], scale * K[0, 0] * 36.0 / 1920, rtol=1e-5)
     assert out["hands"] and out["packed_hands"] and out["packed_result"] == ["FINISHED"]
     assert out["camera_background"] and out["align"] == ["FINISHED"]
     # the shape slider moves the joints with the shape keys (the hand stays exact)
@@ -273,7 +279,7 @@ def test_import_image_through_server(
     assert out["sideways_result"] == ["FINISHED"] and len(out["sideways_hands"]) == 1
     for hand in out["sideways_hands"]:
         assert hand["mesh_err_m"] < 1e-4 and hand["px_err"] < 0.5, hand
-        assert hand["image"] == out["sideways_upright_size"] == hand["resolution"]
+        assert hand["image"] == out["sideways_upright_size"]
     background = out["sideways_background"]
     assert background["size"] == out["sideways_upright_size"] and background["packed"]
     assert background["mean_abs_diff"] < 0.01, background  # JPEG decoders differ slightly
@@ -283,7 +289,7 @@ def test_import_image_through_server(
     assert out["heic_result"] == ["FINISHED"] and len(out["heic_hands"]) == 1
     for hand in out["heic_hands"]:
         assert hand["mesh_err_m"] < 1e-4 and hand["px_err"] < 0.5, hand
-        assert hand["image"] == out["heic_photo_size"] == hand["resolution"]
+        assert hand["image"] == out["heic_photo_size"]
     background = out["heic_background"]
     assert background["size"] == out["heic_photo_size"] and background["packed"]
     assert background["mean_abs_diff"] < 0.02, background  # HEIC is lossy

@@ -1,7 +1,9 @@
 """The scene camera aligned with a hand's photo or clip, and the photo or clip behind it.
 
 `align_camera`: the scene camera from a hand's stored camera (`convert.opencv_camera_to_blender`),
-render resolution from the image, the photo or the movie clip as the camera's background. A
+made for the scene's render size (the photo fitted inside the frame: `convert.fit_intrinsics`;
+the render size becomes the photo's only with Set Resolution, and the old one is kept), the
+photo or the movie clip as the camera's background. A
 photo stored sideways with an EXIF orientation (phones do this) shows upright there, as the
 backend saw it: Blender itself ignores the tag, so the background is an upright copy of the
 photo, packed into the .blend (`upright_image`). `prepare_camera` creates what is needed
@@ -184,13 +186,32 @@ def _stored_image(src: dict, new: NewData | None):
     return None, False
 
 
-def prepare_camera(context: bpy.types.Context, arm_obj: bpy.types.Object, new: NewData):
-    """Everything align_camera needs, creating data-blocks but changing nothing visible."""
+RESOLUTION_PROP = "hamr_previous_resolution"  # on the scene: what Set Resolution replaced
+
+
+def prepare_camera(
+    context: bpy.types.Context,
+    arm_obj: bpy.types.Object,
+    new: NewData,
+    set_resolution: bool = False,
+):
+    """Everything align_camera needs, creating data-blocks but changing nothing visible.
+
+    set_resolution False (the default): the scene's render size is kept and the camera is made
+    for it (`convert.fit_intrinsics`: the photo fitted inside the frame, centred, as the
+    background shows it); True: the camera is made for the photo's own size, which becomes the
+    render size (`apply_camera` keeps the old one in the scene's ``hamr_previous_resolution``)."""
     record = camera_record(arm_obj)
+    width, height = int(record["width"]), int(record["height"])
+    K = np.asarray(record["K"])
     try:
-        cam = convert.opencv_camera_to_blender(
-            np.asarray(record["K"]), int(record["width"]), int(record["height"])
-        )
+        if set_resolution:
+            cam = convert.opencv_camera_to_blender(K, width, height)
+        else:
+            render = context.scene.render
+            frame_w, frame_h = render.resolution_x, render.resolution_y
+            K = convert.fit_intrinsics(K, width, height, frame_w, frame_h)
+            cam = convert.opencv_camera_to_blender(K, frame_w, frame_h)
     except ValueError as e:
         raise SceneBuildError(f"cannot align the camera: {e}") from e
     world = camera_world_matrix(arm_obj, record)
@@ -210,7 +231,9 @@ def apply_camera(
     world: Matrix,
     background,
 ) -> bpy.types.Object:
-    """Set the camera, make it the scene camera, set the render size and the background."""
+    """Set the camera, make it the scene camera, the background. The render size changes only
+    when the camera was made for another size (Set Resolution): the size it replaces is kept in
+    the scene's ``hamr_previous_resolution`` (`restore_resolution` puts it back)."""
     data = cam_obj.data
     data.type = "PERSP"
     data.lens_unit = "MILLIMETERS"
@@ -225,9 +248,16 @@ def apply_camera(
         (context.collection or scene.collection).objects.link(cam_obj)
     scene.camera = cam_obj
     render = scene.render
-    render.resolution_x, render.resolution_y = cam.resolution_x, cam.resolution_y
-    render.resolution_percentage = 100
-    render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+    size = (cam.resolution_x, cam.resolution_y)
+    if (render.resolution_x, render.resolution_y) != size:
+        if RESOLUTION_PROP not in scene:
+            scene[RESOLUTION_PROP] = [
+                render.resolution_x,
+                render.resolution_y,
+                render.resolution_percentage,
+            ]
+        render.resolution_x, render.resolution_y = size
+        render.resolution_percentage = 100
     data.background_images.clear()
     if background is not None:
         bg = data.background_images.new()
@@ -238,14 +268,29 @@ def apply_camera(
         else:
             bg.source = "IMAGE"
             bg.image = background
-        bg.frame_method = "STRETCH"
+        bg.frame_method = "FIT"  # as convert.fit_intrinsics places it (the frame's own size: all)
         bg.alpha = 1.0
         data.show_background_images = True
     return cam_obj
 
 
+def restore_resolution(scene: bpy.types.Scene) -> bool:
+    """Put back the render size that an alignment with Set Resolution replaced; False when
+    there is none to restore."""
+    old = scene.get(RESOLUTION_PROP)
+    if old is None:
+        return False
+    render = scene.render
+    render.resolution_x, render.resolution_y, render.resolution_percentage = (int(v) for v in old)
+    del scene[RESOLUTION_PROP]
+    return True
+
+
 def align_camera(
-    context: bpy.types.Context, arm_obj: bpy.types.Object, new: NewData
+    context: bpy.types.Context,
+    arm_obj: bpy.types.Object,
+    new: NewData,
+    set_resolution: bool = False,
 ) -> bpy.types.Object:
     """Align the scene camera with a HAMR hand's photo or clip (see the module docstring)."""
-    return apply_camera(context, *prepare_camera(context, arm_obj, new))
+    return apply_camera(context, *prepare_camera(context, arm_obj, new, set_resolution))

@@ -60,6 +60,7 @@ class BlendOptions:
     min_score: float = DEFAULT_MIN_SCORE  # detected hands (video: tracks) under this: not built
     smoothing: float = 0.5  # video: the backend's temporal smoothing strength
     scene_fps: str = "KEEP"  # video: KEEP the scene's rate (keys by time) or CLIP (the clip's)
+    set_resolution: bool = True  # a scene made for this photo: the render is the photo's size
 
 
 def _free_port() -> int:

@@ -228,6 +228,12 @@ class _HandOptions:
     align_camera: BoolProperty(
         name="Align Camera", description="Align the scene camera with the photo", default=True
     )
+    set_resolution: BoolProperty(
+        name="Set Resolution",
+        description="Make the render size the photo's (the scene's old size is kept and can be "
+        "restored); off: the camera fits the photo into the scene's render size",
+        default=False,
+    )
     focal: FloatProperty(
         name="Focal (px)",
         description="Focal length in pixels of the full image (0: EXIF or the default view)",
@@ -520,6 +526,14 @@ class HAMR_OT_align_camera(bpy.types.Operator):
     bl_label = "Align Camera"
     bl_options = {"REGISTER", "UNDO"}
 
+    set_resolution: BoolProperty(
+        name="Set Resolution",
+        description="Make the render size the photo's (the scene's old size is kept in its "
+        "hamr_previous_resolution property); off: the camera fits the photo into the scene's "
+        "render size",
+        default=False,
+    )
+
     @classmethod
     def poll(cls, context):
         arm = find_hand_armature(context.active_object)
@@ -532,7 +546,7 @@ class HAMR_OT_align_camera(bpy.types.Operator):
             return {"CANCELLED"}
         new = NewData()
         try:
-            cam = camera.align_camera(context, arm, new)
+            cam = camera.align_camera(context, arm, new, self.set_resolution)
         except DOMAIN_ERRORS as e:
             new.remove_all()
             self.report({"ERROR"}, f"HAMR: {e}")

@@ -89,6 +89,7 @@ class TakeOptions:
     rotation_mode: str = "QUATERNION"  # the bones' rotation channels: QUATERNION or XYZ (Euler)
     min_score: float = DEFAULT_MIN_SCORE  # detected hands under this score are not built
     scene_fps: str = "KEEP"  # video: KEEP the scene's rate (keys mapped by time) or CLIP (use its)
+    set_resolution: bool = False  # the aligned camera: the render size becomes the image's
 
 
 def take_options(op) -> TakeOptions:
@@ -98,6 +99,7 @@ def take_options(op) -> TakeOptions:
         rotation_mode=getattr(op, "rotation_mode", "QUATERNION"),
         min_score=float(getattr(op, "min_score", DEFAULT_MIN_SCORE)),
         scene_fps=getattr(op, "scene_fps", "KEEP"),
+        set_resolution=bool(getattr(op, "set_resolution", False)),
     )
 
 
@@ -262,7 +264,7 @@ def import_prediction(
         result.meshes.append(mesh_obj)
     camera_parts = None
     if align:  # build the camera's data-blocks before anything is linked
-        camera_parts = prepare_camera(context, result.armatures[0], new)
+        camera_parts = prepare_camera(context, result.armatures[0], new, take.set_resolution)
     # --- last step: link and change the scene
     _link_take(
         context,
@@ -532,7 +534,9 @@ def key_video(
         last_frame = max(last_frame, float(frames[-1]))
         result.armatures.append(arm_obj)
         result.meshes.append(mesh_obj)
-    camera_parts = prepare_camera(context, result.armatures[0], new) if align else None
+    camera_parts = None
+    if align:
+        camera_parts = prepare_camera(context, result.armatures[0], new, take.set_resolution)
     # --- last step: link and change the scene
     pairs = zip(result.armatures, result.meshes, strict=True)
     _link_take(context, collection, [origin] + [o for p in pairs for o in p])

@@ -335,6 +335,28 @@ def opencv_camera_to_blender(
     )
 
 
+def fit_intrinsics(
+    K: np.ndarray, width: int, height: int, frame_width: int, frame_height: int
+) -> np.ndarray:
+    """(3, 3) the intrinsics that show a width x height photo, taken with K, inside a frame of
+    frame_width x frame_height pixels (the scene's render size) as Blender's camera background
+    'FIT' shows it: scaled by s = min(frame_w / w, frame_h / h), centred. A point at photo pixel
+    (u, v) lands on frame pixel (s u + ox, s v + oy), ox = (frame_w - s w) / 2 (oy likewise),
+    so K' = [[s fx, 0, s cx + ox], [0, s fy, s cy + oy], [0, 0, 1]]."""
+    if min(width, height, frame_width, frame_height) < 1:
+        raise ValueError(
+            f"image and frame sizes must be positive, got {width}x{height}, "
+            f"{frame_width}x{frame_height}"
+        )
+    s = min(frame_width / width, frame_height / height)
+    k = np.asarray(K, dtype=np.float64)
+    out = k.copy()
+    out[0, 0], out[1, 1] = s * k[0, 0], s * k[1, 1]
+    out[0, 2] = s * k[0, 2] + (frame_width - s * width) / 2.0
+    out[1, 2] = s * k[1, 2] + (frame_height - s * height) / 2.0
+    return out
+
+
 def blender_camera_to_K(cam: BlenderCamera) -> np.ndarray:
     """Inverse of `opencv_camera_to_blender` for the intrinsics: BlenderCamera -> (3, 3) K."""
     if cam.sensor_fit != "HORIZONTAL":

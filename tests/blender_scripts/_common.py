@@ -111,3 +111,14 @@ def evaluated_vertices(mesh_obj, world: bool = False):
         m = np.array(ev.matrix_world)
         co = co @ m[:3, :3].T + m[:3, 3]
     return co
+
+
+def camera_view_to_photo(ndc, scene, width: int, height: int) -> tuple[float, float]:
+    """A point's camera view coordinates (world_to_camera_view: x right, y up, 0..1 over the
+    render frame) -> pixels of the width x height photo shown 'FIT' in that frame (scaled by
+    min(frame_w / w, frame_h / h), centred), origin top-left: what lies on the photo there."""
+    fw = scene.render.resolution_x
+    fh = scene.render.resolution_y
+    s = min(fw / width, fh / height)
+    u_frame, v_frame = ndc.x * fw, (1.0 - ndc.y) * fh
+    return (u_frame - (fw - s * width) / 2) / s, (v_frame - (fh - s * height) / 2) / s

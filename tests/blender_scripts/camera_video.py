@@ -89,7 +89,7 @@ for arm, mesh, hand in zip(result.armatures, result.meshes, prediction.hands, st
     uv = []
     for p in points:
         ndc = world_to_camera_view(context.scene, cam_obj, p)
-        uv.append((ndc.x * W, (1.0 - ndc.y) * H))
+        uv.append(_common.camera_view_to_photo(ndc, context.scene, W, H))
     errors.append(float(np.abs(np.array(uv) - hand.keypoints2d).max()))
 bg = cam_obj.data.background_images
 out["camera"] = {
@@ -103,7 +103,9 @@ out["camera"] = {
     "type": cam_obj.data.type,
     "background": [b.image.filepath if b.image else None for b in bg],
     "show_background": cam_obj.data.show_background_images,
-    "stored_prediction": json.loads(result.armatures[1]["hamr_prediction"].as_string())["hands"][0]["side"],
+    "stored_prediction": json.loads(result.armatures[1]["hamr_prediction"].as_string())["hands"][0][
+        "side"
+    ],
 }
 # align_camera again after moving the hand: the camera follows the hand
 arm0 = result.armatures[0]
@@ -115,6 +117,32 @@ out["camera"]["camera_follows_hand"] = float(
         - convert.camera_location_for_hand(np.array(arm0.location), prediction.hands[0].transl)
     ).max()
 )
+
+# Set Resolution: the render size becomes the photo's, the old one kept and restorable; the
+# joints still land on keypoints2d
+render = context.scene.render
+size_before = [render.resolution_x, render.resolution_y, render.resolution_percentage]
+camera.align_camera(context, result.armatures[1], rig.NewData(), set_resolution=True)
+set_size = [render.resolution_x, render.resolution_y]
+arm1, hand1 = result.armatures[1], prediction.hands[1]
+names = json.loads(arm1["hamr_rig"])["bone_names"]
+dg.update()
+uv = [
+    _common.camera_view_to_photo(
+        world_to_camera_view(context.scene, cam_obj, arm1.matrix_world @ arm1.pose.bones[n].head),
+        context.scene, W, H,
+    )
+    for n in names
+]  # fmt: skip
+joint_kp = [KEYPOINTS_FROM_JOINTS_AND_TIPS.index(j) for j in range(16)]
+out["set_resolution"] = {
+    "before": size_before,
+    "set": set_size,
+    "stored": list(context.scene.get("hamr_previous_resolution", [])),
+    "px_err": float(np.abs(np.array(uv) - hand1.keypoints2d[joint_kp]).max()),
+    "restored": camera.restore_resolution(context.scene),
+    "after_restore": [render.resolution_x, render.resolution_y, render.resolution_percentage],
+}
 
 # ------------------------------------------------------------------------------ 2. video keying
 scene_ = context.scene

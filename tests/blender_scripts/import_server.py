@@ -63,7 +63,7 @@ def check_hand(arm) -> dict:
     uv = []
     for i in KEYPOINTS_FROM_JOINTS_AND_TIPS:
         ndc = world_to_camera_view(scene, cam, points[i])
-        uv.append((ndc.x * w, (1.0 - ndc.y) * h))
+        uv.append(_common.camera_view_to_photo(ndc, scene, w, h))
     return {
         "side": hand["side"],
         "mesh_err_m": float(np.abs(verts_cv - ref).max()),
@@ -97,7 +97,8 @@ bpy.context.view_layer.objects.active = arms[0]
 out["align"] = list(bpy.ops.hamr.align_camera())
 out["align_check"] = check_hand(arms[0])
 
-# the shape slider of the installed extension (Armature.hamr_hand.betas): shape keys and joints follow
+# the shape slider of the installed extension (Armature.hamr_hand.betas): shape keys and
+# joints follow
 arm = arms[0]
 hand0 = json.loads(arm["hamr_prediction"].as_string())["hands"][0]
 new_betas = [0.8, -0.6, 0.4, 0.0, 0.3, -0.2, 0.1, 0.0, 0.5, -0.4]
