@@ -421,3 +421,33 @@ def test_checkpoint_errors(light_net, tmp_path):
     tensors.pop("regressor.decoder.bias")
     with pytest.raises(CheckpointError, match="missing \\['regressor.decoder.bias'\\]"):
         load_checkpoint(rewrite("short.safetensors"))
+
+
+def test_folded_batchnorm_gives_the_same_outputs(light_net, images):
+    """`fold_batchnorm` (what `HandNetwork` runs) against the network it was made from, with
+    BN statistics and affine terms made far from the identity: the same heat-maps, pose and
+    vertices to float rounding, and two of each residual body's three BNs gone."""
+    import copy
+
+    from torch import nn
+
+    from backend.network.hourglass import Residual, fold_batchnorm
+
+    net = copy.deepcopy(light_net).eval()
+    gen = torch.Generator().manual_seed(5)
+    for norm in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        c = norm.num_features
+        norm.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
+        norm.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+        norm.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
+        norm.bias.data.copy_(torch.randn(c, generator=gen) * 0.2)
+    blocks = sum(isinstance(m, Residual) for m in net.modules())
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    folded = fold_batchnorm(copy.deepcopy(net))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == norms - 2 * blocks
+    with torch.no_grad():
+        a, b = net(images), folded(images)
+    for x, y in zip(a.heatmaps, b.heatmaps, strict=True):
+        torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.pose, a.pose, atol=1e-4, rtol=0)
+    torch.testing.assert_close(b.vertices, a.vertices, atol=1e-5, rtol=0)

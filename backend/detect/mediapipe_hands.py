@@ -30,11 +30,20 @@ import numpy as np
 MIN_CONFIDENCE = 0.5  # palm detection and landmark presence thresholds
 # longer side MediaPipe sees: larger photos are shrunk (area-averaged) first. MediaPipe resamples
 # the whole photo to its palm detector's 192 px input without averaging, so on a phone-sized
-# photo (a 1024-px photo that works, upscaled 3x) the aliased palm is not found at all
-MAX_SIDE = 1280
+# photo (a 1024-px photo that works, upscaled 3x) the aliased palm is not found at all. At 640
+# rather than 1280, a 1024-px photo and the same photo at 3x and 6x are all seen at the same size,
+# so MediaPipe gives them the same landmarks (wild_hamer/test3: within 0.3 % of the hand box,
+# against 2.8 % at 6x with 1280); the annotated samples (all under 640 px) are not affected, and
+# webcam photos pasted 2x into a 12 MP canvas were found as often (29 of 34 hands both ways)
+MAX_SIDE = 640
 TILE = 512  # pixels: the side each tile is looked at (`detect`)
 TILE_MERGE_IOU = 0.3  # a hand found in two tiles is one hand
 CLOSER_GROW = 2.0  # the closer view's side, in the hand box's longer side
+# a hand whose box is smaller than this (pixels of the view MediaPipe saw) gets the closer view;
+# on ../shared/samples it made MediaPipe's landmarks better for hands of 140 px and below
+# (85-px FreiHAND hands: 0.125 -> 0.102 box sides), the same at 153 px and worse at 194 and
+# 318 px (0.038 -> 0.039, 0.066 -> 0.069), and it costs a second MediaPipe pass
+CLOSER_BELOW = 160.0
 MODEL_COMPLEXITY = 1  # the bundled "full" landmark model
 # a box smaller than this (pixels) is dropped: too small for the network's 256-px crop to help
 MIN_BOX = 8.0
@@ -100,11 +109,12 @@ def detect(
     was missed in the same photo at 2, 3, 4 and 6 times the size, and at most sizes between 480
     and 1280 px. Where the whole photo gives nothing and `tiles` is on, it looks again at square
     tiles of the photo's shorter side, overlapping by half, each at TILE px; hands found twice
-    are merged (IoU > TILE_MERGE_IOU, the higher score kept). With `closer`, each hand found is
-    looked at once more in a square view CLOSER_GROW times its box, at TILE px: its landmarks
-    then come from a view that the hand's own size sets, not the photo's (the same photo at 1, 3
-    and 6 times the size gives the same landmarks to within 1 % of the hand box), and a small
-    hand in a large photo is seen at the landmark model's working size."""
+    are merged (IoU > TILE_MERGE_IOU, the higher score kept). With `closer`, each hand found that
+    is small in the view MediaPipe saw (its box under CLOSER_BELOW px there) is looked at once
+    more in a square view CLOSER_GROW times its box, at TILE px: its landmarks then come from a
+    view that the hand's own size sets, not the photo's, so a small hand in a large photo is
+    seen at the landmark model's working size; a larger hand keeps the first pass's landmarks
+    (a second pass costs as much as the first and did not make them better)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
 
@@ -112,7 +122,13 @@ def detect(
     if not hands and tiles:
         hands = _detect_tiles(image, max_hands)
     if closer:
-        hands = [_closer(image, hand) for hand in hands]
+        from backend.crop import box_side
+
+        seen = min(1.0, MAX_SIDE / max(image.shape[:2]))  # MediaPipe's pixels per photo pixel
+        hands = [
+            _closer(image, hand) if box_side(hand["box_xyxy"]) * seen < CLOSER_BELOW else hand
+            for hand in hands
+        ]
     return hands
 
 

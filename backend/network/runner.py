@@ -21,6 +21,7 @@ from backend.hand_model.model import HandModel
 
 from .checkpoint import load_checkpoint
 from .hamr import HamrOutput
+from .hourglass import fold_batchnorm
 
 DEFAULT_CHECKPOINT = (
     Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "hamr_light.safetensors"
@@ -41,7 +42,7 @@ class HandNetwork:
             raise OptionError("device 'cuda' requested but no CUDA device is available")
         self.device = torch.device(device)
         self.model, self.info = load_checkpoint(self.checkpoint, self.device, mano_dir=mano_dir)
-        self.model.eval()
+        self.model = fold_batchnorm(self.model.eval())  # inference only: conv + BN as one conv
         source = self.model.config.hand_model
         self.hands = {
             "right": self.model.hand_model,
