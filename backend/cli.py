@@ -5,7 +5,8 @@
     hamr video VIDEO   [--json OUT.json] [--overlay-video OUT.mp4] [same options] [--smoothing S]
     hamr serve         [--host 127.0.0.1] [--port 8734] [--token T] [--allow-path DIR ...]
                        [--allow-origin URL ...] [--allow-host NAME ...] [--checkpoint PATH] ...
-    hamr blend IMAGE   --out SCENE.blend [--render OUT.png] ... (bpy: hamr_blender.blender.headless)
+    hamr blend IMAGE|VIDEO --out SCENE.blend [--render OUT.png] [--render-frame F OUT.png] ...
+                       (bpy: hamr_blender.blender.headless)
 
 Bad input (a missing file, an unreadable image, a bad option, a missing checkpoint) prints one
 line `hamr: error: ...` on stderr and exits with code 2, never a traceback. Options are parsed
@@ -321,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     # `blend` is dispatched in main() before parsing: its options are the extension's
     # (hamr_blender.blender.headless)
     sub.add_parser(
-        "blend", help="the Blender import of a photo, headless (IMAGE --out SCENE.blend ...)"
+        "blend",
+        help="the Blender import of a photo or a clip, headless (IMAGE|VIDEO --out SCENE.blend "
+        "[--render OUT.png] [--render-frame F OUT.png] ...; hamr blend --help lists all)",
     )
 
     p = sub.add_parser("serve", help="run the local HTTP service for Blender")

@@ -608,3 +608,37 @@ def test_redo_of_build_options_asks_the_backend_nothing(
     assert out["first"] == out["rebuilt"] == out["other_side"] == ["FINISHED"], out
     assert out["after_rebuilt"] == 2 * out["after_first"] >= 2, out
     assert predictions() - before == 2  # the first import and the other side, not the rebuild
+
+
+def test_hamr_blend_renders_a_frame_of_a_clip_over_the_clip(
+    server: str, bpy_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`hamr blend VIDEO --render-frame F OUT.png` (issue #22, item 8): scene frame 5 of a
+    30 fps clip keyed in a 24 fps scene is drawn over the clip's video frame 5, the one whose
+    time is nearest (4 / 24 s -> frame round(4 * 30 / 24) = 5; one clip frame per scene frame
+    would show 4): of the clip's frames, 5 matches the render's background best."""
+    from PIL import Image
+
+    from tests.conftest import render_hand_frames, write_clip
+
+    frames, _ = render_hand_frames(num_frames=10, size=192)
+    clip = write_clip(tmp_path / "hand30.mp4", frames, 30.0)
+    png = tmp_path / "frame5.png"
+    proc = hamr_blend(
+        [clip, "--out", tmp_path / "clip.blend", "--backend-url", server]
+        + ["--render-frame", 5, png, "--samples", 4],
+        bpy_env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    render = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
+    assert render.shape == frames[0].shape
+    match = [float((np.abs(render - f.astype(np.int16)).max(axis=-1) <= 12).mean()) for f in frames]
+    assert int(np.argmax(match)) == 5, match
+    assert match[5] > 0.5 and match[5] < 0.995, match  # the clip there, the hand drawn over it
+    # errors: a frame outside the take, a photo
+    for extra, message in (
+        ([clip, "--render-frame", 99, png], "outside the take's frames"),
+        ([SAMPLES / "wild_hamer" / "test5.jpg", "--render-frame", 1, png], "for a photo use"),
+    ):
+        proc = hamr_blend([*extra, "--out", tmp_path / "x.blend", "--backend-url", server], bpy_env)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]

@@ -4,13 +4,16 @@
            [--backend-url URL] [--checkpoint PATH] [--device cpu|cuda]
            [--side auto|right|left] [--box X0,Y0,X1,Y1] [--focal PX] [--samples N]
            [--scene-fps N|clip] [--smoothing S] [--rotation quaternion|euler] [--min-score S]
+           [--render-frame F OUT.png]
 
 `run_blend` builds exactly the scene the `hamr.import_image` operator builds (the same functions:
 importer.import_image -> scene.import_prediction -> rig.build_hand_rig, and the aligned
 camera with the photo as its background), saves it, and optionally renders the hands over the
 photo: Cycles on the CPU with a transparent film, then the render is laid over the photo
 (alpha over, straight alpha) and written as PNG. A clip is keyed as `hamr.keyframe_video` keys
-it (importer.import_video -> scene.key_video) in a scene at --scene-fps (default 24, Blender's).
+it (importer.import_video -> scene.key_video) in a scene at --scene-fps (default 24, Blender's);
+--render-frame renders one scene frame of the take over the clip, as the camera's background
+shows it there (`render_video_frame`: the compositor lays the render over the movie clip).
 
 The backend: `backend_url` when given; otherwise a `hamr serve` is started as a child process
 (this interpreter, ``-m backend.cli serve`` on a free loopback port), used over HTTP like Blender
@@ -127,17 +130,7 @@ def render_over_photo(
     as its EXIF orientation says: the prediction is for the upright photo)."""
     scene = context.scene
     render = scene.render
-    render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = samples
-    if hasattr(scene.cycles, "use_denoising"):
-        scene.cycles.use_denoising = False
-    render.film_transparent = True
-    scene.view_settings.view_transform = "Standard"
-    longer = max(render.resolution_x, render.resolution_y)
-    render.resolution_percentage = max(1, min(100, int(100 * MAX_RENDER_SIDE / longer)))
-    render.image_settings.file_format = "PNG"
-    render.image_settings.color_mode = "RGBA"
+    _render_settings(scene, samples)
     with tempfile.TemporaryDirectory(prefix="hamr-render-") as tmp:
         layer_png = os.path.join(tmp, "hands.png")
         render.filepath = layer_png
@@ -172,6 +165,67 @@ def render_over_photo(
     return os.path.abspath(out_png)
 
 
+def render_video_frame(
+    context: bpy.types.Context, frame: int, out_png: str, samples: int = 16
+) -> str:
+    """Render scene frame `frame` of a keyed take over the clip behind the camera (Cycles, CPU,
+    transparent film, the compositor laying the render over the movie clip as the background
+    shows it at that frame: the clip's start and its time-mapping driver), as PNG."""
+    scene = context.scene
+    cam = scene.camera
+    clip = None
+    if cam is not None and cam.type == "CAMERA":
+        clip = next(
+            (b.clip for b in cam.data.background_images if b.source == "MOVIE_CLIP" and b.clip),
+            None,
+        )
+    if clip is None:
+        raise RuntimeError("the scene has no camera with the clip behind it to render over")
+    if not scene.frame_start <= frame <= scene.frame_end:
+        raise ValueError(
+            f"--render-frame {frame} is outside the take's frames {scene.frame_start}.."
+            f"{scene.frame_end}"
+        )
+    _render_settings(scene, samples)
+    tree = bpy.data.node_groups.new("HAMR over the clip", "CompositorNodeTree")
+    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    movie = tree.nodes.new("CompositorNodeMovieClip")
+    movie.clip = clip
+    over = tree.nodes.new("CompositorNodeAlphaOver")
+    output = tree.nodes.new("NodeGroupOutput")
+    tree.links.new(movie.outputs["Image"], over.inputs["Background"])
+    tree.links.new(layers.outputs["Image"], over.inputs["Foreground"])
+    tree.links.new(over.outputs[0], output.inputs[0])
+    scene.compositing_node_group = tree
+    scene.frame_set(frame)
+    render = scene.render
+    render.filepath = os.path.abspath(out_png)
+    try:
+        bpy.ops.render.render(write_still=True)
+    finally:
+        scene.compositing_node_group = None
+        bpy.data.node_groups.remove(tree)
+    return os.path.abspath(out_png)
+
+
+def _render_settings(scene: bpy.types.Scene, samples: int) -> None:
+    """Cycles on the CPU, a transparent film, PNG RGBA, the longer side at most
+    MAX_RENDER_SIDE pixels."""
+    render = scene.render
+    render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    if hasattr(scene.cycles, "use_denoising"):
+        scene.cycles.use_denoising = False
+    render.film_transparent = True
+    scene.view_settings.view_transform = "Standard"
+    longer = max(render.resolution_x, render.resolution_y)
+    render.resolution_percentage = max(1, min(100, int(100 * MAX_RENDER_SIDE / longer)))
+    render.image_settings.file_format = "PNG"
+    render.image_settings.color_mode = "RGBA"
+
+
 def run_blend(
     image_path: str | os.PathLike,
     out_blend: str | os.PathLike,
@@ -185,6 +239,7 @@ def run_blend(
     retarget: str | None = None,
     export: str | None = None,
     scene_fps: float = BLENDER_DEFAULT_FPS,
+    render_frame: tuple[int, str | os.PathLike] | None = None,
 ) -> dict:
     """Build the HAMR scene of one photo or one clip, save it, optionally render a photo's
     hands over it. A clip (any file that is not a still image) is keyed as hamr.keyframe_video
@@ -200,6 +255,8 @@ def run_blend(
     is_video = orientation.still_image_format(orientation.file_head(image_path)) is None
     if is_video and render_png is not None:
         raise ValueError("--render lays the hands over a photo; it is not for a clip")
+    if render_frame is not None and not is_video:
+        raise ValueError("--render-frame renders a clip's frame; for a photo use --render")
     proc: backend_process.BackendProcess | None = None
     if backend_url is None:
         proc = backend_process.BackendProcess()
@@ -236,6 +293,10 @@ def run_blend(
     if render_png is not None:
         Path(os.fspath(render_png)).parent.mkdir(parents=True, exist_ok=True)
         rendered = render_over_photo(context, image_path, os.fspath(render_png), samples)
+    if render_frame is not None:
+        frame, frame_png = render_frame
+        Path(os.fspath(frame_png)).parent.mkdir(parents=True, exist_ok=True)
+        rendered = render_video_frame(context, int(frame), os.fspath(frame_png), samples)
     bpy.ops.wm.save_as_mainfile(filepath=out_blend)
     return {
         "blend": out_blend,
@@ -263,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("image", help="the photo or the video clip")
     ap.add_argument("--out", required=True, help="the .blend file to write")
     ap.add_argument("--render", default=None, help="also render the hands over the photo (PNG)")
+    ap.add_argument(
+        "--render-frame",
+        nargs=2,
+        metavar=("F", "OUT.png"),
+        default=None,
+        help="a clip: also render scene frame F of the keyed take over the clip (PNG)",
+    )
     ap.add_argument("--backend-url", default=None, help="use this running backend")
     ap.add_argument("--checkpoint", default=None, help="checkpoint for the started backend")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -327,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"hamr blend: error: {e}", file=sys.stderr)
         return 2
+    render_frame = None
+    if args.render_frame is not None:
+        try:
+            render_frame = (int(args.render_frame[0]), args.render_frame[1])
+        except ValueError:
+            print(f"hamr blend: error: --render-frame F must be a frame number, got "
+                  f"{args.render_frame[0]!r}", file=sys.stderr)  # fmt: skip
+            return 2
     options = BlendOptions(
         rotation_mode="XYZ" if args.rotation == "euler" else "QUATERNION",
         min_score=args.min_score,
@@ -354,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             retarget=args.retarget,
             export=args.export,
             scene_fps=scene_fps,
+            render_frame=render_frame,
         )
     except (
         BoneMapError,
