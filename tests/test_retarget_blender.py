@@ -10,7 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_blender import bpy_env, pytestmark, run_bpy  # noqa: F401  (fixture, marks)
+from tests.test_blender import (  # noqa: F401  (fixtures, marks)
+    BOX_TEXT,
+    bpy_env,
+    hamr_blend,
+    pytestmark,
+    run_bpy,
+    server,
+)
 
 DIGITS = ("thumb", "index", "middle", "ring", "pinky")
 
@@ -134,3 +141,37 @@ def test_headless_retarget_and_export_steps(bake_export: dict) -> None:
     assert h["target"] in h["exported"] and h["glb_bytes"] > 10_000
     assert "no armature named 'nothing'" in h["errors"]["character.blend:nothing"]
     assert "rig file not found" in h["errors"]["missing.blend"]
+
+
+@pytest.mark.parametrize("ext", ["fbx", "glb"])
+def test_hamr_blend_retarget_export_end_to_end(
+    server: str,  # noqa: F811
+    sample_photo,
+    bpy_env: dict[str, str],  # noqa: F811
+    tmp_path,
+    ext: str,
+) -> None:
+    """The real command and backend: `hamr blend PHOTO --out S.blend --retarget RIG.blend
+    --export OUT.fbx|.glb` with a character file holding a generated Rigify rig; the saved scene
+    holds both rigs, the Rigify DEF finger bones point as the HAMR hand's (the issue's angle
+    bound), and the export re-imports with both armatures animated."""
+    rig_blend, blend = tmp_path / "character.blend", tmp_path / "scene.blend"
+    out_file = tmp_path / f"scene.{ext}"
+    made = run_bpy("retarget_cli.py", "rig", rig_blend, env=bpy_env)
+    assert made["armatures"] == ["rig"]
+    proc = hamr_blend(
+        [sample_photo, "--out", blend, "--backend-url", server, "--box", BOX_TEXT]
+        + ["--retarget", rig_blend, "--export", out_file],
+        bpy_env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = run_bpy("retarget_cli.py", "check", blend, out_file, env=bpy_env)
+    assert out["rigs"] == ["rig"] and len(out["hands"]) >= 1
+    for hand in out["hands"]:
+        assert hand["mean_deg"] <= 5.0 and hand["max_deg"] <= 10.0, hand
+        assert hand["controls_turned_max_deg"] > 1.0, hand  # the rig's fingers were posed
+    imported = out["imported"]
+    assert imported["armatures"] == 1 + len(out["hands"]), imported  # the hands and the rig
+    assert imported["animated"] == imported["armatures"], imported
+    assert imported["rig_bones"] > 100 and imported["meshes"] >= len(out["hands"]), imported
