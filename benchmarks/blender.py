@@ -6,7 +6,8 @@
   has answered), for the embedded hand model as shipped (no pose correctives: 11 shape keys) and
   with 135 driven pose correctives; target < 1 s;
 - retarget bake: `retarget.retarget` baking the keyed take (N frames) onto a generated Rigify
-  rig's FK finger controls; target: 1,000 frames <= 2 s;
+  rig's FK finger controls, plain and with the fingertip reach (`fingertips`); target: 1,000
+  frames <= 2 s;
 - keying: `scene.key_video` of one hand over N frames of a synthetic 24 fps trajectory into a
   24 fps scene, so N scene frames are keyed (rig build + quaternions + continuity + bulk
   F-curves), and the keying alone
@@ -63,9 +64,10 @@ def _synthetic_video(frames: int, fps: float = 24.0) -> dict:
     return {"schema": "hamr.video/1", "fps": fps, "frames": out}
 
 
-def _retarget_bake(context, video, rig_data, repeats: int) -> float:
+def _retarget_bake(context, video, rig_data, repeats: int) -> tuple[float, float]:
     """Median seconds of `retarget.retarget` baking the keyed take onto a generated Rigify rig
-    (the rig generated once, its action removed between runs)."""
+    (the rig generated once, its action removed between runs): bones pointing as the HAMR
+    hand's, and with `fingertips` (the fingertip reach solve on top)."""
     import addon_utils
     import bpy
 
@@ -80,17 +82,19 @@ def _retarget_bake(context, video, rig_data, repeats: int) -> float:
     bpy.ops.object.armature_human_metarig_add()
     bpy.ops.pose.rigify_generate()
     target = context.active_object
-    times = []
+    times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(repeats):
-        target.animation_data_clear()
-        context.view_layer.update()
-        t0 = time.perf_counter()
-        result = retarget.retarget(context, [hand], target, retarget.RetargetOptions(mode="BAKE"))
-        times.append(time.perf_counter() - t0)
-        for action in result.actions:
-            bpy.data.actions.remove(action)
+        for tips in times:
+            target.animation_data_clear()
+            context.view_layer.update()
+            options = retarget.RetargetOptions(mode="BAKE", fingertips=tips)
+            t0 = time.perf_counter()
+            result = retarget.retarget(context, [hand], target, options)
+            times[tips].append(time.perf_counter() - t0)
+            for action in result.actions:
+                bpy.data.actions.remove(action)
     new.remove_all()
-    return statistics.median(times)
+    return statistics.median(times[False]), statistics.median(times[True])
 
 
 def run(repeats: int, frames: int) -> dict:
@@ -139,7 +143,7 @@ def run(repeats: int, frames: int) -> dict:
         )
         total.append(time.perf_counter() - t0)
         arm = result.armatures[0]
-        names = json.loads(arm["hamr_rig"])["joint_names"]
+        names = rig.joint_bones(arm)
         rest = rig.bone_rest_rotations(arm, names)
         t0 = time.perf_counter()
         keys_frames, quats, locs = scene.track_keys(track, rest, video.fps, 24.0, 1)
@@ -157,7 +161,7 @@ def run(repeats: int, frames: int) -> dict:
         keyed = len(keys_frames)
         new.remove_all()
 
-    retarget_s = _retarget_bake(context, video, rigs["shipped"], repeats)
+    retarget_s, retarget_tips_s = _retarget_bake(context, video, rigs["shipped"], repeats)
     med = statistics.median
     return {
         "benchmark": "blender_extension",
@@ -177,12 +181,13 @@ def run(repeats: int, frames: int) -> dict:
         "retarget_bake": {
             "frames": len(payload.video_tracks(video)[0].frame_indices),
             "rigify_bake_s": round(retarget_s, 4),
+            "rigify_bake_fingertips_s": round(retarget_tips_s, 4),
         },  # fmt: skip
         "targets": {"rig_build_s": 1.0, "key_1000_frames_s": 3.0, "retarget_bake_s": 2.0},
         "meets_targets": bool(
             max(med(v) for v in build.values()) < 1.0
             and med(total) * 1000 / max(frames, 1) < 3.0
-            and retarget_s * 1000 / max(frames, 1) <= 2.0
+            and max(retarget_s, retarget_tips_s) * 1000 / max(frames, 1) <= 2.0
         ),
     }
 

@@ -54,7 +54,7 @@ from mathutils import Quaternion
 from ..io import bone_maps, retarget_math
 from ..io.bone_maps import BoneMap, BoneMapError
 from ..io.retarget_math import RetargetError
-from .rig import RIG_PROP, find_hand_armature
+from .rig import RIG_PROP, find_hand_armature, joint_bones
 
 DOMAIN_ERRORS = (BoneMapError, RetargetError)
 MAP_ITEMS = (
@@ -204,12 +204,13 @@ class SourceMotion:
 
 def source_bones(src: bpy.types.Object) -> list[str]:
     """The HAMR hand's bone for each of `bone_maps.JOINTS`: through the HAMR bone map of its
-    side, else (a hand built before the map's names changed) the rig record's joint names."""
+    side, else the bones its rig record names (`rig.joint_bones`: a hand built with other
+    names)."""
     names = {b.name for b in src.data.bones}
     entries = bone_maps.BUILTIN_MAPS["HAMR"].bones(hand_side(src))
     if all(entries.get(j) in names for j in bone_maps.JOINTS):
         return [entries[j] for j in bone_maps.JOINTS]
-    recorded = json.loads(src[RIG_PROP]).get("joint_names", [])
+    recorded = joint_bones(src)
     if len(recorded) == len(bone_maps.JOINTS) and all(n in names for n in recorded):
         return list(recorded)
     raise RetargetError(f"the HAMR hand {src.name!r} lacks its joint bones")
