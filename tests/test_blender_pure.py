@@ -712,11 +712,15 @@ def test_digit_axes_are_the_backends(side: str) -> None:
         assert np.allclose(ours[digit][1], spread.numpy(), atol=1e-9), digit
 
 
-def test_rig_limits_are_the_pose_priors() -> None:
+def test_rig_tables_are_the_backends() -> None:
+    """The extension cannot import the backend or training (no torch in Blender): its copies of
+    the digits' joints and the pose prior's ranges of motion are pinned here."""
+    from backend.hand_model.poses import DIGIT_JOINTS
     from hamr_blender.io import convert
     from training.synth.prior import LIMITS_DEG
 
     assert convert.LIMITS_DEG == LIMITS_DEG
+    assert convert.DIGIT_JOINTS == DIGIT_JOINTS
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
