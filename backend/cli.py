@@ -77,7 +77,9 @@ def _write_json(data: dict[str, Any], out: str | None) -> None:
         sys.stdout.write(text + "\n")
 
 
-def _load_predictor(args: argparse.Namespace) -> Predictor:
+def _load_predictor(args: argparse.Namespace, frozen: bool = False) -> Predictor:
+    """The predictor the options ask for; frozen: the traced network (`HandNetwork`), for the
+    many crops of a clip."""
     from backend.pipeline.photo import Predictor
 
     return Predictor(
@@ -86,6 +88,7 @@ def _load_predictor(args: argparse.Namespace) -> Predictor:
         mano_dir=args.mano_dir,
         detector=args.detector,
         refine=args.refine,
+        frozen=frozen,
     )
 
 
@@ -144,7 +147,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
     from backend.pipeline.video import VideoOptions, process_video, write_overlay_video
 
     probe_video(video_path)  # fail fast on an unreadable clip, before loading the model
-    predictor = _load_predictor(args)
+    predictor = _load_predictor(args, frozen=True)
 
     def run_with_bar(desc: str, work: Callable[[Callable[[int, int], None]], T]) -> T:
         """work(progress) with a tqdm bar on stderr that progress(done, total) moves."""

@@ -423,15 +423,16 @@ def test_checkpoint_errors(light_net, tmp_path):
         load_checkpoint(rewrite("short.safetensors"))
 
 
-def test_folded_batchnorm_gives_the_same_outputs(light_net, images):
-    """`fold_batchnorm` (what `HandNetwork` runs) against the network it was made from, with
-    BN statistics and affine terms made far from the identity: the same heat-maps, pose and
-    vertices to float rounding, and two of each residual body's three BNs gone."""
+def test_frozen_backbone_gives_the_same_outputs(light_net, images):
+    """`runner.frozen_backbone` (what `HandNetwork` runs: traced on one crop, frozen, so its
+    conv -> BN pairs are folded) against the eager network, with BN statistics and affine terms
+    made far from the identity: the same heat-maps, pose and vertices to float rounding, at the
+    batch it was traced with and at others."""
     import copy
 
     from torch import nn
 
-    from backend.network.hourglass import Residual, fold_batchnorm
+    from backend.network.runner import frozen_backbone
 
     net = copy.deepcopy(light_net).eval()
     gen = torch.Generator().manual_seed(5)
@@ -441,13 +442,14 @@ def test_folded_batchnorm_gives_the_same_outputs(light_net, images):
         norm.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
         norm.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
         norm.bias.data.copy_(torch.randn(c, generator=gen) * 0.2)
-    blocks = sum(isinstance(m, Residual) for m in net.modules())
-    norms = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
-    folded = fold_batchnorm(copy.deepcopy(net))
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == norms - 2 * blocks
-    with torch.no_grad():
-        a, b = net(images), folded(images)
-    for x, y in zip(a.heatmaps, b.heatmaps, strict=True):
-        torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(b.pose, a.pose, atol=1e-4, rtol=0)
-    torch.testing.assert_close(b.vertices, a.vertices, atol=1e-5, rtol=0)
+    frozen = frozen_backbone(net)
+    batch = torch.cat([images, images.flip(-1), images[:1]])  # 5 crops; traced on 1
+    for x in (batch[:1], batch):
+        with torch.no_grad(), torch.jit.optimized_execution(False):  # as HandNetwork runs it
+            a, b, again = net(x), net.head(*frozen(x)), net.head(*frozen(x))
+        torch.testing.assert_close(again.vertices, b.vertices, atol=0, rtol=0)  # from call 1
+        assert len(b.heatmaps) == len(a.heatmaps) == net.config.num_stacks
+        for h_eager, h_frozen in zip(a.heatmaps, b.heatmaps, strict=True):
+            torch.testing.assert_close(h_frozen, h_eager, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(b.pose, a.pose, atol=1e-4, rtol=0)
+        torch.testing.assert_close(b.vertices, a.vertices, atol=1e-5, rtol=0)

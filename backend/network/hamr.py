@@ -146,15 +146,26 @@ class HamrNet(nn.Module):
         size = self.config.input_size
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"expected images of shape (B, 3, {size}, {size}), got {images.shape}")
+        return self.head(*self.backbone(images))
+
+    def backbone(self, images: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        """images (B, 3, S, S) -> (each stack's heat-maps (B, K, S/4, S/4), the mesh encoder's
+        feature (B, D)): the convolutional part, which `backend.network.runner` traces and
+        freezes for inference (tensors in, tensors out, no shape-dependent Python)."""
         x = (images - self.pixel_mean) / self.pixel_std  # (B, 3, S, S)
         # channels-last convolutions are ~15 % faster on CPU (oneDNN) and suit tensor cores
         x = x.contiguous(memory_format=torch.channels_last)
         heatmaps, features = self.hourglass(x)  # K x (B, 21, S/4, S/4), (B, F, S/4, S/4)
         # HAMR Sec. 3: the mesh regressor reads the 2D module's features and its heat-maps
         feature = self.encoder(torch.cat([features, heatmaps[-1]], dim=1))  # (B, D)
+        return tuple(heatmaps), feature
+
+    def head(self, heatmaps: tuple[Tensor, ...], feature: Tensor) -> HamrOutput:
+        """`backbone`'s output -> HamrOutput: the iterative regression of MANO pose, shape and
+        camera, then the MANO layer and the weak projection."""
         params = self.regressor(feature)  # iterations x (B, P) float32
 
-        with torch.autocast(images.device.type, enabled=False):
+        with torch.autocast(feature.device.type, enabled=False):
             per_iteration = [decode_params(p.float()) for p in params]
             final = per_iteration[-1]
             hand = self.hand_model.forward_rotmat(final.rotmats, final.betas)  # (B, V, 3), ...

@@ -11,7 +11,6 @@ Imports torch only; never the training package or bpy.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -44,40 +43,6 @@ class Residual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # the body starts with a (not in-place) BN, so its in-place ReLUs never touch x
         return self.skip(x) + self.body(x)
-
-
-def _conv_with_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
-    """One convolution computing norm(conv(x)) with norm's running statistics (eval mode)."""
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (C_out,)
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        bias=True,
-    ).to(conv.weight.device, conv.weight.dtype)  # fmt: skip
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale[:, None, None, None])
-        fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
-    return fused
-
-
-@torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """For inference: every conv -> BN pair inside a `Residual` body becomes one conv (two of a
-    body's three BNs; the first normalises the block's input, which the skip also takes, so it
-    stays). The same outputs to float rounding (about 1e-6 on the vertices, tests/test_network.py)
-    and ~8 % less CPU time per crop. Changes `model` in place (eval mode only: a folded model
-    no longer trains its BN statistics) and returns it."""
-    for block in model.modules():
-        if not isinstance(block, Residual):
-            continue
-        layers, out = list(block.body), []
-        for layer in layers:
-            if isinstance(layer, nn.BatchNorm2d) and out and isinstance(out[-1], nn.Conv2d):
-                out[-1] = _conv_with_norm(out[-1], layer)
-            else:
-                out.append(layer)
-        block.body = nn.Sequential(*out)
-    return model.eval()
 
 
 def residual_blocks(channels: int, count: int) -> nn.Sequential:

@@ -60,11 +60,12 @@ class Predictor(HandNetwork):
         mano_dir: str | os.PathLike | None = None,
         detector: str = "auto",
         refine: str = "auto",
+        frozen: bool = False,
     ) -> None:
         self.detector = check_detector(detector)  # finds hands when no box is given
         # "auto": fit each hand to MediaPipe's landmarks when there are any
         self.refine = check_refine(refine)
-        super().__init__(checkpoint, device, mano_dir)
+        super().__init__(checkpoint, device, mano_dir, frozen)
 
     # ------------------------------------------------------------------------- predict
     def predict(self, image: np.ndarray, hands: list[HandRequest] | None = None, **options) -> dict:

@@ -130,6 +130,7 @@ class ServerState:
                 mano_dir=self.mano_dir,
                 detector=self.detector,
                 refine=self.refine,
+                frozen=True,  # a long-running server: the traced network pays for its load
             )
             log.info(
                 "model %s loaded on %s in %.1f s",
