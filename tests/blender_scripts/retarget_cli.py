@@ -20,17 +20,9 @@ import numpy as np
 
 from hamr_blender.blender import export
 from hamr_blender.io import bone_maps
+from hamr_blender.io.retarget_math import hand_frame
 
 DIGITS = ("thumb", "index", "middle", "ring", "pinky")
-
-
-def frame_axes(w, i, m, p):
-    y = m - w
-    y /= np.linalg.norm(y)
-    x = i - p
-    x -= x.dot(y) * y
-    x /= np.linalg.norm(x)
-    return np.stack([x, y, np.cross(x, y)])
 
 
 def dirs(arm, names: dict[str, str]) -> np.ndarray:
@@ -38,7 +30,8 @@ def dirs(arm, names: dict[str, str]) -> np.ndarray:
     pb = arm.pose.bones
     head = lambda j: np.array(arm.matrix_world @ pb[names[j]].head)  # noqa: E731
     tail = lambda j: np.array(arm.matrix_world @ pb[names[j]].tail)  # noqa: E731
-    axes = frame_axes(head("wrist"), head("index1"), head("middle1"), head("pinky1"))
+    # the hand frame as retarget_math builds it (checked by hand in test_retarget_pure)
+    axes = hand_frame(head("wrist"), head("index1"), head("middle1"), head("pinky1"))[:3, :3].T
     return np.array([axes @ (tail(j) - head(j)) for j in bone_maps.FINGER_JOINTS])
 
 

@@ -84,18 +84,26 @@ def mano_reference(side: str, pose: np.ndarray, betas: np.ndarray):
     return dirs, tips
 
 
-def target_measure(arm, names: dict[str, list[str]], wrist: str):
-    """Same measures on Blender's evaluated pose: names[digit] = the 3 bones measured."""
+def _target_frame(arm, names: dict[str, list[str]], wrist: str):
+    """The evaluated target's hand axes, origin and rest hand length."""
     bpy.context.view_layer.update()
     pb, bones = arm.pose.bones, arm.data.bones
     h = lambda n: np.array(pb[n].head)  # noqa: E731
-    t = lambda n: np.array(pb[n].tail)  # noqa: E731
     axes, origin = frame(
         h(wrist), h(names["index"][0]), h(names["middle"][0]), h(names["pinky"][0])
     )
     rest_len = np.linalg.norm(
         np.array(bones[names["middle"][0]].head_local) - np.array(bones[wrist].head_local)
     ) + sum(bones[n].length for n in names["middle"])
+    return axes, origin, rest_len
+
+
+def target_measure(arm, names: dict[str, list[str]], wrist: str):
+    """Same measures on Blender's evaluated pose: names[digit] = the 3 bones measured."""
+    axes, origin, rest_len = _target_frame(arm, names, wrist)
+    pb = arm.pose.bones
+    h = lambda n: np.array(pb[n].head)  # noqa: E731
+    t = lambda n: np.array(pb[n].tail)  # noqa: E731
     dirs = {d: np.stack([axes @ (t(n) - h(n)) for n in names[d]]) for d in DIGITS}
     tips = {d: axes @ (t(names[d][2]) - origin) / rest_len for d in DIGITS}
     return dirs, tips
@@ -110,15 +118,9 @@ def reach_floor(arm, names, wrist, ref_tips) -> dict:
     """The least distance (hand lengths) any rotation of the target finger's bones can bring its
     tip to MANO's, by geometry alone: a chain of bones l1..l3 from its first head reaches the
     shell between max(0, 2 max(l) - sum(l)) and sum(l) around that head."""
-    bpy.context.view_layer.update()
+    axes, origin, rest_len = _target_frame(arm, names, wrist)
     pb, bones = arm.pose.bones, arm.data.bones
     h = lambda n: np.array(pb[n].head)  # noqa: E731
-    axes, origin = frame(
-        h(wrist), h(names["index"][0]), h(names["middle"][0]), h(names["pinky"][0])
-    )
-    rest_len = np.linalg.norm(
-        np.array(bones[names["middle"][0]].head_local) - np.array(bones[wrist].head_local)
-    ) + sum(bones[n].length for n in names["middle"])
     out = {}
     for d in DIGITS:
         lens = [bones[n].length / rest_len for n in names[d]]
