@@ -2,8 +2,10 @@
 
 References independent of the code under test: the hand model's own forward pass (full mesh,
 smplx's LBS) for keypoints, `backend.hand_model.poses` for the named poses and the digit axes,
-`torch.func.jacfwd` for the analytic Jacobian, and an objective recomputed here from
-`HandModel.forward`. Seeded and small (well under 20 s on one thread).
+`torch.func.jacfwd` of the torch keypoint layer for the numpy analytic Jacobian, the torch
+rotation maps of `backend.network.rotation` and an SVD Kabsch fit for the numpy rotation helpers,
+and an objective recomputed here from `HandModel.forward`. Seeded and small (well under 20 s on
+one thread).
 
 Accuracy reached (float32, both sides, random shapes beta in [-2, 2], random global rotations
 and translations): the closed form puts the model's keypoints on the input within 0.4 mm mean and
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.func import jacfwd, vmap
@@ -22,15 +25,21 @@ from torch.func import jacfwd, vmap
 from backend.fuse.closed_form import (
     LEVELS,
     digit_frames,
+    keypoint_arrays,
     keypoint_layer,
     keypoints_to_mano,
     layer_keypoints,
+    quaternion_to_axis_angle,
+    quaternion_to_matrix,
+    so3_exp,
+    weighted_quaternion,
+    weighted_rotation,
 )
-from backend.fuse.gauss_newton import _keypoints, keypoints_and_jacobian, objective, refine
+from backend.fuse.gauss_newton import keypoints_and_jacobian, objective, refine
 from backend.hand_model.constants import MANO_PARENTS
 from backend.hand_model.model import HandModel
 from backend.hand_model.poses import DIGIT_JOINTS, NAMED_POSES, digit_axes, named_pose
-from backend.network.rotation import axis_angle_to_matrix
+from backend.network.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
 torch.set_num_threads(1)
 
@@ -93,7 +102,7 @@ def test_digit_frames_are_the_poses_digit_axes(models, side):
     model = models[side]
     betas = torch.rand(3, 10, generator=torch.Generator().manual_seed(2)) * 4 - 2
     rest = model.rest_joints(betas)
-    flex, spread = digit_frames(rest, side)
+    flex, spread = (torch.from_numpy(a).float() for a in digit_frames(rest.double().numpy(), side))
     for b in range(3):
         axes = digit_axes(rest[b], side)
         for d, joint in enumerate(LEVELS[0]):
@@ -182,15 +191,25 @@ def test_closed_form_ignores_missing_keypoints(models):
 
 @pytest.mark.parametrize("side", SIDES)
 def test_analytic_jacobian_matches_autodiff(models, side):
+    """The refinement's numpy keypoints and analytic Jacobian against the torch keypoint layer
+    (`layer_keypoints`, itself checked against the hand model's full forward pass above) and
+    its forward-mode autodiff, in float64."""
     layer = keypoint_layer(models[side], torch.float64)
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(3, 61, generator=gen, dtype=torch.float64) * 0.5
     x[:, 48:58] = torch.rand(3, 10, generator=gen, dtype=torch.float64) * 4 - 2
     x[0, :48] = 0.0  # the identity, where the rotation maps use their series
-    keypoints, jac = keypoints_and_jacobian(layer, x)
-    reference = vmap(jacfwd(lambda xi: _keypoints(layer, xi[None])[0]))(x)
-    torch.testing.assert_close(keypoints, _keypoints(layer, x))
-    torch.testing.assert_close(jac, reference, atol=1e-10, rtol=0)
+    x[1, 3:6] = 1e-4  # a joint just inside the series' range
+
+    def reference(xi: torch.Tensor) -> torch.Tensor:
+        rotmats = axis_angle_to_matrix(xi[:48].reshape(16, 3))
+        return layer_keypoints(layer, rotmats[None], xi[None, 48:58], xi[None, 58:])[0]
+
+    keypoints, jac = keypoints_and_jacobian(keypoint_arrays(models[side]), x.numpy())
+    torch.testing.assert_close(torch.from_numpy(keypoints), vmap(reference)(x), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        torch.from_numpy(jac), vmap(jacfwd(reference))(x), atol=1e-10, rtol=0
+    )
 
 
 def reference_objective(model, pose, betas, transl, uv, xyz, prior, prior_weight):
@@ -310,3 +329,68 @@ def test_refinement_ignores_missing_landmarks(models):
     for value in (result.pose, result.betas, result.transl, result.objective_after):
         assert torch.isfinite(value).all()
     assert (result.objective_after <= result.objective_before).all()
+
+
+def test_numpy_rotation_helpers_match_torch_and_svd_references():
+    """so3_exp against `backend.network.rotation.axis_angle_to_matrix`, quaternion_to_axis_angle
+    against its `matrix_to_axis_angle` (at 0, tiny, moderate and near-pi angles), and the
+    palm's Horn quaternion against an SVD Kabsch fit (numpy's SVD, reflection fixed)."""
+    rng = np.random.default_rng(13)
+    aa = rng.normal(0, 1.0, (40, 3))
+    aa[0] = 0.0
+    aa[1] = [1e-9, 0.0, 0.0]
+    aa[2] = [0.0, 2e-4, -1e-4]
+    aa[3] = [math.pi - 1e-7, 0.0, 0.0]
+    aa[4] = np.array([1.0, 2.0, -2.0]) / 3 * (math.pi - 1e-3)
+    rot = so3_exp(aa)
+    torch_rot = axis_angle_to_matrix(torch.from_numpy(aa)).numpy()
+    np.testing.assert_allclose(rot, torch_rot, atol=1e-12, rtol=0)
+
+    source = rng.normal(0, 0.05, (40, 6, 3))
+    source -= source.mean(1, keepdims=True)
+    exact = source @ rot.transpose(0, 2, 1)
+    weight = rng.uniform(0.5, 2.0, (40, 6))
+    quat = weighted_quaternion(source, exact, weight)
+    np.testing.assert_allclose(quaternion_to_matrix(quat), rot, atol=1e-12, rtol=0)
+    got = torch.from_numpy(quaternion_to_axis_angle(quat))
+    want = matrix_to_axis_angle(torch.from_numpy(rot))
+    # at pi, r and -r are the same rotation: compare the rotations there
+    np.testing.assert_allclose(got[:3].numpy(), aa[:3], atol=1e-15, rtol=0)
+    torch.testing.assert_close(got[5:], want[5:], atol=1e-9, rtol=0)
+    torch.testing.assert_close(axis_angle_to_matrix(got), torch.from_numpy(rot), atol=1e-9, rtol=0)
+
+    noisy = exact + rng.normal(0, 0.01, exact.shape)
+    cov = (noisy * weight[..., None]).transpose(0, 2, 1) @ source
+    u, _, vh = np.linalg.svd(cov)
+    u[..., 2] *= np.sign(np.linalg.det(u @ vh))[:, None]
+    np.testing.assert_allclose(weighted_rotation(source, noisy, weight), u @ vh, atol=1e-10)
+    # fewer than 3 points: the identity
+    few = weight.copy()
+    few[:, 2:] = 0.0
+    np.testing.assert_array_equal(weighted_quaternion(source, noisy, few), [[1, 0, 0, 0]] * 40)
+
+
+def test_refinement_and_closed_form_are_bitwise_repeatable(models):
+    """The same input twice (the second from copies elsewhere in memory): the same bits; and a
+    hand refined in a batch of 8 equals it refined alone (float32 output)."""
+    model = models["right"]
+    pose, betas, transl = random_hands(model, 8, seed=14)
+    gen = torch.Generator().manual_seed(15)
+    keypoints = model(pose, betas, transl).keypoints
+    noisy = keypoints + torch.randn(8, 21, 3, generator=gen) * 0.003
+    uv = project(keypoints) + torch.randn(8, 21, 2, generator=gen) * 2
+    terms = dict(K=K, uv=uv, xyz=noisy, prior_pose=pose + 0.1, prior_weight=0.5, robust="huber")
+    runs = []
+    for _ in range(2):
+        start = keypoints_to_mano(model, noisy.clone(), "right")
+        out = refine(model, start.pose.clone(), start.betas.clone(), start.transl.clone(), **terms)
+        runs.append((start.pose, start.betas, start.transl, out.pose, out.betas, out.transl))
+        terms = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in terms.items()}
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+    alone = refine(
+        model, runs[0][0][3:4], runs[0][1][3:4], runs[0][2][3:4], K=K, uv=uv[3:4],
+        xyz=noisy[3:4], prior_pose=pose[3:4] + 0.1, prior_weight=0.5, robust="huber",
+    )  # fmt: skip
+    torch.testing.assert_close(alone.pose[0], runs[0][3][3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone.transl[0], runs[0][5][3], atol=1e-7, rtol=0)

@@ -1,9 +1,10 @@
 """Closed-form inverse kinematics: 21 3D hand keypoints -> MANO pose, shape and translation.
 
 A fast, iteration-free start for the fusion of every signal into the MANO hand (the refinement in
-`backend.fuse.gauss_newton` then polishes it). Batched over hands; on one CPU thread ~3 ms for
-one hand, ~0.13 ms per hand for 32. For keypoints (B, 21, 3) in metres, in any frame (camera
-frame, MediaPipe's world landmarks, ...), in the project's 21-keypoint order (`KEYPOINT_NAMES`):
+`backend.fuse.gauss_newton` then polishes it). Batched over hands; on one CPU thread ~0.5 ms for
+one hand (float64 numpy inside: on these (B, 21, 3)-sized arrays each torch op costs ~5-10 us of
+dispatch, a numpy op ~1 us). For keypoints (B, 21, 3) in metres, in any frame (camera frame,
+MediaPipe's world landmarks, ...), in the project's 21-keypoint order (`KEYPOINT_NAMES`):
 
 1. shape beta (B, 10) from bone lengths: the rest skeleton is linear in beta (the joints' shape
    blend J_regressor @ shapedirs, the fingertips' from their vertices), so each length is a known
@@ -28,19 +29,24 @@ keeps its rest rotation, so no NaN ever reaches the outputs.
 
 `KeypointLayer` is the hand model reduced to its 21 keypoints (16 joints by forward kinematics, the
 5 fingertip vertices by linear blend skinning with their pose correctives): the same numbers as
-`HandModel.forward(...).keypoints` without the mesh, cheap enough to differentiate many times.
+`HandModel.forward(...).keypoints` without the mesh. `layer_keypoints` evaluates it in torch (the
+differentiable reference the tests hold the numpy path to); `KeypointArrays` is the same layer as
+float64 numpy arrays, cached once per model, and `posed_hand` evaluates it for the closed form and
+the refinement.
 
-Imports torch, the backend's hand model and `backend.network.rotation` only (never FastAPI, bpy,
-OpenCV, the training package or other backend modules).
+Imports numpy, torch, the backend's hand model and `backend.network.rotation` only (never FastAPI,
+bpy, OpenCV, the training package or other backend modules).
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from backend.hand_model.constants import (
@@ -51,7 +57,6 @@ from backend.hand_model.constants import (
     check_side,
 )
 from backend.hand_model.model import HandModel
-from backend.network.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
 # The digits' joints by depth in the MANO tree, digits in MANO order (index, middle, pinky, ring,
 # thumb): each level's parents are the previous level (the root for level 1), so forward and
@@ -183,6 +188,164 @@ def layer_keypoints(
     return keypoints if transl is None else keypoints + transl[..., None, :]
 
 
+@dataclass(frozen=True, eq=False)
+class KeypointArrays:
+    """`KeypointLayer` as float64 numpy arrays (`keypoint_arrays`)."""
+
+    side: str
+    joints_template: np.ndarray  # (16, 3) rest joints at beta = 0
+    joints_shapedirs: np.ndarray  # (16, 3, 10)
+    tips_template: np.ndarray  # (5, 3) rest fingertip vertices, thumb first
+    tips_shapedirs: np.ndarray  # (5, 3, 10)
+    tips_posedirs: np.ndarray  # (5, 3, 135)
+    tips_weights: np.ndarray  # (5, 16) skinning weights of the fingertip vertices
+
+    def rest_joints(self, betas: np.ndarray) -> np.ndarray:
+        """(B, 16, 3) rest joints for betas (B, 10)."""
+        flat = self.joints_shapedirs.reshape(-1, NUM_BETAS)  # (48, 10)
+        return self.joints_template + (betas @ flat.T).reshape(-1, NUM_JOINTS, 3)
+
+    def rest_tips(self, betas: np.ndarray) -> np.ndarray:
+        """(B, 5, 3) rest fingertip vertices (thumb first) for betas (B, 10)."""
+        flat = self.tips_shapedirs.reshape(-1, NUM_BETAS)  # (15, 10)
+        return self.tips_template + (betas @ flat.T).reshape(-1, 5, 3)
+
+    @cached_property
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """`SHAPE_EDGES`' rest vectors at beta = 0 (E, 3) and their shape directions (E, 3, 10)."""
+        template = np.concatenate([self.joints_template, self.tips_template])[KEYPOINT_ORDER]
+        dirs = np.concatenate([self.joints_shapedirs, self.tips_shapedirs])[KEYPOINT_ORDER]
+        return template[_EDGE_A] - template[_EDGE_B], dirs[_EDGE_A] - dirs[_EDGE_B]
+
+
+_ARRAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def keypoint_arrays(hand_model: HandModel) -> KeypointArrays:
+    """The `KeypointArrays` of a hand model (built in float64 once per model)."""
+    if hand_model not in _ARRAYS:
+        layer = keypoint_layer(hand_model, torch.float64)
+        _ARRAYS[hand_model] = KeypointArrays(
+            side=layer.side,
+            **{
+                name: getattr(layer, name).cpu().numpy()
+                for name in (
+                    "joints_template", "joints_shapedirs", "tips_template", "tips_shapedirs",
+                    "tips_posedirs", "tips_weights",
+                )
+            },
+        )  # fmt: skip
+    return _ARRAYS[hand_model]
+
+
+def to_numpy(values: Tensor | np.ndarray | float) -> np.ndarray:
+    """float64 numpy copy of a tensor (any device, no grad), array or number."""
+    if isinstance(values, Tensor):
+        return values.detach().cpu().to(torch.float64).numpy()
+    return np.array(values, dtype=np.float64)
+
+
+# [v]x = v @ _SKEW_BASIS, reshaped (3, 3): the cross-product matrix as one matrix product
+_SKEW_BASIS = np.zeros((3, 9))
+_SKEW_BASIS[[2, 1, 0], [3, 2, 7]] = 1.0  # +v_z at (1, 0), +v_y at (0, 2), +v_x at (2, 1)
+_SKEW_BASIS[[2, 1, 0], [1, 6, 5]] = -1.0  # -v_z at (0, 1), -v_y at (2, 0), -v_x at (1, 2)
+_DIAGONAL = ([0, 1, 2], [0, 1, 2])  # the diagonal of a (..., 3, 3) stack, for `+=`
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    """(..., 3) -> (..., 3, 3) cross-product matrices [v]x."""
+    return (v @ _SKEW_BASIS).reshape(*v.shape, 3)
+
+
+def cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a x b over the last axis (broadcast); cheaper than np.cross on small arrays."""
+    return a[..., [1, 2, 0]] * b[..., [2, 0, 1]] - a[..., [2, 0, 1]] * b[..., [1, 2, 0]]
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    """v / |v| over the last axis (torch's F.normalize: |v| floored at 1e-12)."""
+    return v / np.maximum(np.sqrt((v * v).sum(-1, keepdims=True)), 1e-12)
+
+
+def so3_exp(theta: np.ndarray, right_jacobian: bool = False):
+    """(..., 3) axis-angle -> (..., 3, 3) rotations (Rodrigues), R = I + a [t]x + b [t]x^2, and
+    with right_jacobian also Jr (..., 3, 3), exp(theta + d) = exp(theta) exp(Jr d) to first
+    order: Jr = I - b [t]x + c [t]x^2; a = sin t / t, b = (1 - cos t) / t^2 = (sin(t/2) / t)^2 / 2
+    (no cancellation), c = (t - sin t) / t^3, and [t]x^2 = t t^T - t^2 I. Exact to ~1e-16 down to
+    t = 0 (c's cancellation is multiplied by |[t]x^2| = t^2), without a series."""
+    t2 = (theta * theta).sum(-1)[..., None, None]
+    t = np.sqrt(np.maximum(t2, 1e-30))
+    a = np.sin(t) / t
+    half = np.sin(0.5 * t) / t
+    b = 2.0 * half * half
+    k = skew(theta)
+    outer = theta[..., :, None] * theta[..., None, :]
+    rot = a * k + b * outer
+    rot[(..., *_DIAGONAL)] += (1.0 - b * t2)[..., 0]
+    if not right_jacobian:
+        return rot
+    c = (1.0 - a) / (t * t)
+    jr = c * outer - b * k
+    jr[(..., *_DIAGONAL)] += (1.0 - c * t2)[..., 0]
+    return rot, jr
+
+
+# Forward kinematics runs in level order (the root, then `LEVELS`' joints level by level):
+# LEVEL_ORDER[i] is the MANO joint at position i, FROM_LEVEL[j] the position of MANO joint j,
+# and _LEVEL_PARENT[i - 1] the position of the parent of the joint at position i >= 1.
+LEVEL_ORDER = np.array((0, *sum(LEVELS, ())))
+FROM_LEVEL = np.argsort(LEVEL_ORDER)
+_LEVEL_PARENT = np.array((0,) * 5 + tuple(range(1, 11)))
+_LEVEL_JOINTS = tuple(np.array(level) for level in LEVELS)
+KEYPOINT_ORDER = np.array(KEYPOINTS_FROM_JOINTS_AND_TIPS)  # `KEYPOINT_INDEX` for numpy
+# the keypoints of each level's children: the next level's joints, then the digits' tips
+_CHILD_KEYPOINTS = (
+    np.array([JOINT_KEYPOINT[j] for j in LEVELS[1]]),
+    np.array([JOINT_KEYPOINT[j] for j in LEVELS[2]]),
+    np.array([TIP_KEYPOINT[t] for t in LEVEL_TIPS]),
+)
+_PALM_KEYPOINT_INDEX = np.array(_PALM_KEYPOINTS)
+_EDGE_A, _EDGE_B = (np.array(ends) for ends in zip(*SHAPE_EDGES, strict=True))
+_IDENTITY_QUATERNION = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+class PosedHand(NamedTuple):
+    """The keypoint layer posed (`posed_hand`): what the keypoints and their Jacobian need."""
+
+    rest: np.ndarray  # (B, 16, 3) rest joints
+    glob: np.ndarray  # (B, 16, 3, 3) global rotations
+    joints: np.ndarray  # (B, 16, 3) posed joints (no translation)
+    tips_rest: np.ndarray  # (B, 5, 3) rest tips with their pose correctives
+    keypoints: np.ndarray  # (B, 21, 3) keypoint order, no translation
+
+
+def posed_hand(arrays: KeypointArrays, rotmats: np.ndarray, betas: np.ndarray) -> PosedHand:
+    """The keypoint layer at local rotations (B, 16, 3, 3) and betas (B, 10): forward kinematics
+    one tree level at a time, then linear blend skinning of the 5 tips,
+    sum_k w_tk (G_k (v_t - J_k) + P_k); the numbers of `layer_keypoints`."""
+    count = len(rotmats)
+    rest = arrays.rest_joints(betas)
+    local = rotmats[:, LEVEL_ORDER]  # (B, 16, 3, 3) level order
+    first = local[:, :1] @ local[:, 1:6]
+    second = first @ local[:, 6:11]
+    glob = np.concatenate([local[:, :1], first, second, second @ local[:, 11:]], axis=1)
+    rest_lv = rest[:, LEVEL_ORDER]
+    bones = (rest_lv[:, 1:] - rest_lv[:, _LEVEL_PARENT])[..., None]  # (B, 15, 3, 1)
+    moved = (glob[:, _LEVEL_PARENT] @ bones).reshape(count, 3, 5, 3)  # each level's bones
+    joints = np.concatenate([rest_lv[:, :1], np.cumsum(moved, axis=1).reshape(count, 15, 3)], 1)
+    joints[:, 1:] += rest_lv[:, :1]
+    glob, joints = glob[:, FROM_LEVEL], joints[:, FROM_LEVEL]  # MANO order
+    pose_feature = (rotmats[:, 1:] - np.eye(3)).reshape(count, -1)  # (B, 135) smplx's order
+    correctives = pose_feature @ arrays.tips_posedirs.reshape(15, -1).T  # (B, 15)
+    tips_rest = arrays.rest_tips(betas) + correctives.reshape(count, 5, 3)
+    weights = arrays.tips_weights
+    blend = (weights @ glob.reshape(count, NUM_JOINTS, 9)).reshape(count, 5, 3, 3)
+    offset = joints - (glob @ rest[..., None])[..., 0]  # (B, 16, 3) P_k - G_k J_k
+    tips = (blend @ tips_rest[..., None])[..., 0] + weights @ offset  # (B, 5, 3)
+    keypoints = np.concatenate([joints, tips], axis=1)[:, KEYPOINT_ORDER]
+    return PosedHand(rest, glob, joints, tips_rest, keypoints)
+
+
 @dataclass
 class ClosedFormResult:
     """MANO parameters recovered from 3D keypoints (the hand model's side and frame)."""
@@ -193,113 +356,131 @@ class ClosedFormResult:
     rotmats: Tensor  # (B, 16, 3, 3) the same pose as local rotation matrices
 
 
-def digit_frames(rest_joints: Tensor, side: str) -> tuple[Tensor, Tensor]:
+def digit_frames(rest_joints: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
     """Flexion and spread axes (B, 5, 3) of the digits in `LEVELS` order, rest frame, for rest
     joints (B, 16, 3): the batched `backend.hand_model.poses.digit_axes`."""
     along = rest_joints[:, 4] - rest_joints[:, 0]  # wrist -> middle knuckle
     across = rest_joints[:, 1] - rest_joints[:, 7]  # pinky knuckle -> index knuckle
-    normal = (
-        torch.linalg.cross(across, along) if side == "right" else torch.linalg.cross(along, across)
-    )
-    normal = F.normalize(normal, dim=-1)[:, None].expand(-1, 5, -1)  # (B, 5, 3)
-    first, second = list(LEVELS[0]), list(LEVELS[1])
-    d = F.normalize(rest_joints[:, second] - rest_joints[:, first], dim=-1)  # (B, 5, 3)
-    flex = F.normalize(torch.linalg.cross(d, normal, dim=-1), dim=-1)
+    normal = unit(cross(across, along) if side == "right" else cross(along, across))[:, None]
+    d = unit(rest_joints[:, _LEVEL_JOINTS[1]] - rest_joints[:, _LEVEL_JOINTS[0]])  # (B, 5, 3)
+    flex = unit(cross(d, normal))
     # spread: +-n, signed so a positive turn moves the digit away from the middle finger (the
     # thumb away from the index), as in `digit_axes`
-    middle = d[:, 1:2]
-    away = d - middle
-    away = torch.cat(
-        [away[:, :1], torch.zeros_like(away[:, 1:2]), away[:, 2:4], d[:, 4:] - d[:, :1]], 1
+    away = d - d[:, 1:2]
+    away[:, 4] = d[:, 4] - d[:, 0]  # (the middle finger's own stays 0: its sign is +)
+    sign = np.where((cross(normal, d) * away).sum(-1) >= 0, 1.0, -1.0)
+    return flex, normal * sign[..., None]
+
+
+def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
+    """(..., 4) unit quaternions (w, x, y, z) -> (..., 3, 3) rotations,
+    R = (w^2 - v.v) I + 2 v v^T + 2 w [v]x."""
+    w, v = q[..., :1, None], q[..., 1:]
+    rot = 2.0 * (v[..., :, None] * v[..., None, :] + w * skew(v))
+    rot[(..., *_DIAGONAL)] += (w * w)[..., 0] - (v * v).sum(-1, keepdims=True)
+    return rot
+
+
+def quaternion_to_axis_angle(q: np.ndarray) -> np.ndarray:
+    """(..., 4) unit quaternions -> (..., 3) axis-angle, angle 2 atan2(|v|, |w|) in [0, pi]
+    (accurate at every angle; no series: atan2(n, w) / n is exact down to n = 0)."""
+    w, v = q[..., :1], q[..., 1:]
+    v = np.where(w < 0, -v, v)  # q and -q: the same rotation
+    n = np.sqrt((v * v).sum(-1, keepdims=True))
+    return v * (2.0 * np.arctan2(n, np.abs(w)) / np.maximum(n, 1e-300))
+
+
+def flex_spread_quaternion(
+    rest_dir: np.ndarray, target_dir: np.ndarray, flex: np.ndarray, spread: np.ndarray
+) -> np.ndarray:
+    """(..., 4) the unit quaternion of R = R(flex, a) R(spread, b) with R rest_dir parallel to
+    target_dir.
+
+    Paden-Kahan subproblem 2 for perpendicular unit axes (..., 3), worked in the frame (flex,
+    spread, third = flex x spread): the intermediate direction z = R(spread, b) rest_dir keeps
+    rest_dir's spread component and must have target_dir's flexion component (a turn about flex
+    keeps it), so z = (alpha, beta, +-gamma) with gamma^2 = 1 - alpha^2 - beta^2. Of the two roots
+    the one on rest_dir's side is taken (the one giving the identity at rest; spread turns stay
+    below 90 degrees). A target out of reach (gamma^2 < 0, only for a sideways turn of nearly 90
+    degrees) gets the nearest z. b turns rest_dir to z about spread, a turns z to target_dir
+    about flex; the product of their quaternions is (c_a c_b, s_a c_b flex + c_a s_b spread +
+    s_a s_b third), c and s the cosines and sines of the half angles."""
+    frame = np.stack([flex, spread, cross(flex, spread)], axis=-2)  # (..., 3, 3) rows
+    p = (frame @ unit(rest_dir)[..., None])[..., 0]  # (..., 3) frame coordinates
+    q = (frame @ unit(target_dir)[..., None])[..., 0]
+    pf, ps, pt = p[..., 0], p[..., 1], p[..., 2]
+    qs, qt = q[..., 1], q[..., 2]
+    zf, zs = q[..., 0], ps
+    zt = np.sqrt(np.maximum(1.0 - zf * zf - zs * zs, 0.0)) * np.where(pt >= 0, 1.0, -1.0)
+    b = np.arctan2(pt * zf - pf * zt, pf * zf + pt * zt)  # about spread, p -> z
+    a = np.arctan2(zs * qt - zt * qs, zs * qs + zt * qt)  # about flex, z -> q
+    ca, sa, cb, sb = np.cos(0.5 * a), np.sin(0.5 * a), np.cos(0.5 * b), np.sin(0.5 * b)
+    vector = (np.stack([sa * cb, ca * sb, sa * sb], axis=-1)[..., None, :] @ frame)[..., 0, :]
+    return np.concatenate([(ca * cb)[..., None], vector], axis=-1)
+
+
+# Horn's 4x4 matrix N (flattened) as a linear map of S = sum_i w_i s_i t_i^T (flattened): the
+# unit quaternion of the rotation taking the s_i to the t_i is N's top eigenvector.
+_HORN = np.zeros((9, 16))
+for _row, _terms in enumerate(
+    (
+        "+xx+yy+zz", "+yz-zy", "+zx-xz", "+xy-yx",
+        "+yz-zy", "+xx-yy-zz", "+xy+yx", "+zx+xz",
+        "+zx-xz", "+xy+yx", "-xx+yy-zz", "+yz+zy",
+        "+xy-yx", "+zx+xz", "+yz+zy", "-xx-yy+zz",
     )
-    sign = torch.where((torch.linalg.cross(normal, d, dim=-1) * away).sum(-1) >= 0, 1.0, -1.0)
-    return flex, normal * sign[..., None].to(normal.dtype)
+):  # fmt: skip
+    for _sign, _i, _j in zip(_terms[::3], _terms[1::3], _terms[2::3], strict=True):
+        _HORN["xyz".index(_i) * 3 + "xyz".index(_j), _row] = 1.0 if _sign == "+" else -1.0
 
 
-def _rotation_about(axis: Tensor, angle: Tensor) -> Tensor:
-    """(..., 3, 3) rotation by angle (...) about unit axis (..., 3)."""
-    return axis_angle_to_matrix(axis * angle[..., None])
-
-
-def _signed_angle(axis: Tensor, u: Tensor, v: Tensor) -> Tensor:
-    """(...) angle of the rotation about unit axis (..., 3) taking u's direction towards v's,
-    both projected on the plane normal to the axis; 0 where either projection vanishes."""
-    u = u - (u * axis).sum(-1, keepdim=True) * axis
-    v = v - (v * axis).sum(-1, keepdim=True) * axis
-    return torch.atan2((axis * torch.linalg.cross(u, v, dim=-1)).sum(-1), (u * v).sum(-1))
-
-
-def flex_spread_rotation(
-    rest_dir: Tensor, target_dir: Tensor, flex: Tensor, spread: Tensor
-) -> Tensor:
-    """(..., 3, 3) R = R(flex, a) R(spread, b) with R rest_dir parallel to target_dir.
-
-    Paden-Kahan subproblem 2 for perpendicular unit axes (..., 3): the intermediate direction
-    z = R(spread, b) rest_dir keeps rest_dir's spread component and must have target_dir's flexion
-    component (a turn about flex keeps it), so z = alpha flex + beta spread + gamma (flex x spread)
-    with gamma^2 = 1 - alpha^2 - beta^2. Of the two roots the one on rest_dir's side is taken (the
-    one giving the identity at rest; spread turns stay below 90 degrees). A target out of reach
-    (gamma^2 < 0, only for a sideways turn of nearly 90 degrees) gets the nearest z."""
-    p = F.normalize(rest_dir, dim=-1)
-    q = F.normalize(target_dir, dim=-1)
-    third = torch.linalg.cross(flex, spread, dim=-1)
-    alpha = (flex * q).sum(-1, keepdim=True)
-    beta = (spread * p).sum(-1, keepdim=True)
-    gamma = (1.0 - alpha.square() - beta.square()).clamp(min=0.0).sqrt()
-    side = torch.where((third * p).sum(-1, keepdim=True) >= 0, 1.0, -1.0).to(p.dtype)
-    z = alpha * flex + beta * spread + side * gamma * third
-    b = _signed_angle(spread, p, z)
-    a = _signed_angle(flex, z, q)
-    return _rotation_about(flex, a) @ _rotation_about(spread, b)
-
-
-def _kabsch(source: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """(B, 3, 3) rotation R minimising sum_i w_i |R (s_i - s_bar) - (t_i - t_bar)|^2 for points
-    (B, N, 3) and weights (B, N) (weighted centroids); identity where fewer than 3 points count."""
-    w = weight / weight.sum(-1, keepdim=True).clamp(min=1e-12)
-    s = source - (w[..., None] * source).sum(-2, keepdim=True)
-    t = target - (w[..., None] * target).sum(-2, keepdim=True)
-    cov = torch.einsum("bn,bni,bnj->bij", w, t, s)  # (B, 3, 3) sum w t s^T
-    u, _, vh = torch.linalg.svd(cov)
-    det = torch.linalg.det(u @ vh)
-    fix = torch.ones_like(u[..., 0, :])  # (B, 3)
-    fix[:, 2] = torch.where(det < 0, -1.0, 1.0)
-    rot = (u * fix[:, None, :]) @ vh
+def weighted_quaternion(source: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(B, 4) unit quaternion (w >= 0) of the rotation R minimising sum_i w_i |R s_i - t_i|^2 for
+    centred points (B, N, 3) and weights (B, N) (Horn 1987, always a proper rotation); the
+    identity where fewer than 3 points count."""
+    cov = (source * weight[..., None]).transpose(0, 2, 1) @ target  # (B, 3, 3) sum w s t^T
+    _, vectors = np.linalg.eigh((cov.reshape(-1, 9) @ _HORN).reshape(-1, 4, 4))
+    quat = vectors[..., -1]  # the largest eigenvalue's
+    quat = np.where(quat[:, :1] < 0, -quat, quat)
     enough = (weight > 0).sum(-1) >= 3
-    eye = torch.eye(3, dtype=rot.dtype, device=rot.device).expand_as(rot)
-    return torch.where(enough[:, None, None], rot, eye)
+    return np.where(enough[:, None], quat, _IDENTITY_QUATERNION)
+
+
+def weighted_rotation(source: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(B, 3, 3) the rotation of `weighted_quaternion`."""
+    return quaternion_to_matrix(weighted_quaternion(source, target, weight))
+
+
+def weighted_centre(points: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Points (B, N, 3) less their weighted centroid (weights (B, N))."""
+    w = weight / np.maximum(weight.sum(-1, keepdims=True), 1e-12)
+    return points - (w[..., None] * points).sum(-2, keepdims=True)
 
 
 def betas_from_lengths(
-    layer: KeypointLayer,
-    keypoints3d: Tensor,
-    valid: Tensor,
+    arrays: KeypointArrays,
+    keypoints3d: np.ndarray,
+    valid: np.ndarray,
     ridge: float = DEFAULT_BETA_RIDGE,
     iterations: int = 3,
-) -> Tensor:
+) -> np.ndarray:
     """(B, 10) shape whose rest skeleton has the bone and palm lengths (`SHAPE_EDGES`) of
     keypoints (B, 21, 3) where both ends are valid (B, 21): Gauss-Newton on
     sum_e (|K_a(beta) - K_b(beta)| - l_e)^2 + ridge |beta|^2, from beta = 0."""
-    a_idx = [a for a, _ in SHAPE_EDGES]
-    b_idx = [b for _, b in SHAPE_EDGES]
-    observed = (keypoints3d[:, a_idx] - keypoints3d[:, b_idx]).norm(dim=-1)  # (B, E)
-    weight = (valid[:, a_idx] & valid[:, b_idx]).to(keypoints3d.dtype)  # (B, E)
-    zero = keypoints3d.new_zeros(1, NUM_BETAS)
-    template = layer.rest_keypoints(zero)[0]  # (21, 3)
-    both = torch.cat([layer.joints_shapedirs, layer.tips_shapedirs], dim=0)
-    shapedirs = both[list(KEYPOINTS_FROM_JOINTS_AND_TIPS)]  # (21, 3, 10)
-    edge0 = template[a_idx] - template[b_idx]  # (E, 3)
-    edge_dirs = shapedirs[a_idx] - shapedirs[b_idx]  # (E, 3, 10)
-    betas = keypoints3d.new_zeros(keypoints3d.shape[0], NUM_BETAS)
-    eye = torch.eye(NUM_BETAS, dtype=betas.dtype, device=betas.device)
+    diff = keypoints3d[:, _EDGE_A] - keypoints3d[:, _EDGE_B]
+    observed = np.sqrt((diff * diff).sum(-1))  # (B, E)
+    weight = (valid[:, _EDGE_A] & valid[:, _EDGE_B]).astype(np.float64)  # (B, E)
+    edge0, edge_dirs = arrays.edges  # (E, 3), (E, 3, 10)
+    flat_dirs = edge_dirs.reshape(-1, NUM_BETAS)  # (3E, 10)
+    betas = np.zeros((len(keypoints3d), NUM_BETAS))
     for _ in range(iterations):
-        edge = edge0 + torch.einsum("ecl,bl->bec", edge_dirs, betas)  # (B, E, 3)
-        length = edge.norm(dim=-1).clamp(min=1e-9)
-        grad = torch.einsum("bec,ecl->bel", edge / length[..., None], edge_dirs)  # (B, E, 10)
+        edge = edge0 + (betas @ flat_dirs.T).reshape(len(betas), -1, 3)  # (B, E, 3)
+        length = np.maximum(np.sqrt((edge * edge).sum(-1)), 1e-9)
+        grad = ((edge / length[..., None])[..., None] * edge_dirs).sum(-2)  # (B, E, 10)
         wg = grad * weight[..., None]
-        lhs = wg.transpose(1, 2) @ grad + ridge * eye
+        lhs = wg.transpose(0, 2, 1) @ grad + ridge * np.eye(NUM_BETAS)
         rhs = (wg * (observed - length)[..., None]).sum(1) - ridge * betas
-        betas = betas + torch.linalg.solve(lhs, rhs)
+        betas = betas + np.linalg.solve(lhs, rhs[..., None])[..., 0]
     return betas
 
 
@@ -320,95 +501,113 @@ def keypoints_to_mano(
     `HandModel("left")`. mask: (B, 21) bool, False for keypoints to ignore (NaN coordinates are
     ignored too). betas: (B, 10) to fix the shape instead of estimating it from the bone lengths
     (`beta_ridge`, m^2, is the ridge of that estimate). tip_correction: re-aim the distal joints
-    once with the fingertips' actual skinned offsets (one extra keypoint evaluation)."""
+    once with the fingertips' actual skinned offsets (one extra keypoint evaluation). Computed in
+    float64 numpy; the results are tensors in the model's dtype and device."""
     side = check_side(side or hand_model.side)
     if side != hand_model.side:
         raise ValueError(f"a {side} hand needs HandModel({side!r}), got a {hand_model.side} model")
     if keypoints3d.ndim != 3 or keypoints3d.shape[1:] != (21, 3):
         raise ValueError(f"keypoints3d must be (B, 21, 3), got {tuple(keypoints3d.shape)}")
-    layer = keypoint_layer(hand_model)
-    dtype, device = layer.joints_template.dtype, layer.joints_template.device
-    keypoints3d = keypoints3d.to(dtype=dtype, device=device)
-    eye = torch.eye(3, dtype=dtype, device=device)
-    valid = torch.isfinite(keypoints3d).all(-1)  # (B, 21)
+    arrays = keypoint_arrays(hand_model)
+    keypoints3d = to_numpy(keypoints3d)
+    valid = np.isfinite(keypoints3d).all(-1)  # (B, 21)
     if mask is not None:
-        valid = valid & mask.to(device=device, dtype=torch.bool)
-    observed = torch.where(valid[..., None], keypoints3d, torch.zeros_like(keypoints3d))
-    count = keypoints3d.shape[0]
+        valid &= np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask, dtype=bool)
+    observed = np.where(valid[..., None], keypoints3d, 0.0)
+    count = len(keypoints3d)
 
     if betas is None:
-        betas = betas_from_lengths(layer, observed, valid, beta_ridge)
+        betas = betas_from_lengths(arrays, observed, valid, beta_ridge)
     else:
-        betas = torch.nan_to_num(betas.to(dtype=dtype, device=device).expand(count, NUM_BETAS))
-    rest = layer.rest_joints(betas)  # (B, 16, 3)
-    rest_tips = layer.rest_tips(betas)  # (B, 5, 3)
+        betas = np.nan_to_num(to_numpy(betas) + np.zeros((count, NUM_BETAS)))
+    rest = arrays.rest_joints(betas)  # (B, 16, 3)
+    rest_tips = arrays.rest_tips(betas)  # (B, 5, 3)
     flex, spread = digit_frames(rest, side)  # (B, 5, 3) each
+    quats = np.zeros((count, NUM_JOINTS, 4))  # local rotations, MANO order
+    quats[..., 0] = 1.0
 
     # root: the palm's rigid points; model joints are J_0 + R0 (J_j - J_0) + transl
-    palm_kp = [JOINT_KEYPOINT[j] for j in PALM_JOINTS]
-    palm_valid = valid[:, palm_kp].to(dtype)
-    root = _kabsch(rest[:, list(PALM_JOINTS)], observed[:, palm_kp], palm_valid)  # (B, 3, 3)
-    rotmats = eye.repeat(count, NUM_JOINTS, 1, 1)
-    rotmats[:, 0] = root
-    wsum = palm_valid.sum(-1, keepdim=True).clamp(min=1e-12)
-    rest_palm = rest[:, list(PALM_JOINTS)] - rest[:, :1]
-    posed_palm = (root[:, None] @ rest_palm[..., None])[..., 0] + rest[:, :1]
-    transl = ((observed[:, palm_kp] - posed_palm) * palm_valid[..., None]).sum(1) / wsum
+    palm_valid = valid[:, _PALM_KEYPOINT_INDEX].astype(np.float64)
+    rest_palm = rest[:, list(PALM_JOINTS)]
+    quats[:, 0] = weighted_quaternion(
+        weighted_centre(rest_palm, palm_valid),
+        weighted_centre(observed[:, _PALM_KEYPOINT_INDEX], palm_valid),
+        palm_valid,
+    )
+    root = quaternion_to_matrix(quats[:, 0])  # (B, 3, 3)
+    wsum = np.maximum(palm_valid.sum(-1, keepdims=True), 1e-12)
+    posed_palm = (root[:, None] @ (rest_palm - rest[:, :1])[..., None])[..., 0] + rest[:, :1]
+    palm_offset = (observed[:, _PALM_KEYPOINT_INDEX] - posed_palm) * palm_valid[..., None]
+    transl = palm_offset.sum(1) / wsum
 
-    def aim(level: int, parent_rot: Tensor, joint_pos: Tensor, child_rest: Tensor) -> Tensor:
+    def aim(level: int, parent_rot, joint_pos, child_rest) -> np.ndarray:
         """Local rotations (B, 5, 3, 3) of one level's joints pointing their child bones at the
-        observed children; identity where the child is missing."""
-        joints = list(LEVELS[level])
-        if level < 2:
-            child_kp = [JOINT_KEYPOINT[j + 1] for j in joints]
-        else:
-            child_kp = [TIP_KEYPOINT[t] for t in LEVEL_TIPS]
+        observed children (their quaternions into `quats`); identity where a child is missing."""
+        child_kp = _CHILD_KEYPOINTS[level]
         world = observed[:, child_kp] - transl[:, None] - joint_pos  # (B, 5, 3)
-        target = (parent_rot.transpose(-1, -2) @ world[..., None])[..., 0]
-        ok = valid[:, child_kp] & (target.norm(dim=-1) > 1e-9)
-        target = torch.where(ok[..., None], target, child_rest)
-        rot = flex_spread_rotation(child_rest, target, flex, spread)
-        return torch.where(ok[..., None, None], rot, eye.expand_as(rot))
+        target = (parent_rot.transpose(0, 1, 3, 2) @ world[..., None])[..., 0]
+        ok = valid[:, child_kp] & ((target * target).sum(-1) > 1e-18)
+        quat = flex_spread_quaternion(child_rest, target, flex, spread)
+        quat = np.where(ok[..., None], quat, _IDENTITY_QUATERNION)
+        quats[:, _LEVEL_JOINTS[level]] = quat
+        return quaternion_to_matrix(quat)
 
-    parent_rot = root[:, None].expand(-1, 5, -1, -1)  # (B, 5, 3, 3)
-    parent_pos = rest[:, :1].expand(-1, 5, -1)  # (B, 5, 3)
-    parent_rest = rest[:, :1].expand(-1, 5, -1)
+    parent_rot = root[:, None]  # (B, 1 or 5, 3, 3)
+    parent_pos = parent_rest = rest[:, :1]
     level_state = []
-    for level, joints in enumerate(LEVELS):
-        here = rest[:, list(joints)]  # (B, 5, 3)
+    for level, joints in enumerate(_LEVEL_JOINTS):
+        here = rest[:, joints]  # (B, 5, 3)
         joint_pos = parent_pos + (parent_rot @ (here - parent_rest)[..., None])[..., 0]
-        child = rest[:, [j + 1 for j in joints]] if level < 2 else rest_tips[:, list(LEVEL_TIPS)]
+        child = rest[:, joints + 1] if level < 2 else rest_tips[:, list(LEVEL_TIPS)]
         local = aim(level, parent_rot, joint_pos, child - here)
-        rotmats[:, list(joints)] = local
         level_state.append((parent_rot, joint_pos))
         parent_rot, parent_pos, parent_rest = parent_rot @ local, joint_pos, here
 
     if tip_correction:
         # the fingertip's skinned offset from the distal joint, in that joint's frame: the rest
         # direction that the distal rotation really moves
-        keypoints = layer_keypoints(layer, rotmats, betas)
+        keypoints = posed_hand(arrays, quaternion_to_matrix(quats), betas).keypoints
         distal_rot = parent_rot  # (B, 5, 3, 3) global rotations of the distal joints
         parent_rot, joint_pos = level_state[2]
-        tips = keypoints[:, [TIP_KEYPOINT[t] for t in LEVEL_TIPS]]
-        offset = (distal_rot.transpose(-1, -2) @ (tips - joint_pos)[..., None])[..., 0]
-        rotmats[:, list(LEVELS[2])] = aim(2, parent_rot, joint_pos, offset)
+        tips = keypoints[:, _CHILD_KEYPOINTS[2]]
+        offset = (distal_rot.transpose(0, 1, 3, 2) @ (tips - joint_pos)[..., None])[..., 0]
+        aim(2, parent_rot, joint_pos, offset)
 
-    keypoints = layer_keypoints(layer, rotmats, betas)
-    vw = valid.to(dtype)[..., None]
-    transl = ((observed - keypoints) * vw).sum(1) / vw.sum(1).clamp(min=1e-12)
-    pose = matrix_to_axis_angle(rotmats)
-    return ClosedFormResult(pose=pose, betas=betas, transl=transl, rotmats=rotmats)
+    rotmats = quaternion_to_matrix(quats)
+    keypoints = posed_hand(arrays, rotmats, betas).keypoints
+    vw = valid[..., None].astype(np.float64)
+    transl = ((observed - keypoints) * vw).sum(1) / np.maximum(vw.sum(1), 1e-12)
+    layer = keypoint_layer(hand_model)
+    out = dict(dtype=layer.joints_template.dtype, device=layer.joints_template.device)
+    return ClosedFormResult(
+        *(
+            torch.from_numpy(value).to(**out)
+            for value in (quaternion_to_axis_angle(quats), betas, transl, rotmats)
+        )
+    )
 
 
 __all__ = [
+    "FROM_LEVEL",
+    "KEYPOINT_ORDER",
     "LEVELS",
+    "LEVEL_ORDER",
     "ClosedFormResult",
+    "KeypointArrays",
     "KeypointLayer",
+    "PosedHand",
     "betas_from_lengths",
     "digit_frames",
-    "flex_spread_rotation",
+    "flex_spread_quaternion",
     "forward_kinematics",
+    "keypoint_arrays",
     "keypoint_layer",
     "keypoints_to_mano",
     "layer_keypoints",
+    "posed_hand",
+    "quaternion_to_axis_angle",
+    "quaternion_to_matrix",
+    "so3_exp",
+    "weighted_quaternion",
+    "weighted_rotation",
 ]

@@ -22,47 +22,60 @@ Huber, or plain squares), so a few wrong landmarks cost at most c^2 each.
 
 Each step linearises the residuals (an analytic Jacobian of the 21 keypoints,
 `keypoints_and_jacobian`: forward kinematics, the fingertips' skinning and pose correctives, no
-mesh; the tests check it against `torch.func.jacfwd`, which was 5-10x slower on CPU), replaces rho
-by its iteratively reweighted least-squares weight rho'(x) / 2x (Geman-McClure and Huber are
-concave in x^2, so the weighted squares majorise them), aligns the 3D target at the current
-estimate (by the envelope theorem the gradient of the minimised term is the one at fixed
-alignment) and solves the damped normal equations (J^T J + lambda diag(J^T J)) dx = -J^T r per
-hand, in double precision. A step is kept only where it lowers E; otherwise lambda grows and the
-step is retried (up to `retries` times), so E never increases. lambda shrinks after every
-accepted step.
+mesh; the tests check it against `torch.func.jacfwd` of the torch keypoint layer,
+`closed_form.layer_keypoints`), replaces rho by its iteratively reweighted least-squares weight
+rho'(x) / 2x (Geman-McClure and Huber are concave in x^2, so the weighted squares majorise them),
+aligns the 3D target at the current estimate (by the envelope theorem the gradient of the
+minimised term is the one at fixed alignment) and solves the damped normal equations
+(J^T J + lambda diag(J^T J)) dx = -J^T r per hand. A step is kept only where it lowers E;
+otherwise lambda grows and the step is retried (up to `retries` times), so E never increases.
+lambda shrinks after every accepted step.
 
-Cost on one CPU thread (2-core shared machine): 5 steps with 2D, 3D and prior terms take ~10 ms
-for one hand (~2 ms a step, dispatch-bound) and ~1.2 ms per hand for 32 hands.
+Everything inside runs in float64 numpy on the hand model's `KeypointArrays` (cached per model):
+on these (B, 21, 3)-sized arrays a torch op costs ~5-10 us of dispatch and a numpy op ~1 us, so
+the torch version (~12 ms for one hand, 5 steps) was dispatch-bound. Tensors in, tensors out (the
+model's dtype and device). Cost on one CPU thread (2-core shared machine): 5 steps with 2D, 3D and
+prior terms take ~2-3 ms for one hand and well under 1 ms per hand for a 64-frame batch.
 
-Imports torch and the backend's hand model only (through `backend.fuse.closed_form`), plus
-`backend.network.rotation`; never FastAPI, bpy, OpenCV or the training package.
+Imports numpy, torch and the backend's hand model and camera (through `backend.fuse.closed_form`
+for the keypoint layer); never FastAPI, bpy, OpenCV or the training package.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from backend.camera import project_points
 from backend.hand_model.constants import MANO_PARENTS, NUM_BETAS, NUM_JOINTS
 from backend.hand_model.model import HandModel
-from backend.network.rotation import axis_angle_to_matrix
 
 from .closed_form import (
-    KEYPOINT_INDEX,
-    LEVELS,
-    KeypointLayer,
-    forward_kinematics,
+    FROM_LEVEL,
+    KEYPOINT_ORDER,
+    LEVEL_ORDER,
+    KeypointArrays,
+    keypoint_arrays,
     keypoint_layer,
-    layer_keypoints,
+    posed_hand,
+    skew,
+    so3_exp,
+    to_numpy,
+    weighted_centre,
+    weighted_rotation,
 )
 
 NUM_PARAMS = NUM_JOINTS * 3 + NUM_BETAS + 3  # 61: pose, betas, transl
 ROBUST_KERNELS = ("geman_mcclure", "huber", "none")
 XYZ_ALIGNMENTS = ("scale", "similarity")
 _MIN_DEPTH = 1e-3  # m: points behind or at the camera project as if at 1 mm (never inf/NaN)
+_EYE3 = np.eye(3)
+_POSE = slice(0, NUM_JOINTS * 3)
+_BETAS = slice(NUM_JOINTS * 3, NUM_JOINTS * 3 + NUM_BETAS)
 
 
 @dataclass
@@ -79,16 +92,17 @@ class RefineResult:
 
 @dataclass(frozen=True)
 class _Problem:
-    """The observations and weights of one batch, each term present or None."""
+    """The observations and weights of one batch (float64 arrays), each term present or None."""
 
-    layer: KeypointLayer
-    K: Tensor | None  # (B, 3, 3)
-    uv: Tensor | None  # (B, 21, 2)
-    uv_weight: Tensor | None  # (B, 21), 0 where missing
-    xyz: Tensor | None  # (B, 21, 3)
-    xyz_weight: Tensor | None  # (B, 21)
-    prior: Tensor | None  # (B, 48)
-    prior_weight: Tensor | None  # (B, 48)
+    arrays: KeypointArrays
+    K: np.ndarray | None  # (B, 3, 3)
+    uv: np.ndarray | None  # (B, 21, 2)
+    uv_weight: np.ndarray | None  # (B, 21), 0 where missing
+    xyz: np.ndarray | None  # (B, 21, 3) less its weighted centroid
+    xyz_weight: np.ndarray | None  # (B, 21)
+    xyz_mean_weight: np.ndarray | None  # (B, 21) xyz_weight / its sum: the centroid's weights
+    prior: np.ndarray | None  # (B, 48)
+    prior_weight: np.ndarray | None  # (B, 48)
     betas_weight: float
     uv_sigma: float
     xyz_sigma: float
@@ -97,100 +111,68 @@ class _Problem:
     align: str
 
 
-def _robust(x2: Tensor, kind: str, c: float) -> tuple[Tensor, Tensor]:
+def _robust(x2: np.ndarray, kind: str, c: float) -> tuple[np.ndarray, np.ndarray]:
     """rho and its IRLS weight rho'(x) / 2x, both as functions of squared normalised errors x2."""
     if kind == "geman_mcclure":
         d = 1.0 + x2 / c**2
-        return x2 / d, 1.0 / d.square()
+        return x2 / d, 1.0 / (d * d)
     if kind == "huber":
-        x = x2.clamp(min=1e-24).sqrt()
+        x = np.sqrt(np.maximum(x2, 1e-24))
         inside = x <= c
-        return torch.where(inside, x2, 2 * c * x - c**2), torch.where(inside, 1.0, c / x)
-    return x2, torch.ones_like(x2)
+        return np.where(inside, x2, 2 * c * x - c**2), np.where(inside, 1.0, c / x)
+    return x2, np.ones_like(x2)
 
 
-def _keypoints(layer: KeypointLayer, x: Tensor) -> Tensor:
+def _keypoints(arrays: KeypointArrays, x: np.ndarray) -> np.ndarray:
     """(B, 21, 3) camera-frame keypoints for parameters x (B, 61)."""
-    pose = x[:, : NUM_JOINTS * 3].reshape(-1, NUM_JOINTS, 3)
-    betas = x[:, NUM_JOINTS * 3 : NUM_JOINTS * 3 + NUM_BETAS]
-    return layer_keypoints(layer, axis_angle_to_matrix(pose), betas, x[:, -3:])
+    rotmats = so3_exp(x[:, _POSE].reshape(-1, NUM_JOINTS, 3))
+    return posed_hand(arrays, rotmats, x[:, _BETAS]).keypoints + x[:, None, -3:]
 
 
-def _project(K: Tensor, points: Tensor) -> Tensor:
-    """(B, N, 2) pixels of camera points (B, N, 3) under intrinsics (B, 3, 3), each point held
-    at least _MIN_DEPTH in front of the camera (a step that throws the hand behind the camera
-    must give a large, finite residual, not a sign flip)."""
-    held = torch.cat([points[..., :2], points[..., 2:].clamp(min=_MIN_DEPTH)], dim=-1)
-    return project_points(held, K)
-
-
-def _centre(points: Tensor, weight: Tensor) -> Tensor:
-    w = weight[..., None] / weight.sum(-1)[..., None, None].clamp(min=1e-12)
-    return points - (w * points).sum(-2, keepdim=True)
-
-
-def _alignment(model: Tensor, target: Tensor, weight: Tensor, align: str) -> tuple[Tensor, Tensor]:
+def _alignment(
+    model: np.ndarray, target: np.ndarray, weight: np.ndarray, align: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Scale (B,) and rotation (B, 3, 3) minimising sum_j w_j |s R m_j - t_j|^2 for centred model
     and target points (B, 21, 3): R by weighted Kabsch ("similarity") or I, then s optimal."""
-    eye = torch.eye(3, dtype=model.dtype, device=model.device).expand(model.shape[0], 3, 3)
-    rot = eye
     if align == "similarity":
-        cov = torch.einsum("bn,bni,bnj->bij", weight, target, model)
-        u, _, vh = torch.linalg.svd(cov)
-        fix = torch.ones_like(u[..., 0, :])
-        fix[:, 2] = torch.where(torch.linalg.det(u @ vh) < 0, -1.0, 1.0)
-        rot = torch.where(((weight > 0).sum(-1) >= 3)[:, None, None], (u * fix[:, None]) @ vh, eye)
-    rotated = model @ rot.transpose(-1, -2)
-    num = (weight * (rotated * target).sum(-1)).sum(-1)
-    den = (weight * rotated.square().sum(-1)).sum(-1)
-    return num / den.clamp(min=1e-12), rot
+        rot = weighted_rotation(model, target, weight)
+        model = model @ rot.transpose(0, 2, 1)
+    else:
+        rot = _EYE3  # broadcast
+    num = (weight * (model * target).sum(-1)).sum(-1)
+    den = (weight * (model * model).sum(-1)).sum(-1)
+    return num / np.maximum(den, 1e-12), rot
 
 
-def _objective(problem: _Problem, x: Tensor) -> Tensor:
+def _objective(problem: _Problem, x: np.ndarray) -> np.ndarray:
     """(B,) the objective E at parameters x (B, 61), alignment and robust kernel exact."""
-    keypoints = _keypoints(problem.layer, x)
-    energy = x.new_zeros(x.shape[0])
+    keypoints = _keypoints(problem.arrays, x)
+    energy = np.zeros(len(x))
     if problem.uv is not None:
-        err = (_project(problem.K, keypoints) - problem.uv) / problem.uv_sigma
-        rho, _ = _robust(err.square().sum(-1), problem.robust, problem.robust_scale)
-        energy = energy + (problem.uv_weight * rho).sum(-1)
+        # each point held at least _MIN_DEPTH in front of the camera (a step that throws the
+        # hand behind the camera must give a large, finite residual, not a sign flip)
+        held = keypoints.copy()
+        held[..., 2] = np.maximum(held[..., 2], _MIN_DEPTH)
+        err = (project_points(held, problem.K) - problem.uv) / problem.uv_sigma
+        rho, _ = _robust((err * err).sum(-1), problem.robust, problem.robust_scale)
+        energy += (problem.uv_weight * rho).sum(-1)
     if problem.xyz is not None:
-        model = _centre(keypoints, problem.xyz_weight)
-        target = _centre(problem.xyz, problem.xyz_weight)
-        scale, rot = _alignment(model, target, problem.xyz_weight, problem.align)
-        aligned = scale[:, None, None] * model @ rot.transpose(-1, -2)
-        sq = (aligned - target).square().sum(-1) / problem.xyz_sigma**2
-        energy = energy + (problem.xyz_weight * sq).sum(-1)
+        model = weighted_centre(keypoints, problem.xyz_weight)
+        scale, rot = _alignment(model, problem.xyz, problem.xyz_weight, problem.align)
+        # |s R m - t| = |s m - R^T t|
+        aligned = scale[:, None, None] * model - problem.xyz @ rot
+        sq = (aligned * aligned).sum(-1) / problem.xyz_sigma**2
+        energy += (problem.xyz_weight * sq).sum(-1)
     if problem.prior is not None:
-        diff = x[:, : NUM_JOINTS * 3] - problem.prior
-        energy = energy + (problem.prior_weight * diff.square()).sum(-1)
-    betas = x[:, NUM_JOINTS * 3 : NUM_JOINTS * 3 + NUM_BETAS]
-    return energy + problem.betas_weight * betas.square().sum(-1)
+        diff = x[:, _POSE] - problem.prior
+        energy += (problem.prior_weight * diff * diff).sum(-1)
+    betas = x[:, _BETAS]
+    return energy + problem.betas_weight * (betas * betas).sum(-1)
 
 
-def _skew(v: Tensor) -> Tensor:
-    """(..., 3) -> (..., 3, 3) cross-product matrices."""
-    x, y, z = v.unbind(-1)
-    zero = torch.zeros_like(x)
-    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).unflatten(-1, (3, 3))
-
-
-def _right_jacobian(theta: Tensor) -> Tensor:
-    """(..., 3, 3) right Jacobian of the exponential map, exp(theta + d) = exp(theta) exp(Jr d)
-    to first order: Jr = I - (1 - cos t) / t^2 [theta]x + (t - sin t) / t^3 [theta]x^2."""
-    t2 = theta.square().sum(-1)
-    small = t2 < 1e-6
-    t = torch.where(small, torch.ones_like(t2), t2).sqrt()
-    a = torch.where(small, 0.5 - t2 / 24, (1 - torch.cos(t)) / t.square())
-    b = torch.where(small, 1 / 6 - t2 / 120, (t - torch.sin(t)) / t.pow(3))
-    k = _skew(theta)
-    eye = torch.eye(3, dtype=theta.dtype, device=theta.device)
-    return eye - a[..., None, None] * k + b[..., None, None] * (k @ k)
-
-
-def _ancestry() -> Tensor:
+def _ancestry() -> np.ndarray:
     """(16, 16) A[j, m] = 1 where joint m is joint j or one of its ancestors (m moves j)."""
-    ancestry = torch.zeros(NUM_JOINTS, NUM_JOINTS)
+    ancestry = np.zeros((NUM_JOINTS, NUM_JOINTS))
     for j in range(NUM_JOINTS):
         m = j
         while m >= 0:
@@ -200,9 +182,40 @@ def _ancestry() -> Tensor:
 
 
 _ANCESTRY = _ancestry()
+_PARENT_OF_LEVEL = np.array([MANO_PARENTS[j] for j in LEVEL_ORDER[1:]])  # (15,) MANO joints
+_SKEW_GENERATORS = skew(np.eye(3)).reshape(9, 3)  # rows (j, a): [e_j]x
 
 
-def keypoints_and_jacobian(layer: KeypointLayer, x: Tensor) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True, eq=False)
+class _JacobianConstants:
+    """Per-model constants of `keypoints_and_jacobian`, built once (`_constants`)."""
+
+    tip_ancestry: np.ndarray  # (5 t, 16 m, 16 k) w_tk A[k, m]: how joint m moves tip t's copies
+    tip_lever: np.ndarray  # (5, 16, 1) sum_k w_tk A[k, m]
+    posedirs: np.ndarray  # (15 n, 15 (t, c), 9 q) the tips' correctives per joint and entry
+    level_shapedirs: np.ndarray  # (15, 3, 10) J_j - J_parent(j) shapedirs, level order
+    tips_shape_local: np.ndarray  # (5, 48 (k, j), 10) w_tk (S_t - S_k)_j, the tips' lever in beta
+
+
+_CONSTANTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _constants(arrays: KeypointArrays) -> _JacobianConstants:
+    if arrays not in _CONSTANTS:
+        weights = arrays.tips_weights  # (5, 16)
+        shape_j = arrays.joints_shapedirs  # (16, 3, 10)
+        local = arrays.tips_shapedirs[:, None] - shape_j[None]  # (5, 16, 3, 10)
+        _CONSTANTS[arrays] = _JacobianConstants(
+            tip_ancestry=(weights[:, :, None] * _ANCESTRY[None]).transpose(0, 2, 1).copy(),
+            tip_lever=(weights @ _ANCESTRY)[..., None],
+            posedirs=arrays.tips_posedirs.reshape(15, NUM_JOINTS - 1, 9).transpose(1, 0, 2).copy(),
+            level_shapedirs=shape_j[LEVEL_ORDER[1:]] - shape_j[_PARENT_OF_LEVEL],
+            tips_shape_local=(weights[:, :, None, None] * local).reshape(5, -1, NUM_BETAS),
+        )
+    return _CONSTANTS[arrays]
+
+
+def keypoints_and_jacobian(arrays: KeypointArrays, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints (B, 21, 3) at parameters x (B, 61) and their exact Jacobian (B, 21, 3, 61).
 
     A joint m's local rotation R_m = exp(theta_m) turns its subtree about the joint: with the
@@ -211,115 +224,99 @@ def keypoints_and_jacobian(layer: KeypointLayer, x: Tensor) -> tuple[Tensor, Ten
     fingertip is the skinning-weighted sum of such carried copies, plus its pose correctives,
     which move with d(R_n) = R_n [Jr e_i]x. Positions are linear in betas for fixed rotations
     (forward kinematics of the shape directions) and shift with the translation."""
-    count = x.shape[0]
-    dtype = x.dtype
-    pose = x[:, : NUM_JOINTS * 3].reshape(count, NUM_JOINTS, 3)
-    betas = x[:, NUM_JOINTS * 3 : NUM_JOINTS * 3 + NUM_BETAS]
-    rotmats = axis_angle_to_matrix(pose)  # (B, 16, 3, 3)
-    rest = layer.rest_joints(betas)  # (B, 16, 3)
-    glob, joints = forward_kinematics(rest, rotmats)
-    eye = torch.eye(3, dtype=dtype, device=x.device)
-    pose_feature = (rotmats[:, 1:] - eye).flatten(1)  # (B, 135)
-    tips_rest = layer.rest_tips(betas) + torch.einsum(
-        "bp,tcp->btc", pose_feature, layer.tips_posedirs
-    )
-    weights = layer.tips_weights  # (5, 16)
-    local = tips_rest[:, :, None] - rest[:, None]  # (B, 5, 16, 3)
-    carried = (glob[:, None] @ local[..., None])[..., 0] + joints[:, None]  # (B, 5, 16, 3)
-    tips = (weights[..., None] * carried).sum(-2)  # (B, 5, 3)
+    count = len(x)
+    const = _constants(arrays)
+    rotmats, jr = so3_exp(x[:, _POSE].reshape(count, NUM_JOINTS, 3), right_jacobian=True)
+    hand = posed_hand(arrays, rotmats, x[:, _BETAS])
+    glob, joints = hand.glob, hand.joints
+    jac = np.empty((count, 21, 3, NUM_PARAMS))  # rows: 16 joints, then 5 tips (thumb first)
 
-    ancestry = _ANCESTRY.to(dtype=dtype, device=x.device)
-    turn = glob @ _right_jacobian(pose)  # (B, 16, 3, 3) G_m Jr_m
-    # joints: (B, 16 points, 16 joints m, 3, 3)
-    offset = joints[:, :, None] - joints[:, None]  # P_j - P_m
-    d_joints = -_skew(offset) @ turn[:, None] * ancestry[None, :, :, None, None]
-    # tips: sum_k w_tk A[k, m] (X_tk - P_m), the weighted lever arm about joint m
-    wa = weights @ ancestry  # (5, 16) sum_k w_tk A[k, m]
-    lever = (
-        torch.einsum("tk,km,btkc->btmc", weights, ancestry, carried)
-        - wa[..., None] * joints[:, None]
-    )
-    d_tips = -_skew(lever) @ turn[:, None]  # (B, 5, 16, 3, 3)
-    # pose correctives of the tips: d v / d theta_n,i = posedirs_n : (R_n [Jr_n e_i]x)
-    jr = _right_jacobian(pose[:, 1:])  # (B, 15, 3, 3)
-    d_rot = rotmats[:, 1:, None] @ _skew(jr.transpose(-1, -2))  # (B, 15, 3 (i), 3, 3)
-    posedirs = layer.tips_posedirs.reshape(5, 3, NUM_JOINTS - 1, 9)
-    d_v = torch.einsum("tcnq,bniq->btcni", posedirs, d_rot.flatten(-2))  # (B, 5, 3, 15, 3)
-    blend = torch.einsum("tk,bkij->btij", weights, glob)  # (B, 5, 3, 3) sum_k w_tk G_k
-    d_tips[:, :, 1:] += torch.einsum("btac,btcni->btnai", blend, d_v)
-    d_pose = torch.cat([d_joints, d_tips], dim=1).index_select(1, KEYPOINT_INDEX.to(x.device))
-    d_pose = d_pose.permute(0, 1, 3, 2, 4).reshape(count, 21, 3, NUM_JOINTS * 3)
+    # lever arms (B, 16 m, 21, 3) of every point about every joint m: A[j, m] (P_j - P_m) for
+    # the joints; sum_k w_tk A[k, m] (X_tk - P_m) for the tips, X_tk tip t carried by joint k
+    lever = np.empty((count, NUM_JOINTS, 21, 3))
+    lever[:, :, :NUM_JOINTS] = (joints[:, None] - joints[:, :, None]) * _ANCESTRY.T[..., None]
+    offset = joints - (glob @ hand.rest[..., None])[..., 0]  # (B, 16, 3) P_k - G_k J_k
+    carried = (glob.reshape(count, -1, 3) @ hand.tips_rest.transpose(0, 2, 1)).reshape(
+        count, NUM_JOINTS, 3, 5
+    ) + offset[..., None]  # (B, 16 k, 3, 5 t)
+    tips = const.tip_ancestry @ carried.transpose(0, 3, 1, 2) - const.tip_lever * joints[:, None]
+    lever[:, :, NUM_JOINTS:] = tips.transpose(0, 2, 1, 3)
+    # -[l]x G_m Jr_m = -sum_j l_j [e_j]x G_m Jr_m: (B, 16 m, 21, 9 (coordinate, component))
+    turned = (_SKEW_GENERATORS @ -(glob @ jr)).reshape(count, NUM_JOINTS, 3, 9)
+    d_pose = jac[..., _POSE].reshape(count, 21, 3, NUM_JOINTS, 3)  # a view
+    d_pose[:] = (lever @ turned).reshape(count, NUM_JOINTS, 21, 3, 3).transpose(0, 2, 3, 1, 4)
+    # the tips' pose correctives: d v_tc / d theta_n,i = posedirs_tc,n : (R_n [Jr_n e_i]x)
+    d_rot = rotmats[:, 1:, None] @ skew(jr[:, 1:].transpose(0, 1, 3, 2))  # (B, 15 n, 3 i, 3, 3)
+    d_v = const.posedirs @ d_rot.reshape(count, 15, 3, 9).transpose(0, 1, 3, 2)  # (B, n, tc, i)
+    d_v = d_v.transpose(0, 2, 1, 3).reshape(count, 5, 3, -1)  # (B, 5 t, 3 c, 45 (n, i))
+    blend = (arrays.tips_weights @ glob.reshape(count, NUM_JOINTS, 9)).reshape(count, 5, 3, 3)
+    d_pose[:, NUM_JOINTS:, :, 1:] += (blend @ d_v).reshape(count, 5, 3, 15, 3)
 
-    # betas: forward kinematics of the joints' shape directions, then skinning for the tips
-    shape_j = layer.joints_shapedirs  # (16, 3, 10)
-    d_beta = x.new_zeros(count, NUM_JOINTS, 3, NUM_BETAS)
-    d_beta[:, 0] = shape_j[0]
-    parents = [0] * 5
-    for level in LEVELS:
-        here = list(level)
-        d_beta[:, here] = d_beta[:, parents] + glob[:, parents] @ (shape_j[here] - shape_j[parents])
-        parents = here
-    d_beta_joints = d_beta  # (B, 16, 3, 10)
-    shape_local = layer.tips_shapedirs[:, None] - shape_j[None]  # (5, 16, 3, 10)
-    d_beta_tips = torch.einsum("tk,bkij,tkjl->btil", weights, glob, shape_local) + torch.einsum(
-        "tk,bkcl->btcl", weights, d_beta_joints
-    )  # (B, 5, 3, 10)
-    d_shape = torch.cat([d_beta_joints, d_beta_tips], dim=1).index_select(
-        1, KEYPOINT_INDEX.to(x.device)
-    )
-
-    d_transl = eye.expand(count, 21, 3, 3)
-    jac = torch.cat([d_pose, d_shape, d_transl], dim=-1)  # (B, 21, 3, 61)
-    keypoints = torch.cat([joints, tips], dim=1).index_select(1, KEYPOINT_INDEX.to(x.device))
-    return keypoints + x[:, None, -3:], jac
+    # betas: forward kinematics of the joints' shape directions (level by level, a cumulative
+    # sum along each digit), then skinning for the tips
+    moved = (glob[:, _PARENT_OF_LEVEL] @ const.level_shapedirs).reshape(count, 3, 5, 3, NUM_BETAS)
+    d_joints = (
+        np.concatenate(
+            [np.zeros((count, 1, 3, NUM_BETAS)), np.cumsum(moved, 1).reshape(count, 15, 3, -1)], 1
+        )[:, FROM_LEVEL]
+        + arrays.joints_shapedirs[0]
+    )  # (B, 16, 3, 10)
+    jac[:, :NUM_JOINTS, :, _BETAS] = d_joints
+    by_joint = glob.transpose(0, 2, 1, 3).reshape(count, 1, 3, -1)  # (B, 1, 3 i, 48 (k, j))
+    jac[:, NUM_JOINTS:, :, _BETAS] = (by_joint @ const.tips_shape_local) + (
+        arrays.tips_weights @ d_joints.reshape(count, NUM_JOINTS, -1)
+    ).reshape(count, 5, 3, NUM_BETAS)
+    jac[..., -3:] = _EYE3
+    return hand.keypoints + x[:, None, -3:], jac[:, KEYPOINT_ORDER]
 
 
-def _linearise(problem: _Problem, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Whitened residuals r (B, R) and their Jacobian (B, R, 61) at x (B, 61), with the IRLS
-    weights and the 3D alignment frozen at x."""
-    keypoints, d_kp = keypoints_and_jacobian(problem.layer, x)  # (B, 21, 3), (B, 21, 3, 61)
-    count = x.shape[0]
-    res: list[Tensor] = []
-    jac: list[Tensor] = []
+def _normal_equations(problem: _Problem, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Gauss-Newton model at x (B, 61): J^T J (B, 61, 61) and J^T r (B, 61) of the whitened
+    residuals, with the IRLS weights and the 3D alignment frozen at x. The aligned 3D residual
+    s R m_j - t_j is taken as s m_j - R^T t_j (the same length; R^T R = I leaves J^T J and J^T r
+    unchanged), and the priors' residuals are the parameters themselves, so they add to the
+    diagonal directly."""
+    keypoints, d_kp = keypoints_and_jacobian(problem.arrays, x)  # (B, 21, 3), (B, 21, 3, 61)
+    count = len(x)
+    res: list[np.ndarray] = []
+    jac: list[np.ndarray] = []
     if problem.uv is not None:
-        p = keypoints @ problem.K.transpose(-1, -2)  # (B, 21, 3)
-        depth = p[..., 2:].clamp(min=_MIN_DEPTH)
+        K = problem.K
+        p = keypoints @ K.transpose(0, 2, 1)  # (B, 21, 3)
+        depth = np.maximum(p[..., 2:], _MIN_DEPTH)
         u = p[..., :2] / depth
         err = (u - problem.uv) / problem.uv_sigma
-        _, irls = _robust(err.square().sum(-1), problem.robust, problem.robust_scale)
-        sw = ((problem.uv_weight * irls).sqrt() / problem.uv_sigma)[..., None]  # (B, 21, 1)
+        _, irls = _robust((err * err).sum(-1), problem.robust, problem.robust_scale)
+        sw = (np.sqrt(problem.uv_weight * irls) / problem.uv_sigma)[..., None]  # (B, 21, 1)
         # d u / d X = (K[:2] - u K[2]) / depth
-        d_proj = (problem.K[:, None, :2] - u[..., None] * problem.K[:, None, 2:]) / depth[..., None]
+        d_proj = (K[:, None, :2] - u[..., None] * K[:, None, 2:]) / depth[..., None]
         res.append((sw * (u - problem.uv)).reshape(count, -1))
         jac.append((sw[..., None] * (d_proj @ d_kp)).reshape(count, -1, NUM_PARAMS))
     if problem.xyz is not None:
         w = problem.xyz_weight
-        model = _centre(keypoints, w)
-        target = _centre(problem.xyz, w)
-        scale, rot = _alignment(model, target, w, problem.align)
-        sr = scale[:, None, None] * rot  # (B, 3, 3)
-        sw = (w.sqrt() / problem.xyz_sigma)[..., None]  # (B, 21, 1)
-        res.append((sw * (model @ sr.transpose(-1, -2) - target)).reshape(count, -1))
-        wn = w / w.sum(-1, keepdim=True).clamp(min=1e-12)
-        d_centred = d_kp - (wn[..., None, None] * d_kp).sum(1, keepdim=True)
-        jac.append((sw[..., None] * (sr[:, None] @ d_centred)).reshape(count, -1, NUM_PARAMS))
+        model = weighted_centre(keypoints, w)
+        scale, rot = _alignment(model, problem.xyz, w, problem.align)
+        sw = (np.sqrt(w) / problem.xyz_sigma)[..., None]  # (B, 21, 1)
+        res.append((sw * (scale[:, None, None] * model - problem.xyz @ rot)).reshape(count, -1))
+        mean = (problem.xyz_mean_weight[..., None, None] * d_kp).sum(1, keepdims=True)
+        sws = (sw * scale[:, None, None])[..., None]
+        jac.append((sws * (d_kp - mean)).reshape(count, -1, NUM_PARAMS))
+    hess = np.zeros((count, NUM_PARAMS, NUM_PARAMS))
+    grad = np.zeros((count, NUM_PARAMS))
+    if jac:
+        j = np.concatenate(jac, axis=1)  # (B, R, 61)
+        jt = j.transpose(0, 2, 1)
+        hess += jt @ j
+        grad += (jt @ np.concatenate(res, axis=1)[..., None])[..., 0]
+    diagonal = np.arange(NUM_PARAMS)
     if problem.prior is not None:
-        sw = problem.prior_weight.sqrt()  # (B, 48)
-        res.append(sw * (x[:, : NUM_JOINTS * 3] - problem.prior))
-        block = x.new_zeros(count, NUM_JOINTS * 3, NUM_PARAMS)
-        block[..., : NUM_JOINTS * 3] = torch.diag_embed(sw)
-        jac.append(block)
-    root = problem.betas_weight**0.5
-    res.append(root * x[:, NUM_JOINTS * 3 : NUM_JOINTS * 3 + NUM_BETAS])
-    block = x.new_zeros(count, NUM_BETAS, NUM_PARAMS)
-    block[..., NUM_JOINTS * 3 : NUM_JOINTS * 3 + NUM_BETAS] = root * torch.eye(
-        NUM_BETAS, dtype=x.dtype, device=x.device
-    )
-    jac.append(block)
-    return torch.cat(res, dim=1), torch.cat(jac, dim=1)
+        hess[:, diagonal[_POSE], diagonal[_POSE]] += problem.prior_weight
+        grad[:, _POSE] += problem.prior_weight * (x[:, _POSE] - problem.prior)
+    hess[:, diagonal[_BETAS], diagonal[_BETAS]] += problem.betas_weight
+    grad[:, _BETAS] += problem.betas_weight * x[:, _BETAS]
+    return hess, grad
 
 
-@torch.no_grad()
 def refine(
     hand_model: HandModel,
     pose0: Tensor,
@@ -355,92 +352,92 @@ def refine(
     metres. prior_pose: (B, 16, 3) with prior_weight (B,) or (B, 16) per radian^2 (0: no pull;
     default 1). betas_weight: the shape ridge; fit_betas=False keeps betas0. steps: Jacobian
     evaluations; damping: the initial lambda; retries: extra solves with more damping when a step
-    would raise E."""
+    would raise E. Tensors (or arrays) in, computed in float64 numpy, tensors out in the hand
+    model's dtype and device."""
     if robust not in ROBUST_KERNELS:
         raise ValueError(f"robust must be one of {ROBUST_KERNELS}, got {robust!r}")
     if align not in XYZ_ALIGNMENTS:
         raise ValueError(f"align must be one of {XYZ_ALIGNMENTS}, got {align!r}")
-    layer = keypoint_layer(hand_model)
-    dtype, device = layer.joints_template.dtype, layer.joints_template.device
+    arrays = keypoint_arrays(hand_model)
+    count = len(pose0)
+    x = np.concatenate([to_numpy(v).reshape(count, -1) for v in (pose0, betas0, transl0)], axis=1)
+    x = np.nan_to_num(x)
 
-    def cast(t: Tensor | float) -> Tensor:
-        return torch.as_tensor(t).to(dtype=dtype, device=device)
-
-    count = pose0.shape[0]
-    x = torch.cat(
-        [cast(pose0).reshape(count, -1), cast(betas0).reshape(count, -1), cast(transl0)], dim=1
-    )
-    x = torch.nan_to_num(x)
-
-    def weights(values: Tensor, given: Tensor | None, points: int) -> Tensor:
+    def weights(values: np.ndarray, given, points: int) -> np.ndarray:
         """(B, points) weights, 0 where a value is missing (NaN) or its weight is."""
-        ok = torch.isfinite(values).all(-1)  # (B, points)
-        w = x.new_ones(count, points) if given is None else cast(given).expand(count, points)
-        return torch.where(ok, torch.nan_to_num(w).clamp(min=0.0), torch.zeros_like(w))
+        ok = np.isfinite(values).all(-1)  # (B, points)
+        w = 1.0 if given is None else np.maximum(np.nan_to_num(to_numpy(given)), 0.0)
+        return np.where(ok, np.broadcast_to(w, (count, points)), 0.0)
 
-    Kb = uvb = uvw = xyzb = xyzw = prior = priorw = None
+    Kb = uvb = uvw = xyzb = xyzw = xyzm = prior = priorw = None
     if uv is not None:
         if K is None:
             raise ValueError("2D landmarks need the intrinsics K")
-        Kb = cast(K).expand(count, 3, 3)
-        uvw = weights(cast(uv), uv_weight, 21)
-        uvb = torch.nan_to_num(cast(uv))
+        Kb = np.broadcast_to(to_numpy(K), (count, 3, 3))
+        uvb = to_numpy(uv)
+        uvw = weights(uvb, uv_weight, 21)
+        uvb = np.nan_to_num(uvb)
     if xyz is not None:
-        xyzw = weights(cast(xyz), xyz_weight, 21)
-        xyzb = torch.nan_to_num(cast(xyz))
+        xyzb = to_numpy(xyz)
+        xyzw = weights(xyzb, xyz_weight, 21)
+        xyzb = weighted_centre(np.nan_to_num(xyzb), xyzw)
+        xyzm = xyzw / np.maximum(xyzw.sum(-1, keepdims=True), 1e-12)
     if prior_pose is not None:
-        prior_pose = cast(prior_pose).reshape(count, NUM_JOINTS, 3)
-        pw = cast(1.0 if prior_weight is None else prior_weight)
+        prior = to_numpy(prior_pose).reshape(count, NUM_JOINTS, 3)
+        pw = to_numpy(1.0 if prior_weight is None else prior_weight)
         if pw.ndim < 2:  # one weight per hand (or one for all)
             pw = pw.reshape(-1, 1)
-        priorw = weights(prior_pose, pw.expand(count, NUM_JOINTS), NUM_JOINTS)
-        priorw = priorw.repeat_interleave(3, dim=1)  # (B, 48)
-        prior = torch.nan_to_num(prior_pose).reshape(count, NUM_JOINTS * 3)
+        priorw = np.repeat(weights(prior, pw, NUM_JOINTS), 3, axis=1)  # (B, 48)
+        prior = np.nan_to_num(prior).reshape(count, NUM_JOINTS * 3)
     problem = _Problem(
-        layer, Kb, uvb, uvw, xyzb, xyzw, prior, priorw, float(betas_weight), float(uv_sigma),
+        arrays, Kb, uvb, uvw, xyzb, xyzw, xyzm, prior, priorw, float(betas_weight), float(uv_sigma),
         float(xyz_sigma), robust, float(robust_scale), align,
     )  # fmt: skip
 
     energy = _objective(problem, x)
-    before = energy.clone()
-    lam = x.new_full((count,), damping)
-    accepted = torch.zeros(count, dtype=torch.int64, device=device)
-    betas_slice = slice(NUM_JOINTS * 3, NUM_JOINTS * 3 + NUM_BETAS)
-    eye = torch.eye(NUM_PARAMS, dtype=torch.float64, device=x.device)
+    before = energy.copy()
+    lam = np.full(count, float(damping))
+    accepted = np.zeros(count, dtype=np.int64)
+    diagonal = np.arange(NUM_PARAMS)
     for _ in range(steps):
-        res, jac = _linearise(problem, x)
+        hess, grad = _normal_equations(problem, x)
         if not fit_betas:
-            jac[..., betas_slice] = 0.0
-        # normal equations in double precision: pixel, metre and radian scales differ widely
-        jac64 = jac.double()
-        hess = jac64.transpose(1, 2) @ jac64  # (B, 61, 61)
-        grad = (jac64.transpose(1, 2) @ res.double()[..., None])[..., 0]  # (B, 61)
-        diag = torch.diagonal(hess, dim1=1, dim2=2).clamp(min=1e-9)
+            hess[:, _BETAS] = 0.0
+            hess[:, :, _BETAS] = 0.0
+            grad[:, _BETAS] = 0.0
+        diag = np.maximum(hess[:, diagonal, diagonal], 1e-9)
         if not fit_betas:
-            diag[:, betas_slice] = 1.0  # zero gradient there, so a zero step
-        pending = torch.isfinite(energy)
+            diag[:, _BETAS] = 1.0  # zero gradient there, so a zero step
+        pending = np.isfinite(energy)
         for _ in range(retries + 1):
-            damped = hess + torch.diag_embed(lam.double()[:, None] * diag) + 1e-12 * eye
-            step = -torch.linalg.solve(damped, grad).to(dtype)
+            damped = hess.copy()
+            damped[:, diagonal, diagonal] += lam[:, None] * diag + 1e-12
+            step = -np.linalg.solve(damped, grad[..., None])[..., 0]
             trial = x + step
             trial_energy = _objective(problem, trial)
-            better = pending & torch.isfinite(trial_energy) & (trial_energy < energy)
-            x = torch.where(better[:, None], trial, x)
-            energy = torch.where(better, trial_energy, energy)
-            accepted += better.long()
-            lam = torch.where(better, (lam / 3).clamp(min=1e-7), lam)
+            better = pending & np.isfinite(trial_energy) & (trial_energy < energy)
+            x = np.where(better[:, None], trial, x)
+            energy = np.where(better, trial_energy, energy)
+            accepted += better
+            lam = np.where(better, np.maximum(lam / 3, 1e-7), lam)
             worse = pending & ~better
-            lam = torch.where(worse, (lam * 8).clamp(max=1e8), lam)
+            lam = np.where(worse, np.minimum(lam * 8, 1e8), lam)
             pending = worse
-            if not bool(pending.any()):
+            if not pending.any():
                 break
+    layer = keypoint_layer(hand_model)
+    out = dict(dtype=layer.joints_template.dtype, device=layer.joints_template.device)
+
+    def tensor(values: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values)).to(**out)
+
     return RefineResult(
-        pose=x[:, : NUM_JOINTS * 3].reshape(count, NUM_JOINTS, 3),
-        betas=x[:, betas_slice],
-        transl=x[:, -3:],
-        objective_before=before,
-        objective_after=energy,
-        accepted_steps=accepted,
+        pose=tensor(x[:, _POSE].reshape(count, NUM_JOINTS, 3)),
+        betas=tensor(x[:, _BETAS]),
+        transl=tensor(x[:, -3:]),
+        objective_before=tensor(before),
+        objective_after=tensor(energy),
+        accepted_steps=torch.from_numpy(accepted).to(layer.joints_template.device),
     )
 
 
@@ -451,4 +448,4 @@ def objective(
     return refine(hand_model, pose, betas, transl, steps=0, **terms).objective_before
 
 
-__all__ = ["NUM_PARAMS", "RefineResult", "objective", "refine"]
+__all__ = ["NUM_PARAMS", "RefineResult", "keypoints_and_jacobian", "objective", "refine"]
