@@ -240,6 +240,7 @@ def run_blend(
     export: str | None = None,
     scene_fps: float = BLENDER_DEFAULT_FPS,
     render_frame: tuple[int, str | os.PathLike] | None = None,
+    retarget_fingertips: bool = False,
 ) -> dict:
     """Build the HAMR scene of one photo or one clip, save it, optionally render a photo's
     hands over it. A clip (any file that is not a still image) is keyed as hamr.keyframe_video
@@ -257,6 +258,8 @@ def run_blend(
         raise ValueError("--render lays the hands over a photo; it is not for a clip")
     if render_frame is not None and not is_video:
         raise ValueError("--render-frame renders a clip's frame; for a photo use --render")
+    if retarget_fingertips and not retarget:
+        raise ValueError("--retarget-fingertips goes with --retarget RIG.blend[:ARMATURE]")
     proc: backend_process.BackendProcess | None = None
     if backend_url is None:
         proc = backend_process.BackendProcess()
@@ -286,7 +289,7 @@ def run_blend(
             proc.stop()
     from .retarget import headless_steps  # --retarget RIG.blend[:ARMATURE], --export OUT
 
-    steps = headless_steps(context, retarget, export)
+    steps = headless_steps(context, retarget, export, fingertips=retarget_fingertips)
     out_blend = os.path.abspath(os.fspath(out_blend))
     Path(out_blend).parent.mkdir(parents=True, exist_ok=True)
     rendered = None
@@ -351,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--focal", type=float, default=0.0, help="focal length in pixels")
     ap.add_argument("--samples", type=int, default=16, help="Cycles samples of the render")
     ap.add_argument("--retarget", default=None, help="retarget onto RIG.blend[:ARMATURE]")
+    ap.add_argument(
+        "--retarget-fingertips",
+        action="store_true",
+        help="with --retarget: Match Fingertips (bend the target's fingers so their tips land "
+        "where the HAMR hand's do, scaled by hand length; docs/retarget.md)",
+    )
     ap.add_argument("--export", default=None, help="export hands (+ rig) to OUT.fbx / OUT.glb")
     ap.add_argument(
         "--scene-fps",
@@ -428,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             samples=args.samples,
             retarget=args.retarget,
+            retarget_fingertips=args.retarget_fingertips,
             export=args.export,
             scene_fps=scene_fps,
             render_frame=render_frame,

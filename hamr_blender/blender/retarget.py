@@ -1065,17 +1065,21 @@ def parse_rig_spec(spec: str) -> tuple[str, str | None]:
 
 
 def headless_steps(
-    context: bpy.types.Context, rig_spec: str | None, export_path: str | None
+    context: bpy.types.Context,
+    rig_spec: str | None,
+    export_path: str | None,
+    fingertips: bool = False,
 ) -> dict:
-    """`hamr blend --retarget RIG.blend[:ARMATURE] --export OUT.fbx|OUT.glb`, after the import:
-    append the armature, retarget every HAMR hand of a side it has onto it, export. Returns
+    """`hamr blend --retarget RIG.blend[:ARMATURE] [--retarget-fingertips] --export
+    OUT.fbx|OUT.glb`, after the import: append the armature, retarget every HAMR hand of a side
+    it has onto it (fingertips: Match Fingertips), export. Returns
     {"target", "notes", "exported"}; raises RetargetError / BoneMapError / export.ExportError."""
     info: dict = {"target": None, "notes": [], "exported": None}
     if rig_spec:
         path, name = parse_rig_spec(rig_spec)
         target = append_armature(context, path, name)
         try:
-            result = retarget_all_hands(context, target)
+            result = retarget_all_hands(context, target, RetargetOptions(fingertips=fingertips))
         except DOMAIN_ERRORS:
             _remove([o for o in bpy.data.objects if o == target or o.parent == target])
             raise

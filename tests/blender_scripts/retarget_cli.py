@@ -5,7 +5,8 @@ retarget_cli.py check SCENE.blend EXPORT
     open the scene `hamr blend` saved: its armatures, for each HAMR hand the largest angle
     between each finger bone's direction and the Rigify DEF bone's (each in its own hand
     frame: origin at the wrist, y to the middle knuckle, x towards the index knuckle made
-    orthogonal), and the Rigify finger controls' rotation; then the export re-imported
+    orthogonal), each digit's tip gap (tip relative to the wrist over the hand's length, in
+    the hand frame), and the Rigify finger controls' rotation; then the export re-imported
     into an empty scene: its armatures, how many carry animation (an active action or an NLA
         strip), the largest one's bone count, its meshes.
 """
@@ -33,6 +34,17 @@ def dirs(arm, names: dict[str, str]) -> np.ndarray:
     # the hand frame as retarget_math builds it (checked by hand in test_retarget_pure)
     axes = hand_frame(head("wrist"), head("index1"), head("middle1"), head("pinky1"))[:3, :3].T
     return np.array([axes @ (tail(j) - head(j)) for j in bone_maps.FINGER_JOINTS])
+
+
+def tips(arm, names: dict[str, str]) -> np.ndarray:
+    """(5, 3) each digit's tip (the tail of its last bone) relative to the wrist, in the hand
+    frame, divided by the hand's length (wrist to the middle finger's tip)."""
+    pb = arm.pose.bones
+    head = lambda j: np.array(arm.matrix_world @ pb[names[j]].head)  # noqa: E731
+    axes = hand_frame(head("wrist"), head("index1"), head("middle1"), head("pinky1"))[:3, :3].T
+    ends = np.array([np.array(arm.matrix_world @ pb[names[f"{d}3"]].tail) for d in DIGITS])
+    rel = ends - head("wrist")
+    return (rel @ axes.T) / np.linalg.norm(rel[DIGITS.index("middle")])
 
 
 if sys.argv[1] == "rig":
@@ -63,8 +75,10 @@ for hand in hands:
     for d in DIGITS:
         for k in (1, 2, 3):
             deform[f"{d}{k}"] = f"DEF-{'thumb' if d == 'thumb' else 'f_' + d}.{k:02d}.{s}"
-    a = dirs(hand, bone_maps.BUILTIN_MAPS["HAMR"].bones(side))
+    hamr_bones = bone_maps.BUILTIN_MAPS["HAMR"].bones(side)
+    a = dirs(hand, hamr_bones)
     b = dirs(rig, deform)
+    tip_gap = np.linalg.norm(tips(hand, hamr_bones) - tips(rig, deform), axis=1)
     cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     angles = np.degrees(np.arccos(np.clip(cos, -1, 1)))
     controls = bone_maps.BUILTIN_MAPS["RIGIFY"].bones(side)
@@ -78,6 +92,7 @@ for hand in hands:
             "mean_deg": float(angles.mean()),
             "max_deg": float(angles.max()),
             "controls_turned_max_deg": max(turned),
+            "tips": dict(zip(DIGITS, tip_gap.tolist(), strict=True)),
         }  # fmt: skip
     )
 bpy.ops.wm.read_factory_settings(use_empty=True)
