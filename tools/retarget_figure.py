@@ -13,8 +13,8 @@ alone, and writes them side by side, downscaled, to docs/images/retarget_before_
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -78,8 +78,9 @@ def _skin(rig, side: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    photo = Path(argv[0]) if argv else PHOTO
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("photo", nargs="?", default=str(PHOTO), help="the photo (default: %(default)s)")
+    photo = Path(ap.parse_args(argv).photo)
     import bpy  # before addon_utils, which bpy puts on the path
     import numpy as np
     from mathutils import Matrix
