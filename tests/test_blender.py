@@ -169,7 +169,7 @@ def test_rig_equals_hand_model_both_sides_with_correctives(bpy_env: dict[str, st
         assert max(r["max_err_m"]) < 1e-4, (side, r["max_err_m"])
         assert r["max_err_after_set_betas_m"] < 1e-4, side
         assert r["corrective_size_m"] > 1e-3  # the injected correctives really move vertices
-        assert r["bones"] == 21 + 10 and r["deform_bones"] == 16  # + IK targets, poles
+        assert r["bones"] == 21 + 20 and r["deform_bones"] == 16  # + IK, poles, curl controls
         s = "R" if side == "right" else "L"
         assert r["vertex_groups"] == [
             f"{j}.{s}" for j in ("wrist", "index1", "index2", "index3", "middle1", "middle2",

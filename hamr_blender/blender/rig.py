@@ -52,7 +52,9 @@ RIG_PROP = "hamr_rig"  # JSON on the armature object: what set_betas needs
 IK_PROP = "hamr_ik"  # on the armature object: the fingertip IKs' influence (0: off, the default)
 LIMITS_PROP = "hamr_limits"  # on the armature object: the rotation limits' influence (0: off)
 HAND_PROPS = "hamr_hand"  # the Armature's property group (`HandSettings`: the shape slider)
-COLLECTIONS = ("Deform", "Controls", "Tips")  # bone collections (the tips hidden)
+# bone collections; the tips and the curl controls' mechanism hidden
+COLLECTIONS = ("Deform", "Controls", "Tips", "Mechanism")
+HIDDEN_COLLECTIONS = ("Tips", "Mechanism")
 WIDGET_PREFIX = "HAMR WGT "
 KIND_PROP = "hamr_kind"  # "armature" / "mesh" / "camera" on HAMR's objects
 SKIN_RGBA = (0.80, 0.57, 0.47, 1.0)
@@ -246,6 +248,75 @@ def _ik_bones(edit_arm, rig, bones, joints_b, tips_b, tails_b, z_axes) -> list:
     return out
 
 
+def _curl_bones(edit_arm, rig, bones, joints_b, tips_b, tails_b, joints_m) -> list:
+    """Each digit's curl control (``index_curl.R``: X curls, Z spreads) and its mechanism bone
+    (``index_curl_mch.R``, hidden: the control's curl alone), children of the wrist; returns
+    their `follow` entries.
+
+    The control lies above the digit's base joint on the back of the hand, along the digit (its
+    first bone projected onto the palm's plane), with X the digit's flexion axis and Z the palm
+    normal exactly (`convert.digit_axes`, the backend's): X = Y x Z = d x n."""
+    out = []
+    wrist = bones[0]
+    axes = convert.digit_axes(joints_m, rig.side)
+    n_b = convert.model_to_blender(convert.palm_normal(joints_m, rig.side))
+    for digit, (j1, _, j3) in convert.DIGIT_JOINTS.items():
+        flex_b = convert.model_to_blender(axes[digit][0])
+        along = np.cross(n_b, flex_b)  # the digit's direction in the palm's plane
+        tip = tips_b[rig.tip_parents.index(j3)]
+        vec = 0.9 * float(np.dot(tip - joints_b[j1], along)) * along
+        length = float(np.linalg.norm(tails_b[j1] - joints_b[j1]))
+        offset = -0.6 * length * n_b  # on the back of the hand, below the poles
+        for suffix in ("curl", "curl_mch"):
+            eb = _new_bone(edit_arm, hamr_bone_name(f"{digit}_{suffix}", rig.side),
+                           joints_b[j1] + offset, vec, n_b, deform=False)  # fmt: skip
+            eb.parent = wrist
+            out.append([eb.name, "joint", j1, offset.tolist(), vec.tolist()])
+    return out
+
+
+def _curl_constraints(arm_obj, rig: RigData, names: list[str], colls, widget) -> None:
+    """The curl controls drive the digits' joints (the deform bones keep their own channels,
+    so the imported keys stay exact while the controls are at rest).
+
+    Each joint gets a Copy Rotation (mix *Before Original*, owner in its local space, the target
+    read in *Local Space (Owner Orientation)*): its local rotation L becomes D L, where D is the
+    target's own rotation turned into the joint's rest frame, C_j^T B R B^T C_j (B the target's
+    rest orientation, R its local rotation). With B's X the digit's flexion axis f, in MANO's
+    terms the joint's rotation becomes Rot(f, a) R_j, about f exactly whatever the bone's own
+    axes. The base joint follows the control (curl and spread); the middle and distal joints
+    follow the mechanism bone, which copies only the control's X rotation (Euler ZYX, the
+    control's own order), so the spread turns the base alone. Each joint curls by the control's
+    full angle."""
+    for digit, joints in convert.DIGIT_JOINTS.items():
+        control = hamr_bone_name(f"{digit}_curl", rig.side)
+        mch = hamr_bone_name(f"{digit}_curl_mch", rig.side)
+        pb = arm_obj.pose.bones[control]
+        colls["Controls"].assign(pb)
+        pb.custom_shape = widget
+        pb.color.palette = "THEME06"
+        pb.rotation_mode = "ZYX"  # spread (Z) first, then curl (X): MANO's named poses' order
+        pb.lock_location = pb.lock_scale = (True, True, True)
+        pb.lock_rotation = (False, True, False)  # no twist
+        mpb = arm_obj.pose.bones[mch]
+        colls["Mechanism"].assign(mpb)
+        con = mpb.constraints.new("COPY_ROTATION")
+        con.name = "HAMR Curl"
+        con.target, con.subtarget = arm_obj, control
+        con.use_y = con.use_z = False
+        con.euler_order = "ZYX"
+        con.target_space = con.owner_space = "LOCAL"
+        for k, j in enumerate(joints):
+            jpb = arm_obj.pose.bones[names[j]]
+            con = jpb.constraints.new("COPY_ROTATION")
+            con.name = "HAMR Curl"
+            con.target, con.subtarget = arm_obj, control if k == 0 else mch
+            con.mix_mode = "BEFORE"
+            con.target_space = "LOCAL_OWNER_ORIENT"
+            con.owner_space = "LOCAL"
+            jpb.constraints.move(len(jpb.constraints) - 1, 0)  # before the limits and the IK
+
+
 # Blender's IK pole angle that keeps each finger chain in its rest plane with the pole on the
 # back of the hand (bone X the flexion axis, Z out of the palm): measured, see tests.
 IK_POLE_ANGLE = -np.pi / 2
@@ -294,13 +365,14 @@ def _dress_rig(arm_obj, rig: RigData, names, tip_bones, joints_m, new: NewData) 
     (which act on the IK solver only)."""
     arm = arm_obj.data
     colls = {name: arm.collections.new(name) for name in COLLECTIONS}
-    colls["Tips"].is_visible = False
+    for name in HIDDEN_COLLECTIONS:
+        colls[name].is_visible = False
     arm_obj[IK_PROP] = 0.0
     arm_obj[LIMITS_PROP] = 0.0
     for prop, what in ((IK_PROP, "fingertip IK"), (LIMITS_PROP, "anatomical rotation limits")):
         text = f"Influence of the {what} (0: off, the imported pose exact)"
         arm_obj.id_properties_ui(prop).update(min=0.0, max=1.0, description=text)
-    widgets = {k: _widget(k, new) for k in ("finger", "wrist", "ik", "pole")}
+    widgets = {k: _widget(k, new) for k in ("finger", "wrist", "ik", "pole", "curl")}
     limits = _limits(rig, joints_m, arm_obj, names)
     for j, name in enumerate(names):
         pb = arm_obj.pose.bones[name]
@@ -350,6 +422,7 @@ def _dress_rig(arm_obj, rig: RigData, names, tip_bones, joints_m, new: NewData) 
         con.use_tail = True
         con.use_stretch = False
         _drive_influence(con, arm_obj, IK_PROP)
+    _curl_constraints(arm_obj, rig, names, colls, widgets["curl"])
 
 
 def _widget(kind: str, new: NewData) -> bpy.types.Object:
@@ -372,6 +445,11 @@ def _widget(kind: str, new: NewData) -> bpy.types.Object:
         c = [(x, y, z) for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)]
         verts = [tuple(0.6 * v for v in p) for p in c]
         edges = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
+    elif kind == "curl":  # a paddle along the bone, flat on the back of the hand
+        verts = [(0.0, 0.0, 0.0), (0.0, 0.8, 0.0)] + [
+            (0.12 * np.cos(a), 0.92 + 0.12 * np.sin(a), 0.0) for a in t
+        ]
+        edges = [(0, 1)] + loop(24, 2)
     else:  # pole: a diamond
         verts = [(0.5, 0, 0), (0, 0.5, 0), (-0.5, 0, 0), (0, -0.5, 0), (0, 0, 0.5), (0, 0, -0.5)]
         edges = loop(4) + [(4, i) for i in range(4)] + [(5, i) for i in range(4)]
@@ -399,7 +477,10 @@ def _make_material(new: NewData, name: str, rgba: tuple[float, ...], rough: floa
 
 
 def _add_driver(key_block, arm_obj: bpy.types.Object, bone: str, expression: str) -> None:
-    """Drive a shape key's value by a bone's local rotation as a quaternion (w, x, y, z)."""
+    """Drive a shape key's value by a bone's local rotation as a quaternion (w, x, y, z): the
+    evaluated one (Blender's Local Space "includes effects of constraints", so the curl
+    controls, the IK and the limits move the correctives too; the expressions are quadratic in
+    the quaternion, so its sign does not matter)."""
     fcurve = key_block.driver_add("value")
     driver = fcurve.driver
     driver.type = "SCRIPTED"
@@ -471,6 +552,7 @@ def build_hand_rig(
             eb.parent = bones[parent]
             follow.append([name, "tip", t, [0.0] * 3, vec.tolist()])
         follow += _ik_bones(edit_arm, rig, bones, joints_b, tips_b, tails_b, z_axes)
+        follow += _curl_bones(edit_arm, rig, bones, joints_b, tips_b, tails_b, joints_m)
     if len(arm.bones) != len(follow):
         raise RigBuildError("Blender did not create the hand's bones")
     arm_obj[RIG_PROP] = _rig_record(rig, names, tip_bones, follow)
