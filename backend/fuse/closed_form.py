@@ -211,6 +211,22 @@ class KeypointArrays:
         return self.tips_template + (betas @ flat.T).reshape(-1, 5, 3)
 
     @cached_property
+    def linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """The parts of the layer linear in (betas (10), pose feature (135)), one map for all:
+        template (108,) and directions (145, 108) of the rest joints (48), the rest tips with
+        their pose correctives (15) and the 15 bones J_j - J_parent(j), level order (45)."""
+        parent = LEVEL_ORDER[_LEVEL_PARENT]  # MANO joints: the parents of LEVEL_ORDER[1:]
+        joints = (self.joints_template, self.joints_shapedirs)
+        bones = tuple(part[LEVEL_ORDER[1:]] - part[parent] for part in joints)
+        template = np.concatenate([p.ravel() for p in (joints[0], self.tips_template, bones[0])])
+        directions = np.zeros((NUM_BETAS + 135, len(template)))
+        directions[:NUM_BETAS] = np.concatenate(
+            [p.reshape(-1, NUM_BETAS) for p in (joints[1], self.tips_shapedirs, bones[1])]
+        ).T
+        directions[NUM_BETAS:, 48:63] = self.tips_posedirs.reshape(15, -1).T
+        return template, directions
+
+    @cached_property
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """`SHAPE_EDGES`' rest vectors at beta = 0 (E, 3) and their shape directions (E, 3, 10)."""
         template = np.concatenate([self.joints_template, self.tips_template])[KEYPOINT_ORDER]
@@ -250,6 +266,7 @@ _SKEW_BASIS = np.zeros((3, 9))
 _SKEW_BASIS[[2, 1, 0], [3, 2, 7]] = 1.0  # +v_z at (1, 0), +v_y at (0, 2), +v_x at (2, 1)
 _SKEW_BASIS[[2, 1, 0], [1, 6, 5]] = -1.0  # -v_z at (0, 1), -v_y at (2, 0), -v_x at (1, 2)
 _DIAGONAL = ([0, 1, 2], [0, 1, 2])  # the diagonal of a (..., 3, 3) stack, for `+=`
+_EYE3 = np.eye(3)
 
 
 def skew(v: np.ndarray) -> np.ndarray:
@@ -324,20 +341,21 @@ def posed_hand(arrays: KeypointArrays, rotmats: np.ndarray, betas: np.ndarray) -
     one tree level at a time, then linear blend skinning of the 5 tips,
     sum_k w_tk (G_k (v_t - J_k) + P_k); the numbers of `layer_keypoints`."""
     count = len(rotmats)
-    rest = arrays.rest_joints(betas)
+    pose_feature = (rotmats[:, 1:] - _EYE3).reshape(count, -1)  # (B, 135) smplx's order
+    template, directions = arrays.linear
+    linear = template + np.concatenate([betas, pose_feature], axis=1) @ directions
+    rest = linear[:, :48].reshape(count, NUM_JOINTS, 3)
+    tips_rest = linear[:, 48:63].reshape(count, 5, 3)
+    bones = linear[:, 63:].reshape(count, 15, 3, 1)  # level order
     local = rotmats[:, LEVEL_ORDER]  # (B, 16, 3, 3) level order
     first = local[:, :1] @ local[:, 1:6]
     second = first @ local[:, 6:11]
     glob = np.concatenate([local[:, :1], first, second, second @ local[:, 11:]], axis=1)
-    rest_lv = rest[:, LEVEL_ORDER]
-    bones = (rest_lv[:, 1:] - rest_lv[:, _LEVEL_PARENT])[..., None]  # (B, 15, 3, 1)
     moved = (glob[:, _LEVEL_PARENT] @ bones).reshape(count, 3, 5, 3)  # each level's bones
-    joints = np.concatenate([rest_lv[:, :1], np.cumsum(moved, axis=1).reshape(count, 15, 3)], 1)
-    joints[:, 1:] += rest_lv[:, :1]
+    joints = np.empty((count, NUM_JOINTS, 3))
+    joints[:, 0] = rest[:, 0]
+    joints[:, 1:] = np.cumsum(moved, axis=1).reshape(count, 15, 3) + rest[:, :1]
     glob, joints = glob[:, FROM_LEVEL], joints[:, FROM_LEVEL]  # MANO order
-    pose_feature = (rotmats[:, 1:] - np.eye(3)).reshape(count, -1)  # (B, 135) smplx's order
-    correctives = pose_feature @ arrays.tips_posedirs.reshape(15, -1).T  # (B, 15)
-    tips_rest = arrays.rest_tips(betas) + correctives.reshape(count, 5, 3)
     weights = arrays.tips_weights
     blend = (weights @ glob.reshape(count, NUM_JOINTS, 9)).reshape(count, 5, 3, 3)
     offset = joints - (glob @ rest[..., None])[..., 0]  # (B, 16, 3) P_k - G_k J_k

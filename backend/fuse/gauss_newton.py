@@ -184,6 +184,8 @@ def _ancestry() -> np.ndarray:
 _ANCESTRY = _ancestry()
 _PARENT_OF_LEVEL = np.array([MANO_PARENTS[j] for j in LEVEL_ORDER[1:]])  # (15,) MANO joints
 _SKEW_GENERATORS = skew(np.eye(3)).reshape(9, 3)  # rows (j, a): [e_j]x
+_ROWS = np.argsort(KEYPOINT_ORDER)  # keypoint index of each of (16 joints, 5 tips thumb first)
+_JOINT_ROWS, _TIP_ROWS = _ROWS[:NUM_JOINTS], _ROWS[NUM_JOINTS:]
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,18 +231,17 @@ def keypoints_and_jacobian(arrays: KeypointArrays, x: np.ndarray) -> tuple[np.nd
     rotmats, jr = so3_exp(x[:, _POSE].reshape(count, NUM_JOINTS, 3), right_jacobian=True)
     hand = posed_hand(arrays, rotmats, x[:, _BETAS])
     glob, joints = hand.glob, hand.joints
-    jac = np.empty((count, 21, 3, NUM_PARAMS))  # rows: 16 joints, then 5 tips (thumb first)
+    jac = np.empty((count, 21, 3, NUM_PARAMS))  # keypoint order
 
-    # lever arms (B, 16 m, 21, 3) of every point about every joint m: A[j, m] (P_j - P_m) for
+    # lever arms (B, 16 m, 21, 3) of every keypoint about every joint m: A[j, m] (P_j - P_m) for
     # the joints; sum_k w_tk A[k, m] (X_tk - P_m) for the tips, X_tk tip t carried by joint k
     lever = np.empty((count, NUM_JOINTS, 21, 3))
-    lever[:, :, :NUM_JOINTS] = (joints[:, None] - joints[:, :, None]) * _ANCESTRY.T[..., None]
+    lever[:, :, _JOINT_ROWS] = (joints[:, None] - joints[:, :, None]) * _ANCESTRY.T[..., None]
     offset = joints - (glob @ hand.rest[..., None])[..., 0]  # (B, 16, 3) P_k - G_k J_k
-    carried = (glob.reshape(count, -1, 3) @ hand.tips_rest.transpose(0, 2, 1)).reshape(
-        count, NUM_JOINTS, 3, 5
-    ) + offset[..., None]  # (B, 16 k, 3, 5 t)
-    tips = const.tip_ancestry @ carried.transpose(0, 3, 1, 2) - const.tip_lever * joints[:, None]
-    lever[:, :, NUM_JOINTS:] = tips.transpose(0, 2, 1, 3)
+    by_column = glob.transpose(0, 3, 1, 2).reshape(count, 3, -1)  # (B, 3 j, 48 (k, i))
+    carried = (hand.tips_rest @ by_column).reshape(count, 5, NUM_JOINTS, 3) + offset[:, None]
+    tips = const.tip_ancestry @ carried - const.tip_lever * joints[:, None]  # (B, 5, 16 m, 3)
+    lever[:, :, _TIP_ROWS] = tips.transpose(0, 2, 1, 3)
     # -[l]x G_m Jr_m = -sum_j l_j [e_j]x G_m Jr_m: (B, 16 m, 21, 9 (coordinate, component))
     turned = (_SKEW_GENERATORS @ -(glob @ jr)).reshape(count, NUM_JOINTS, 3, 9)
     d_pose = jac[..., _POSE].reshape(count, 21, 3, NUM_JOINTS, 3)  # a view
@@ -250,7 +251,7 @@ def keypoints_and_jacobian(arrays: KeypointArrays, x: np.ndarray) -> tuple[np.nd
     d_v = const.posedirs @ d_rot.reshape(count, 15, 3, 9).transpose(0, 1, 3, 2)  # (B, n, tc, i)
     d_v = d_v.transpose(0, 2, 1, 3).reshape(count, 5, 3, -1)  # (B, 5 t, 3 c, 45 (n, i))
     blend = (arrays.tips_weights @ glob.reshape(count, NUM_JOINTS, 9)).reshape(count, 5, 3, 3)
-    d_pose[:, NUM_JOINTS:, :, 1:] += (blend @ d_v).reshape(count, 5, 3, 15, 3)
+    d_pose[:, _TIP_ROWS, :, 1:] += (blend @ d_v).reshape(count, 5, 3, 15, 3)
 
     # betas: forward kinematics of the joints' shape directions (level by level, a cumulative
     # sum along each digit), then skinning for the tips
@@ -261,13 +262,13 @@ def keypoints_and_jacobian(arrays: KeypointArrays, x: np.ndarray) -> tuple[np.nd
         )[:, FROM_LEVEL]
         + arrays.joints_shapedirs[0]
     )  # (B, 16, 3, 10)
-    jac[:, :NUM_JOINTS, :, _BETAS] = d_joints
+    jac[:, _JOINT_ROWS, :, _BETAS] = d_joints
     by_joint = glob.transpose(0, 2, 1, 3).reshape(count, 1, 3, -1)  # (B, 1, 3 i, 48 (k, j))
-    jac[:, NUM_JOINTS:, :, _BETAS] = (by_joint @ const.tips_shape_local) + (
+    jac[:, _TIP_ROWS, :, _BETAS] = (by_joint @ const.tips_shape_local) + (
         arrays.tips_weights @ d_joints.reshape(count, NUM_JOINTS, -1)
     ).reshape(count, 5, 3, NUM_BETAS)
     jac[..., -3:] = _EYE3
-    return hand.keypoints + x[:, None, -3:], jac[:, KEYPOINT_ORDER]
+    return hand.keypoints + x[:, None, -3:], jac
 
 
 def _normal_equations(problem: _Problem, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
