@@ -394,3 +394,19 @@ def test_refinement_and_closed_form_are_bitwise_repeatable(models):
     )  # fmt: skip
     torch.testing.assert_close(alone.pose[0], runs[0][3][3], atol=1e-6, rtol=0)
     torch.testing.assert_close(alone.transl[0], runs[0][5][3], atol=1e-7, rtol=0)
+
+
+def test_an_empty_batch_gives_empty_results(models):
+    """No hands in, no hands out, with the shapes and dtype of a full batch (the torch
+    refinement raised on a batch of 0: reshape(0, -1) is ambiguous)."""
+    model = models["left"]
+    start = keypoints_to_mano(model, torch.zeros(0, 21, 3))
+    assert [tuple(v.shape) for v in (start.pose, start.betas, start.transl, start.rotmats)] == [
+        (0, 16, 3), (0, 10), (0, 3), (0, 16, 3, 3),
+    ]  # fmt: skip
+    out = refine(
+        model, start.pose, start.betas, start.transl, K=K, uv=torch.zeros(0, 21, 2),
+        xyz=torch.zeros(0, 21, 3), prior_pose=start.pose,
+    )  # fmt: skip
+    assert out.pose.shape == (0, 16, 3) and out.pose.dtype == torch.float32
+    assert out.objective_after.shape == (0,) and out.accepted_steps.dtype == torch.int64

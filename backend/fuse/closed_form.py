@@ -261,6 +261,13 @@ def to_numpy(values: Tensor | np.ndarray | float) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
+def to_model_tensors(hand_model: HandModel, *values: np.ndarray) -> tuple[Tensor, ...]:
+    """Arrays as tensors in the hand model's dtype and device."""
+    layer = keypoint_layer(hand_model)
+    out = dict(dtype=layer.joints_template.dtype, device=layer.joints_template.device)
+    return tuple(torch.from_numpy(np.ascontiguousarray(v)).to(**out) for v in values)
+
+
 # [v]x = v @ _SKEW_BASIS, reshaped (3, 3): the cross-product matrix as one matrix product
 _SKEW_BASIS = np.zeros((3, 9))
 _SKEW_BASIS[[2, 1, 0], [3, 2, 7]] = 1.0  # +v_z at (1, 0), +v_y at (0, 2), +v_x at (2, 1)
@@ -533,6 +540,9 @@ def keypoints_to_mano(
         valid &= np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask, dtype=bool)
     observed = np.where(valid[..., None], keypoints3d, 0.0)
     count = len(keypoints3d)
+    if count == 0:  # (the batched reshapes below need a hand)
+        shapes = ((0, NUM_JOINTS, 3), (0, NUM_BETAS), (0, 3), (0, NUM_JOINTS, 3, 3))
+        return ClosedFormResult(*to_model_tensors(hand_model, *map(np.zeros, shapes)))
 
     if betas is None:
         betas = betas_from_lengths(arrays, observed, valid, beta_ridge)
@@ -595,13 +605,8 @@ def keypoints_to_mano(
     keypoints = posed_hand(arrays, rotmats, betas).keypoints
     vw = valid[..., None].astype(np.float64)
     transl = ((observed - keypoints) * vw).sum(1) / np.maximum(vw.sum(1), 1e-12)
-    layer = keypoint_layer(hand_model)
-    out = dict(dtype=layer.joints_template.dtype, device=layer.joints_template.device)
     return ClosedFormResult(
-        *(
-            torch.from_numpy(value).to(**out)
-            for value in (quaternion_to_axis_angle(quats), betas, transl, rotmats)
-        )
+        *to_model_tensors(hand_model, quaternion_to_axis_angle(quats), betas, transl, rotmats)
     )
 
 

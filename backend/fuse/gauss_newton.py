@@ -60,10 +60,10 @@ from .closed_form import (
     LEVEL_ORDER,
     KeypointArrays,
     keypoint_arrays,
-    keypoint_layer,
     posed_hand,
     skew,
     so3_exp,
+    to_model_tensors,
     to_numpy,
     weighted_centre,
     weighted_rotation,
@@ -361,8 +361,17 @@ def refine(
         raise ValueError(f"align must be one of {XYZ_ALIGNMENTS}, got {align!r}")
     arrays = keypoint_arrays(hand_model)
     count = len(pose0)
-    x = np.concatenate([to_numpy(v).reshape(count, -1) for v in (pose0, betas0, transl0)], axis=1)
+    sizes = (NUM_JOINTS * 3, NUM_BETAS, 3)
+    x = np.concatenate(
+        [
+            to_numpy(v).reshape(count, n)
+            for v, n in zip((pose0, betas0, transl0), sizes, strict=True)
+        ],
+        axis=1,
+    )
     x = np.nan_to_num(x)
+    if count == 0:
+        return _result(hand_model, x, np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64))
 
     def weights(values: np.ndarray, given, points: int) -> np.ndarray:
         """(B, points) weights, 0 where a value is missing (NaN) or its weight is."""
@@ -426,20 +435,17 @@ def refine(
             pending = worse
             if not pending.any():
                 break
-    layer = keypoint_layer(hand_model)
-    out = dict(dtype=layer.joints_template.dtype, device=layer.joints_template.device)
+    return _result(hand_model, x, before, energy, accepted)
 
-    def tensor(values: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values)).to(**out)
 
-    return RefineResult(
-        pose=tensor(x[:, _POSE].reshape(count, NUM_JOINTS, 3)),
-        betas=tensor(x[:, _BETAS]),
-        transl=tensor(x[:, -3:]),
-        objective_before=tensor(before),
-        objective_after=tensor(energy),
-        accepted_steps=torch.from_numpy(accepted).to(layer.joints_template.device),
-    )
+def _result(hand_model: HandModel, x, before, after, accepted) -> RefineResult:
+    """The `RefineResult` of parameters x (B, 61) (tensors in the model's dtype and device)."""
+    pose, betas, transl, before, after = to_model_tensors(
+        hand_model, x[:, _POSE].reshape(len(x), NUM_JOINTS, 3), x[:, _BETAS], x[:, -3:], before,
+        after,
+    )  # fmt: skip
+    steps = torch.from_numpy(accepted).to(pose.device)
+    return RefineResult(pose, betas, transl, before, after, steps)
 
 
 def objective(
