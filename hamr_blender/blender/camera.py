@@ -275,13 +275,26 @@ def apply_camera(
 
 
 def restore_resolution(scene: bpy.types.Scene) -> bool:
-    """Put back the render size that an alignment with Set Resolution replaced; False when
-    there is none to restore."""
+    """Put back the render size that an alignment with Set Resolution replaced (width, height,
+    percentage, as `apply_camera` stored them); False when there is none to restore. A stored
+    value that is no size raises SceneBuildError, the scene unchanged."""
     old = scene.get(RESOLUTION_PROP)
     if old is None:
         return False
+    try:
+        values = [float(v) for v in old]
+    except (TypeError, ValueError):
+        values = []
+    whole = len(values) in (2, 3) and all(v.is_integer() for v in values)
+    width, height, percent = (int(v) for v in (values + [100.0])[:3]) if whole else (0, 0, 0)
+    if not (4 <= width <= 65536 and 4 <= height <= 65536 and 1 <= percent <= 32767):
+        raise SceneBuildError(
+            f"the scene's {RESOLUTION_PROP} is not a render size (width, height, percentage): "
+            f"{old.to_list() if hasattr(old, 'to_list') else old!r}; delete it or set the size "
+            "by hand"
+        )
     render = scene.render
-    render.resolution_x, render.resolution_y, render.resolution_percentage = (int(v) for v in old)
+    render.resolution_x, render.resolution_y, render.resolution_percentage = width, height, percent
     del scene[RESOLUTION_PROP]
     return True
 

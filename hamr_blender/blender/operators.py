@@ -6,6 +6,7 @@
     hamr.import_image     photo (file or an image already in Blender) -> posed hands (+ camera)
     hamr.keyframe_video   movie -> a backend job polled from a modal timer -> keyed hands
     hamr.align_camera     the scene camera from the active hand's photo or clip
+    hamr.restore_resolution  the render size that Align Camera's Set Resolution replaced
 
 Errors are reported with self.report({'ERROR'}, msg) and the operator returns {'CANCELLED'}
 (glTF-Blender-IO's habit); whatever was built before the error is removed, so a failed import
@@ -555,6 +556,36 @@ class HAMR_OT_align_camera(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class HAMR_OT_restore_resolution(bpy.types.Operator):
+    """Put back the scene's render size that Align Camera's Set Resolution replaced"""
+
+    bl_idname = "hamr.restore_resolution"
+    bl_label = "Restore Resolution"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        scene_ = context.scene
+        try:
+            restored = camera.restore_resolution(scene_)
+        except camera.SceneBuildError as e:
+            self.report({"ERROR"}, f"HAMR: {e}")
+            return {"CANCELLED"}
+        if not restored:
+            self.report(
+                {"WARNING"},
+                "HAMR: no render size to restore (only Align Camera with Set Resolution keeps "
+                "one); nothing was changed",
+            )
+            return {"CANCELLED"}
+        r = scene_.render
+        self.report(
+            {"INFO"},
+            f"HAMR: render size restored to {r.resolution_x} x {r.resolution_y} "
+            f"({r.resolution_percentage} %)",
+        )
+        return {"FINISHED"}
+
+
 classes = (
     HAMR_OT_check_backend,
     HAMR_OT_start_backend,
@@ -563,6 +594,7 @@ classes = (
     HAMR_OT_import_result,
     HAMR_OT_keyframe_video,
     HAMR_OT_align_camera,
+    HAMR_OT_restore_resolution,
 )
 
 

@@ -2,8 +2,9 @@
 
 Panels (View3D > Sidebar > HAMR): Backend (last known status, check / start / stop), Image
 (file or Blender image, box, focal, import), Video (file, smoothing, keyframe), Hand (side, shape
-keys, pose correctives, camera) and, for the active HAMR hand, its shape sliders and Align
-Camera. Drawing never talks to the backend: the status is the one the last operator saw.
+keys, pose correctives, camera) and, for the active HAMR hand, its shape sliders, Align
+Camera and, after an alignment that set the render size, Restore Resolution. Drawing never
+talks to the backend: the status is the one the last operator saw.
 
 The preferences are `preferences`'. Imports bpy.
 """
@@ -23,6 +24,7 @@ from bpy.props import (
 from ..io import backend_process
 from ..io.payload import describe
 from . import operators, scene
+from .camera import RESOLUTION_PROP
 from .rig import IK_PROP, LIMITS_PROP, find_hand_armature, hand_mesh
 from .scene import stored_prediction
 
@@ -173,7 +175,10 @@ class HAMR_PT_active(_HamrPanel, bpy.types.Panel):
         col = layout.column(align=True)
         for line in describe(record):
             col.label(text=line)
-        layout.operator("hamr.align_camera", icon="CAMERA_DATA")
+        row = layout.row(align=True)
+        row.operator("hamr.align_camera", icon="CAMERA_DATA")
+        if RESOLUTION_PROP in context.scene:  # what Align Camera's Set Resolution replaced
+            row.operator("hamr.restore_resolution", icon="LOOP_BACK")
         col = layout.column(align=True)  # the rig's options (0: off, the imported pose exact)
         for prop, label in ((IK_PROP, "Fingertip IK"), (LIMITS_PROP, "Rotation Limits")):
             if prop in arm:
