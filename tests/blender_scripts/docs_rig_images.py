@@ -1,7 +1,7 @@
 """The docs' pictures of the rig, headless (not a test): docs/images/blender_rig_controls.png
 (the right hand in a relaxed pose, Workbench, X-ray, the control shapes drawn as tubes in their
-bone colours: blue FK rings, green wrist, red IK targets, yellow poles; Blender does not render
-bone overlays) and docs/images/blender_hand_uv.png (convert.hand_uv's layout, drawn with PIL).
+bone colours: blue FK rings, green wrist, red IK targets, yellow poles, violet curl controls;
+Blender does not render bone overlays) and docs/images/blender_hand_uv.png (convert.hand_uv's layout, drawn with PIL).
 
     cd tests/blender_scripts && ../../.venv/bin/python docs_rig_images.py
 """
@@ -28,6 +28,7 @@ COLOURS = {
     "THEME09": (0.95, 0.75, 0.05, 1),
     "THEME03": (0.2, 0.75, 0.2, 1),
     "THEME04": (0.15, 0.4, 0.95, 1),
+    "THEME06": (0.6, 0.25, 0.85, 1),
 }
 
 bpy.ops.wm.read_factory_settings(use_empty=True)
