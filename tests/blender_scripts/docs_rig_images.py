@@ -1,7 +1,8 @@
 """The docs' pictures of the rig, headless (not a test): docs/images/blender_rig_controls.png
 (the right hand in a relaxed pose, Workbench, X-ray, the control shapes drawn as tubes in their
 bone colours: blue FK rings, green wrist, red IK targets, yellow poles, violet curl controls;
-Blender does not render bone overlays) and docs/images/blender_hand_uv.png (convert.hand_uv's layout, drawn with PIL).
+Blender does not render bone overlays) and docs/images/blender_hand_uv.png (convert.hand_uv's
+layout, drawn with PIL).
 
     cd tests/blender_scripts && ../../.venv/bin/python docs_rig_images.py
 """
