@@ -224,14 +224,21 @@ class KeypointArrays:
             [p.reshape(-1, NUM_BETAS) for p in (joints[1], self.tips_shapedirs, bones[1])]
         ).T
         directions[NUM_BETAS:, 48:63] = self.tips_posedirs.reshape(15, -1).T
-        return template, directions
+        return _read_only(template, directions)
 
     @cached_property
     def edges(self) -> tuple[np.ndarray, np.ndarray]:
         """`SHAPE_EDGES`' rest vectors at beta = 0 (E, 3) and their shape directions (E, 3, 10)."""
         template = np.concatenate([self.joints_template, self.tips_template])[KEYPOINT_ORDER]
         dirs = np.concatenate([self.joints_shapedirs, self.tips_shapedirs])[KEYPOINT_ORDER]
-        return template[_EDGE_A] - template[_EDGE_B], dirs[_EDGE_A] - dirs[_EDGE_B]
+        return _read_only(template[_EDGE_A] - template[_EDGE_B], dirs[_EDGE_A] - dirs[_EDGE_B])
+
+
+def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The arrays, made read-only: the cached ones are shared by every call."""
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays
 
 
 _ARRAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -244,7 +251,7 @@ def keypoint_arrays(hand_model: HandModel) -> KeypointArrays:
         _ARRAYS[hand_model] = KeypointArrays(
             side=layer.side,
             **{
-                name: getattr(layer, name).cpu().numpy()
+                name: _read_only(getattr(layer, name).cpu().numpy().copy())[0]
                 for name in (
                     "joints_template", "joints_shapedirs", "tips_template", "tips_shapedirs",
                     "tips_posedirs", "tips_weights",
