@@ -35,7 +35,7 @@ Everything inside runs in float64 numpy on the hand model's `KeypointArrays` (ca
 on these (B, 21, 3)-sized arrays a torch op costs ~5-10 us of dispatch and a numpy op ~1 us, so
 the torch version (~12 ms for one hand, 5 steps) was dispatch-bound. Tensors in, tensors out (the
 model's dtype and device). Cost on one CPU thread (2-core shared machine): 5 steps with 2D, 3D and
-prior terms take ~2-3 ms for one hand and well under 1 ms per hand for a 64-frame batch.
+prior terms take ~3 ms for one hand and ~0.7 ms per hand for a 64-frame batch.
 
 Imports numpy, torch and the backend's hand model and camera (through `backend.fuse.closed_form`
 for the keypoint layer); never FastAPI, bpy, OpenCV or the training package.
