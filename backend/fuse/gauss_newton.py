@@ -133,7 +133,8 @@ def _alignment(
     model: np.ndarray, target: np.ndarray, weight: np.ndarray, align: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scale (B,) and rotation (B, 3, 3) minimising sum_j w_j |s R m_j - t_j|^2 for centred model
-    and target points (B, 21, 3): R by weighted Kabsch ("similarity") or I, then s optimal."""
+    and target points (B, 21, 3): R the weighted least-squares rotation ("similarity",
+    `weighted_rotation`) or I (a (3, 3) identity for every hand), then s optimal."""
     if align == "similarity":
         rot = weighted_rotation(model, target, weight)
         model = model @ rot.transpose(0, 2, 1)
