@@ -184,3 +184,31 @@ def test_hamr_blend_retarget_export_end_to_end(
     assert imported["armatures"] == 1 + len(out["hands"]), imported  # the hands and the rig
     assert imported["animated"] == imported["armatures"], imported
     assert imported["rig_bones"] > 100 and imported["meshes"] >= len(out["hands"]), imported
+
+
+@pytest.fixture(scope="module")
+def visual(bpy_env: dict[str, str]) -> dict:  # noqa: F811
+    return run_bpy("retarget_visual.py", env=bpy_env, timeout=600)
+
+
+@pytest.mark.parametrize("case", ["curl_pose", "ik_pose"])
+def test_retarget_reads_the_evaluated_pose(visual: dict, case: str) -> None:
+    """A HAMR hand posed only through its rig (curl controls; the fingertip IK), its deform
+    channels at rest: the Rigify DEF finger bones point as the HAMR hand's evaluated bones (the
+    issue's angle bound; measured 0.03 degrees). Reading the channels, as before, left the
+    target flat (curls: mean 93 degrees off; IK: max 26)."""
+    r = visual[case]
+    assert r["at_rest"] and r["moved_deg"] > 60, r  # the rig moved the fingers, not the keys
+    assert r["mean_deg"] <= 5.0 and r["max_deg"] <= 10.0, r
+
+
+def test_bake_follows_keyed_curl_controls(visual: dict) -> None:
+    """A video take whose curl controls are keyed too (70 degrees over 40 frames) bakes onto
+    Rigify following the evaluated hand at every measured frame (the code before refused the
+    controls' Euler keys); the user's frame and scenes are untouched."""
+    assert "bake_error" not in visual, visual.get("bake_error")
+    b = visual["bake"]
+    assert b["frames"] == 40 and len(b["new_actions"]) == 1, b
+    assert b["scenes_same"] and b["frame_after"] == 1, b
+    for frame, r in b["at"].items():
+        assert r["mean_deg"] <= 5.0 and r["max_deg"] <= 10.0, (frame, r)

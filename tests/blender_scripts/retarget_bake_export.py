@@ -26,6 +26,7 @@ import tempfile
 import time
 
 import _common
+import _retarget_common
 import bpy
 import numpy as np
 from scipy.spatial import cKDTree
@@ -33,7 +34,7 @@ from scipy.spatial import cKDTree
 from backend.schema import rig_json as rig_data
 from benchmarks.blender import _synthetic_video
 from hamr_blender.blender import export, retarget, rig, scene
-from hamr_blender.io import bone_maps, payload
+from hamr_blender.io import payload
 from hamr_blender.io.retarget_math import RetargetError
 
 FRAMES = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
@@ -55,40 +56,13 @@ def key_take(frames: int, name: str):
     return res.armatures[0], res.meshes[0]
 
 
-def rigify_rig():
-    import addon_utils
-
-    addon_utils.enable("rigify", default_set=True)
-    bpy.ops.object.armature_human_metarig_add()
-    meta = context.active_object
-    bpy.ops.pose.rigify_generate()
-    gen = context.active_object
-    meta.hide_set(True)
-    return gen
-
-
 def channels(action):
     return [fc for layer in action.layers for st in layer.strips for bag in st.channelbags
             for fc in bag.fcurves]  # fmt: skip
 
 
-def frame_axes(h):
-    y = h[2] - h[0]
-    y /= np.linalg.norm(y)
-    x = h[1] - h[3]
-    x -= x.dot(y) * y
-    x /= np.linalg.norm(x)
-    return np.stack([x, y, np.cross(x, y)])
-
-
-def hand_dirs(arm, wrist, roots, bones):
-    pb = arm.pose.bones
-    axes = frame_axes([np.array(pb[n].head) for n in (wrist, *roots)])
-    return np.array([axes @ (np.array(pb[b].tail) - np.array(pb[b].head)) for b in bones])
-
-
 src, src_mesh = key_take(FRAMES, "Take")
-gen = rigify_rig()
+gen = _retarget_common.rigify_rig()
 times = []
 for _ in range(3):
     for a in [a for a in bpy.data.actions if a.get(retarget.ACTION_PROP)]:
@@ -108,18 +82,13 @@ for bone in bone_names:
             fc for fc in curves if fc.data_path == f'pose.bones["{bone}"].rotation_quaternion'
             and fc.array_index == k).keyframe_points]) for k in range(4)], axis=1)  # fmt: skip
     quat_dots.append(float(np.min(np.sum(q[1:] * q[:-1], axis=1))))
-HAMR = bone_maps.BUILTIN_MAPS["HAMR"].bones("right")  # the HAMR rig's bone names
-mano = [f"{d}{k}" for d in ("index", "middle", "pinky", "ring", "thumb") for k in (1, 2, 3)]
-def_names = [f"DEF-{'thumb' if j[:-1] == 'thumb' else 'f_' + j[:-1]}.0{j[-1]}.R" for j in mano]
+def_names = _retarget_common.def_names("R")
 angles = []
 for f in (1, FRAMES // 3, FRAMES // 2, FRAMES):
     context.scene.frame_set(f)
-    a = hand_dirs(src, HAMR["wrist"], [HAMR[j] for j in ("index1", "middle1", "pinky1")],
-                  [HAMR[j] for j in mano])  # fmt: skip
-    b = hand_dirs(gen, "DEF-hand.R", ("DEF-f_index.01.R", "DEF-f_middle.01.R", "DEF-f_pinky.01.R"),
-                  def_names)  # fmt: skip
-    cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    angles.append(float(np.degrees(np.arccos(np.clip(cos, -1, 1))).max()))
+    a = _retarget_common.hamr_dirs(src, "right")
+    b = _retarget_common.rigify_dirs(gen, "R")
+    angles.append(float(_retarget_common.angles_deg(a, b).max()))
 out["bake"] = {
     "frames": res.frames, "median_s": float(np.median(times)), "times_s": times,
     "bones_keyed": sorted(bone_names), "fcurves": len(curves),
