@@ -642,3 +642,34 @@ def test_hamr_blend_renders_a_frame_of_a_clip_over_the_clip(
     ):
         proc = hamr_blend([*extra, "--out", tmp_path / "x.blend", "--backend-url", server], bpy_env)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_photo_task_cancel_leaves_the_scene_unchanged_and_stops_the_backend(
+    server: str, bpy_env: dict[str, str], sample_photo: Path, tmp_path: Path
+) -> None:
+    """Issue #22 (never block): the photo import's worker, window-free (`importer.PhotoTask`,
+    what hamr.import_image's timer and Esc drive), against the real backend. Cancelled at once
+    or mid-request, poll() driven to the worker's end answers PhotoCancelled and the scene's
+    state is exactly as before; the cancel shuts the request's connection, so the worker ends at
+    once and the backend stops (the request is never answered, the model is free at once for
+    the next one); not cancelled, it builds what the synchronous import builds."""
+    from PIL import Image
+
+    big = tmp_path / "big.jpg"  # 4008 x 6144: about 2 s of work with the network detector
+    with Image.open(sample_photo) as im:
+        im.resize((im.width * 12, im.height * 12)).save(big, quality=90)
+    log = Path(bpy_env["XDG_CACHE_HOME"]) / "server.log"
+    out = run_bpy("photo_cancel.py", server, sample_photo, BOX_TEXT, big, log, env=bpy_env)
+    now = out["at_once"]
+    assert now["outcome"] == "PhotoCancelled" and "cancelled" in now["message"], now
+    assert now["unchanged"] and not now["cached"], now
+    mid = out["mid"]
+    assert mid["running_at_cancel"] and mid["outcome"] == "PhotoCancelled", mid
+    assert mid["unchanged"], mid
+    # without the connection shut, the worker waited for the answer (measured 1.6 s of 1.9)
+    assert mid["ended_after_cancel_s"] < 0.25 * mid["full_s"], mid
+    assert mid["logged_new"] == 1, mid  # the next request's answer only, not the cancelled one
+    assert mid["next_request_s"] < 0.5 * mid["full_s"], mid
+    done = out["complete"]
+    assert done["hands"] == done["sync_hands"] == 1 and done["objects_same"], done
+    assert done["max_vertex_diff_m"] < 1e-9 and done["sync_asked_backend"] == 1, done

@@ -8,10 +8,15 @@ Errors are one of DOMAIN_ERRORS and leave nothing behind. Imports bpy.
 
 from __future__ import annotations
 
+import dataclasses
+import http.client
 import json
 import os
+import socket
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 
 import bpy
@@ -223,6 +228,133 @@ def predict_photo(request: PhotoRequest) -> dict:
         while len(_PREDICTIONS) > KEEP_PREDICTIONS:
             _PREDICTIONS.pop(next(iter(_PREDICTIONS)))
     return doc
+
+
+class PhotoCancelled(BackendError):
+    """A photo's prediction was cancelled (`PhotoTask.cancel`): nothing is built."""
+
+    def __init__(self) -> None:
+        super().__init__("photo import cancelled; nothing was changed", code="cancelled")
+
+
+class _Hangup:
+    """The HTTP connections of one task, shut from another thread by `close` (the backend sees
+    the client go away and stops the prediction: backend/service/photos.py). A connection
+    opened after `close` is closed at once."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.connections: list[http.client.HTTPConnection] = []
+
+    def watch(self, conn: http.client.HTTPConnection) -> None:
+        self.connections.append(conn)
+        if self.closed:  # set before the socket was read by `close`: this side closes it
+            conn.close()
+            raise ConnectionAbortedError("the request was cancelled")
+
+    def close(self) -> None:
+        self.closed = True  # first, so that a connection made meanwhile sees it (`watch`)
+        for conn in list(self.connections):
+            sock = conn.sock
+            if sock is not None:
+                try:  # wakes the worker's blocking send/recv; the server sees a disconnect
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def opener(self, url: str) -> urllib.request.OpenerDirector:
+        """A urllib opener like HamrClient's whose connections this object can close."""
+        hangup = self
+
+        class Conn(http.client.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                hangup.watch(self)
+
+        class ConnS(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                hangup.watch(self)
+
+        class Handler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(Conn, req)
+
+        class HandlerS(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(ConnS, req, context=self._context)
+
+        handlers: list = [Handler(), HandlerS()]
+        if is_loopback(url):
+            handlers.append(urllib.request.ProxyHandler({}))
+        return urllib.request.build_opener(*handlers)
+
+
+class PhotoTask:
+    """A photo's prediction on a worker thread, window-free: the modal hamr.import_image drives
+    it from a timer (Esc: `cancel`), a script or a test can drive it the same way.
+
+        task = PhotoTask(prepare_photo(context, op_like, path)).start()
+        while (outcome := task.poll()) is None:
+            ...  # Blender's thread stays free
+        if isinstance(outcome, BaseException): report it   # PhotoCancelled after cancel()
+        else: build_photo(context, op_like, task.request, outcome)
+
+    The worker does HTTP only (`predict_photo`) and touches no Blender data, so the scene is
+    as it was until the caller builds. `cancel` shuts the request's connection: the worker
+    ends at once, the backend stops the prediction (client disconnect), and `poll` answers
+    PhotoCancelled (never the prediction) once the worker has ended."""
+
+    def __init__(self, request: PhotoRequest) -> None:
+        self.request = request
+        self._hangup = _Hangup()
+        self._outcome: dict = {}
+        self._thread: threading.Thread | None = None
+        self.cancelled = False
+
+    def start(self) -> PhotoTask:
+        client = self.request.client
+        own = HamrClient(client.url, client.token, timeout=client.timeout)
+        own._opener = self._hangup.opener(own.url)  # noqa: SLF001  (closable connections)
+        request = dataclasses.replace(self.request, client=own)
+        outcome = self._outcome
+
+        def work() -> None:
+            try:
+                outcome["doc"] = predict_photo(request)
+            except BaseException as e:  # handed to Blender's thread by poll()
+                outcome["error"] = e
+
+        self._thread = threading.Thread(target=work, name="hamr-photo", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def poll(self) -> dict | BaseException | None:
+        """None while the worker runs; then the prediction (a ``hamr.prediction/1`` dict) or the
+        error it met (an exception, not raised), PhotoCancelled after `cancel`."""
+        if self._thread is None:
+            raise RuntimeError("the photo task was not started")
+        if self._thread.is_alive():
+            return None
+        if self.cancelled:
+            return PhotoCancelled()
+        return self._outcome.get("error") or self._outcome["doc"]
+
+    def cancel(self) -> None:
+        """Stop: the request's connection is shut (the backend stops its work); nothing will be
+        built from this task."""
+        self.cancelled = True
+        self._hangup.close()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end; True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
 
 
 def build_photo(context, op_like, request: PhotoRequest, doc: dict, location=None):

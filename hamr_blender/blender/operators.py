@@ -20,7 +20,6 @@ in `..io.client` / `..io.payload`. Imports bpy.
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import bpy
@@ -31,6 +30,7 @@ from ..io.client import BackendError, VideoJob
 from . import camera, scene
 from .importer import (
     DOMAIN_ERRORS,
+    PhotoTask,
     build_photo,
     cached_prediction,
     client_for,
@@ -313,10 +313,12 @@ class HAMR_OT_import_image(_ApplyOption, _HandOptions, bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def execute(self, context):
-        """With a window, the backend's prediction runs on a worker thread while a timer keeps
-        Blender responsive (Esc cancels, the scene unchanged); the hands are built on Blender's
-        thread when it arrives. A photo and options the backend answered before (the redo
-        panel changing a build option) are built at once, without asking it again."""
+        """With a window, the backend's prediction runs on a worker thread (`PhotoTask`) while
+        a timer keeps Blender responsive and polls it; Esc cancels it (the request's connection
+        is closed, so the backend stops too; the scene unchanged); the hands are built on
+        Blender's thread when the prediction arrives. A photo and options the backend
+        answered before (the redo panel changing a build option) are built at once, without
+        asking it again."""
         try:
             request = prepare_photo(context, self, self.filepath, self.image_name)
             doc = cached_prediction(request)
@@ -327,26 +329,14 @@ class HAMR_OT_import_image(_ApplyOption, _HandOptions, bpy.types.Operator):
             return {"CANCELLED"}
         if doc is not None:
             return self._build(context, request, doc)
-        self._request, self._outcome = request, {}
-        outcome = self._outcome
-
-        def work() -> None:
-            try:
-                outcome["doc"] = predict_photo(request)
-            except BaseException as e:  # handed to Blender's thread, which reports it
-                outcome["error"] = e
-
-        self._thread = threading.Thread(target=work, name="hamr-photo", daemon=True)
-        self._thread.start()
+        self._task = PhotoTask(request).start()
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.modal_handler_add(self)
         self._status(context, f"predicting {request.name}, Esc cancels")
         return {"RUNNING_MODAL"}
 
-    _request = None
-    _outcome: dict | None = None
-    _thread = None
+    _task: PhotoTask | None = None
     _timer = None
 
     def _status(self, context, text: str | None) -> None:
@@ -361,19 +351,22 @@ class HAMR_OT_import_image(_ApplyOption, _HandOptions, bpy.types.Operator):
 
     def modal(self, context, event):
         if event.type == "ESC":
+            self._task.cancel()  # the backend stops too (it sees the client go away)
             self._cleanup(context)
             self.report({"WARNING"}, "HAMR: photo import cancelled; nothing was changed")
             return {"CANCELLED"}
-        if event.type != "TIMER" or self._thread.is_alive():
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        outcome = self._task.poll()
+        if outcome is None:
             return {"PASS_THROUGH"}
         self._cleanup(context)
-        error = self._outcome.get("error")
-        if error is not None:
-            if not isinstance(error, DOMAIN_ERRORS):
-                raise error
-            self.report({"ERROR"}, f"HAMR: {error}")
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, DOMAIN_ERRORS):
+                raise outcome
+            self.report({"ERROR"}, f"HAMR: {outcome}")
             return {"CANCELLED"}
-        return self._build(context, self._request, self._outcome["doc"])
+        return self._build(context, self._task.request, outcome)
 
     def _build(self, context, request, doc):
         return _report_import(
