@@ -220,14 +220,18 @@ def evaluated_frames(
     Only the armature (and what it depends on) is evaluated: it is linked into a temporary
     scene whose depsgraph is stepped through the frames (no frame-change handlers run, the
     user's scene and its current frame are not touched), and the temporary scene is removed.
-    1,000 frames of a HAMR hand take about 0.15 s."""
+    An armature disabled in viewports (which no viewport depsgraph evaluates) is enabled
+    meanwhile and disabled again. 1,000 frames of a HAMR hand take about 0.15-0.26 s."""
     order = {pb.name: i for i, pb in enumerate(src.pose.bones)}
     index = np.array([order[b] for b in bones])
     buf = np.empty(len(order) * 16, dtype=np.float32)
     posed = np.empty((len(frames), len(bones), 4, 4))
     world = np.empty((len(frames), 4, 4))
+    hidden = src.hide_viewport
     tmp = bpy.data.scenes.new("HAMR retarget (temporary)")
     try:
+        if hidden:
+            src.hide_viewport = False
         tmp.collection.objects.link(src)
         layer = tmp.view_layers[0]
         layer.update()  # makes its depsgraph
@@ -241,6 +245,8 @@ def evaluated_frames(
             world[i] = _m(ev.matrix_world)
     finally:
         bpy.data.scenes.remove(tmp)
+        if hidden:
+            src.hide_viewport = True
     return posed, world
 
 
@@ -255,9 +261,13 @@ def source_motion(src: bpy.types.Object, bake: bool, options: RetargetOptions) -
     rest = np.array([_m(bones[j].matrix_local) for j in joint_bones_])
     lengths = np.array([bones[j].length for j in joint_bones_])
     if not bake:
-        frames = np.array([float(bpy.context.scene.frame_current)])
-        posed = np.array([_m(src.pose.bones[j].matrix) for j in joint_bones_])[None]
-        world = _m(src.matrix_world)[None]
+        scene = bpy.context.scene
+        frames = np.array([scene.frame_current + scene.frame_subframe])
+        if src.hide_viewport:  # not evaluated by the viewport: evaluated alone
+            posed, world = evaluated_frames(src, joint_bones_, frames)
+        else:  # what the viewport shows (with unkeyed changes to keyed channels)
+            posed = np.array([_m(src.pose.bones[j].matrix) for j in joint_bones_])[None]
+            world = _m(src.matrix_world)[None]
         return SourceMotion(frames, posed, rest, world, False, lengths)
     frames = _keyed_frames(list(_fcurve_index(src).values()))
     if options.frame_start is not None:

@@ -136,5 +136,13 @@ bake = {
 for f in (1, 13, 27, 40):
     context.scene.frame_set(f)
     bake["at"][str(f)] = measure(take, gen)
+# a hand disabled in viewports (which no viewport evaluates) is read as it would show
+names = retarget.source_bones(take)
+frames = np.array([1.0, 13.0, 27.0, 40.0])
+shown = retarget.evaluated_frames(take, names, frames)[0]
+take.hide_viewport = True
+hidden = retarget.evaluated_frames(take, names, frames)[0]
+bake["hidden_diff"] = float(np.abs(hidden - shown).max())
+bake["hidden_kept"] = take.hide_viewport
 out["bake"] = bake
 _common.emit(out)
