@@ -24,6 +24,7 @@ import json
 import sys
 
 import _common
+import _retarget_common
 import bpy
 import numpy as np
 import torch
@@ -154,19 +155,6 @@ def build_hand(side: str, betas) -> bpy.types.Object:
     return arm
 
 
-def rigify_rig() -> bpy.types.Object:
-    import addon_utils  # after bpy
-
-    addon_utils.enable("rigify", default_set=True)
-    bpy.ops.object.armature_human_metarig_add()
-    meta = bpy.context.active_object
-    bpy.ops.pose.rigify_generate()
-    generated = bpy.context.active_object
-    assert generated is not meta and generated.type == "ARMATURE"
-    meta.hide_set(True)
-    return generated
-
-
 def rigify_names(s: str) -> dict[str, list[str]]:
     return {
         d: [f"DEF-{'thumb' if d == 'thumb' else 'f_' + d}.{k:02d}.{s}" for k in (1, 2, 3)]
@@ -252,7 +240,7 @@ context = bpy.context
 betas = {s: rng.normal(0.0, 1.0, size=10) for s in ("right", "left")}
 hands = {s: build_hand(s, betas[s]) for s in ("right", "left")}
 rest_joints = {s: torch.tensor(json.loads(hands[s][rig.RIG_PROP])["joints_rest"]) for s in hands}
-rigify = rigify_rig()
+rigify = _retarget_common.rigify_rig()
 mixamo = mixamo_rig(hands)
 out: dict = {"poses": POSES, "rigify": {}, "mixamo": {}, "rigify_tips": {}, "mixamo_tips": {}}
 for side, s, word in (("right", "R", "Right"), ("left", "L", "Left")):
