@@ -79,8 +79,10 @@ def _skin(rig, side: str):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("photo", nargs="?", default=str(PHOTO), help="the photo (default: %(default)s)")
-    photo = Path(ap.parse_args(argv).photo)
+    ap.add_argument(
+        "photo", nargs="?", default=None, help="the photo (default: the bundled webcam photo)"
+    )
+    photo = Path(ap.parse_args(argv).photo or PHOTO)
     import bpy  # before addon_utils, which bpy puts on the path
     import numpy as np
     from mathutils import Matrix
