@@ -139,7 +139,7 @@ def test_short_mixed_run_lowers_both_losses(tmp_path):
 
     before = losses()
     optim = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    for step in range(12):
+    for step in range(30):  # 12 lowered the synthetic loss by 0.04 at best: too close to call
         batch = source.batch(step)
         assert float(batch["weight_2d"][:2].min()) == 1.0  # synthetic: weight 1
         assert float(batch["weight_2d"][2:].max()) <= 1.0
