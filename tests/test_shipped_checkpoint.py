@@ -25,9 +25,10 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # eleven stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # twelve stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
-    # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu and real_mix_cpu (synthetic + real photos)
+    # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu, real_mix_cpu (synthetic + real photos)
+    # and real_bg_cpu (the same, real backgrounds behind half of the synthetic hands)
     chain = []
     stage = meta
     while stage is not None:
@@ -50,7 +51,10 @@ def test_shipped_checkpoint_header_and_record():
         "anneal_cpu",
         "batch64_cpu",
         "real_mix_cpu",
+        "real_bg_cpu",
     ]
+    # the shipped weights: stage 12 interpolated halfway back to stage 10 (training.interpolate)
+    assert meta["interpolation"]["alpha"] == 0.5
     for s in chain[:8]:  # the last eight stages ran all their steps
         assert s["step"] == s["train_config"]["steps"]
     for prefix in (
@@ -65,6 +69,7 @@ def test_shipped_checkpoint_header_and_record():
         "stage8_",
         "stage9_",
         "stage10_",
+        "stage11_",
     ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
