@@ -8,13 +8,14 @@ free loopback port and the same checkpoint loaded in this process:
 
 - photo latency: the median wall time of `POST /v1/predict` (multipart upload, decode, predict,
   JSON) against a direct `Predictor.predict` on the same decoded image and box, both with refine
-  off (the same network work, no MediaPipe); their difference
-  is the server's overhead, of which decoding the photo (`load_image`, timed alone) is part;
+  off (the same network work, no MediaPipe; the predictor traced and frozen as the server loads
+  it), the two timed in alternation; their difference is the server's overhead, of which
+  decoding the photo (`load_image`, timed alone) is part;
 - a photo with no box, as users send them (the bundled 640x480 webcam photo of one hand):
-  `POST /v1/predict` with the default options (decode, MediaPipe with its closer look at each
-  hand, network, fusion, JSON) against MediaPipe's own single pass of detection and landmarks
-  (`mediapipe_hands.detect` without tiles or closer views) in this process on the decoded
-  photo, and their ratio;
+  `POST /v1/predict` with the default options (decode, MediaPipe (a closer look only at
+  hands under 160 px), network, fusion, JSON) against MediaPipe's own single pass of detection
+  and landmarks (`mediapipe_hands.detect` without tiles or closer views) in this process on the
+  decoded photo, and their ratio;
 - throughput: requests per second with 4 concurrent clients (threads with their own connection);
 - video: frames per second of `process_video` in-process, and of a `POST /v1/jobs` upload until
   its result is fetched, on a synthetic clip panning over the photo (--frames frames, 256x256);
@@ -146,6 +147,22 @@ def median_ms(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def paired_median_ms(first, second, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """Medians (ms) of two callables timed in alternation, so that a change in the machine's
+    load (a shared CPU) falls on both alike; their difference is then the cost of what the
+    second adds, not of when it ran."""
+    for _ in range(warmup):
+        first()
+        second()
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, times in ((first, a), (second, b)):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(a), statistics.median(b)
+
+
 def run_device(
     device: str,
     checkpoint: Path,
@@ -156,7 +173,7 @@ def run_device(
     threads: int | None,
     workdir: Path,
 ) -> dict:
-    predictor = Predictor(checkpoint, device)
+    predictor = Predictor(checkpoint, device, frozen=True)  # as `hamr serve` loads it
     image, exif = load_image(photo)
     hands = [HandRequest(box, "left")]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -165,7 +182,6 @@ def run_device(
         predictor.predict(image, hands, exif_f35_mm=exif, refine=False)
         sync()
 
-    direct_ms = median_ms(direct, repeats)
     files = {"image": ("photo.jpg", photo, "image/jpeg")}
     # the server's own overhead: the same work both ways, a given box and no MediaPipe
     form = {"box": ",".join(map(str, box)), "side": "left", "refine": "off"}
@@ -177,7 +193,8 @@ def run_device(
                 response = client.post("/v1/predict", files=files, data=form)
                 response.raise_for_status()
 
-            http_ms = median_ms(over_http, repeats)
+            # in process and over HTTP in alternation: the overhead is their difference
+            direct_ms, http_ms = paired_median_ms(direct, over_http, repeats)
 
             webcam = {"image": ("webcam.jpg", WEBCAM.read_bytes(), "image/jpeg")}
 

@@ -53,7 +53,7 @@ SOURCES = {
     "serve": Source(
         "docs/results/serve.json",
         "benchmarks.serve",
-        ("--threads", "1", "--repeats", "9", "--skip-hardening", "--frames", "30"),
+        ("--threads", "1", "--repeats", "41", "--skip-hardening", "--frames", "30"),
     ),
 }
 
