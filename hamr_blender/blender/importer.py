@@ -314,8 +314,8 @@ class PhotoTask:
 
     def start(self) -> PhotoTask:
         client = self.request.client
-        own = HamrClient(client.url, client.token, timeout=client.timeout)
-        own._opener = self._hangup.opener(own.url)  # noqa: SLF001  (closable connections)
+        closable = self._hangup.opener(client.url)  # connections `cancel` can shut
+        own = HamrClient(client.url, client.token, timeout=client.timeout, opener=closable)
         request = dataclasses.replace(self.request, client=own)
         outcome = self._outcome
 

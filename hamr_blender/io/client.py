@@ -173,16 +173,24 @@ def _image_source(
 
 
 class HamrClient:
-    """Talks to one HAMR backend. Each call raises BackendError (or a subclass) on failure."""
+    """Talks to one HAMR backend. Each call raises BackendError (or a subclass) on failure.
+    opener: the urllib opener its requests go through (default: one that bypasses proxies for
+    a loopback URL); a caller that must be able to cut a request off passes its own."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str = "", timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str = "",
+        timeout: float = 30.0,
+        opener: urllib.request.OpenerDirector | None = None,
+    ) -> None:
         self.url = normalize_url(url)
         self.token = token
         self.timeout = timeout
         handlers: list[urllib.request.BaseHandler] = []
         if is_loopback(self.url):
             handlers.append(urllib.request.ProxyHandler({}))
-        self._opener = urllib.request.build_opener(*handlers)
+        self._opener = opener or urllib.request.build_opener(*handlers)
 
     # -------------------------------------------------------------------- transport
     def request(
