@@ -10,7 +10,9 @@ free loopback port and the same checkpoint loaded in this process:
   JSON) against a direct `Predictor.predict` on the same decoded image and box, both with refine
   off (the same network work, no MediaPipe; the predictor traced and frozen as the server loads
   it), the two timed in alternation; their difference is the server's overhead, of which
-  decoding the photo (`load_image`, timed alone) is part;
+  decoding the photo (`load_image`, timed alone) is part; and the same overhead as the server
+  times it itself (`server_own_ms`: its Server-Timing total minus its predict span, so the
+  client's side of HTTP is not in it);
 - a photo with no box, as users send them (the bundled 640x480 webcam photo of one hand):
   `POST /v1/predict` with the default options (decode, MediaPipe (a closer look only at
   hands under 160 px), network, fusion, JSON) against MediaPipe's own single pass of detection
@@ -147,6 +149,16 @@ def median_ms(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def server_timing(header: str) -> dict[str, float]:
+    """A Server-Timing header ("decode;dur=1.02, predict;dur=22.10, total;dur=24.31") as
+    {name: milliseconds}."""
+    spans = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, dur = part.partition(";dur=")
+        spans[name] = float(dur)
+    return spans
+
+
 def paired_median_ms(first, second, repeats: int, warmup: int = 2) -> tuple[float, float]:
     """Medians (ms) of two callables timed in alternation, so that a change in the machine's
     load (a shared CPU) falls on both alike; their difference is then the cost of what the
@@ -188,10 +200,13 @@ def run_device(
     process, url = start_server(checkpoint, device, threads, workdir / f"cache-{device}")
     try:
         with httpx.Client(base_url=url, timeout=300) as client:
+            server_own: list[float] = []  # the server's Server-Timing: total - predict
 
             def over_http() -> None:
                 response = client.post("/v1/predict", files=files, data=form)
                 response.raise_for_status()
+                spans = server_timing(response.headers.get("server-timing", ""))
+                server_own.append(spans["total"] - spans["predict"])
 
             # in process and over HTTP in alternation: the overhead is their difference
             direct_ms, http_ms = paired_median_ms(direct, over_http, repeats)
@@ -260,6 +275,9 @@ def run_device(
         "server_overhead_ms": round(http_ms - direct_ms, 2),
         "photo_decode_ms": round(decode_ms, 2),
         "server_overhead_beyond_decode_ms": round(http_ms - direct_ms - decode_ms, 2),
+        # the same overhead as the server itself times it (its Server-Timing header: the
+        # request's total minus the prediction; decoding included, the client's side not)
+        "server_own_ms": round(statistics.median(server_own), 2),
         "photo_http_detected_fused_ms": round(http_detect_ms, 2),
         "mediapipe_in_process_ms": None if mediapipe_ms is None else round(mediapipe_ms, 2),
         "http_detected_over_mediapipe": (

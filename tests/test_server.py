@@ -174,6 +174,39 @@ def test_predict_sample_photo(http, photo_bytes, sample_box, predictor) -> None:
     )
 
 
+def test_server_timing_splits_a_request_into_decode_predict_and_the_rest(
+    http, photo_bytes, sample_box
+) -> None:
+    """/v1/predict's Server-Timing header: decode and predict (the endpoint's spans), then the
+    request's total (the Guard's); each positive, their sum within the total, the total within
+    the client's own wall time; other routes get the total alone."""
+    import time
+
+    def spans(response: httpx.Response) -> dict[str, float]:
+        out = {}
+        for part in response.headers["server-timing"].split(","):
+            name, dur = part.strip().split(";dur=")
+            out[name] = float(dur)
+        return out
+
+    started = time.perf_counter()
+    response = http.post(
+        "/v1/predict",
+        files={"image": ("photo.jpg", photo_bytes, "image/jpeg")},
+        data={"box": box_field(sample_box), "side": "left", "refine": "off"},
+    )
+    wall_ms = (time.perf_counter() - started) * 1e3
+    assert response.status_code == 200, response.text
+    t = spans(response)
+    assert list(t) == ["decode", "predict", "total"], t
+    assert t["decode"] > 0 and t["predict"] > 0
+    assert t["decode"] + t["predict"] <= t["total"] <= wall_ms
+    assert list(spans(http.get("/v1/model", params={"side": "right"}))) == ["total"]
+    refused = http.post("/v1/predict", files={"image": ("p.jpg", photo_bytes, "image/jpeg")},
+                        data={"box": "1,2,3"})  # fmt: skip
+    assert refused.status_code == 422 and list(spans(refused)) == ["total"]
+
+
 def test_predict_refine_field(http, photo_bytes, sample_box, predictor) -> None:
     """refine=off gives the network's hand as it is (the same as an in-process call without the
     fit); refine=auto fits each hand MediaPipe finds to its landmarks."""

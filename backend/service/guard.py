@@ -107,6 +107,23 @@ def is_ip_address(name: str) -> bool:
         return False
 
 
+def _timed(send: Send, started: float) -> Send:
+    """`send` that adds `total;dur=MS` (the time since `started`: the request's arrival here,
+    its upload included) to the response's Server-Timing header, after any spans the endpoint
+    put there (/v1/predict: decode, predict)."""
+
+    async def timed_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            total = f"total;dur={(time.perf_counter() - started) * 1e3:.2f}".encode()
+            headers = [(k, v) for k, v in message.get("headers", []) if k != b"server-timing"]
+            spans = [v for k, v in message.get("headers", []) if k == b"server-timing" and v]
+            headers.append((b"server-timing", b", ".join([*spans, total])))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return timed_send
+
+
 class Guard:
     """Pure ASGI middleware in front of the app (module docstring): origin and host, token,
     upload cap, body pace, requests at once."""
@@ -168,7 +185,7 @@ class Guard:
             return
         self.open += 1
         try:
-            await self.app(scope, self._paced(receive), send)
+            await self.app(scope, self._paced(receive), _timed(send, time.perf_counter()))
         finally:
             self.open -= 1
 
