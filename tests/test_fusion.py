@@ -242,10 +242,11 @@ def test_predict_fuses_mediapipe_and_network(checkpoint):
 @pytest.mark.parametrize("name", ["test3", "test5"])
 def test_detection_works_on_phone_sized_photos(name):
     """A photo at 1x, 3x and 6x its size (test3 at 6x: 6144 x 4098, 25 MP): the same hands, the
-    same sides, keypoints within 2 % of the hand box on average (measured: test3 0.2-0.3 %,
-    test5 0.2-1.5 %, where MediaPipe's landmark model moves a finger by up to 8 % between two
-    nearly equal views). Before, MediaPipe looked at the whole photo only: test3 at 2, 4 and 6
-    times its size gave no hand."""
+    same sides, keypoints within 1 % of the hand box on average (the issue's bound; measured:
+    test3 0.4 %, test5 0.3-0.8 %; with the closer view resampled by whole-pixel box filter and
+    bilinear sampling instead of area averaging, test5 was 1.5 % off at 3x: MediaPipe's landmark
+    model moves a finger by up to 8 % between two nearly equal views). Before, MediaPipe looked
+    at the whole photo only: test3 at 2, 4 and 6 times its size gave no hand."""
     photo = SAMPLES / "wild_hamer" / f"{name}.jpg"
     if not photo.is_file():
         pytest.skip(f"sample photos not available ({SAMPLES})")
@@ -262,7 +263,7 @@ def test_detection_works_on_phone_sized_photos(name):
         for a, b in zip(base, found, strict=True):
             x0, y0, x1, y1 = a["box_xyxy"]
             err = np.linalg.norm(b["keypoints2d"] / factor - a["keypoints2d"], axis=1)
-            assert err.mean() / max(x1 - x0, y1 - y0) < 0.02, (factor, err)
+            assert err.mean() / max(x1 - x0, y1 - y0) < 0.01, (factor, err)
 
 
 def test_fusion_of_a_mirrored_hand_is_the_mirrored_fusion(models):
