@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench model package clean
+.PHONY: setup demo test lint bench results model package clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# The README's results table: re-run the three commands under it (docs/results/*.json), then
+# rewrite the table from them (one thread each, as the table says).
+results: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m tools.results_table --run --write README.md
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.hand_model
