@@ -170,9 +170,12 @@ def _view_pixels(image: np.ndarray, view: tuple[float, float, float]):
     x0, y0 = round(cx - s / 2), round(cy - s / 2)
     h, w = image.shape[:2]
     xa, ya, xb, yb = max(0, x0), max(0, y0), min(w, x0 + s), min(h, y0 + s)
-    square = np.zeros((s, s, 3), np.uint8)  # the view is at most twice a small hand's box
-    if xb > xa and yb > ya:
-        square[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
+    if (xa, ya, xb, yb) == (x0, y0, x0 + s, y0 + s):  # inside the photo (tiles): no copy
+        square = image[ya:yb, xa:xb]
+    else:  # padded with black; the view is at most twice a small hand's box
+        square = np.zeros((s, s, 3), np.uint8)
+        if xb > xa and yb > ya:
+            square[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
     interp = cv2.INTER_AREA if s > TILE else cv2.INTER_LINEAR
     return cv2.resize(square, (TILE, TILE), interpolation=interp), (x0, y0, s)
 
