@@ -333,7 +333,7 @@ def create_app(
         finally:
             watcher.cancel()
         # the Guard adds the request's total; total - decode - predict is the server's own time
-        spans = ", ".join(f"{name[:-3]};dur={ms:.2f}" for name, ms in timing.items())
+        spans = ", ".join(f"{name};dur={ms:.2f}" for name, ms in timing.items())
         return JSONResponse(result, headers={"Server-Timing": spans})
 
     @app.post("/v1/image", openapi_extra=openapi.IMAGE)

@@ -44,7 +44,7 @@ def predict_image(
     Raises ApiError 400 `client_disconnected` when `cancelled` is set before the work starts or
     while it runs (checked between hands and between batches of the network detector's crops),
     422 `non_finite` for a result out of float range. timing: given, it gets the milliseconds
-    spent decoding (`decode_ms`) and predicting (`predict_ms`), for the Server-Timing header."""
+    spent decoding (`decode`) and predicting (`predict`), for the Server-Timing header."""
     started = time.perf_counter()
     image, exif_f35, (full_w, full_h) = decode_photo(data, max_pixels, PREDICT_MAX_PIXELS)
     decoded = time.perf_counter()
@@ -82,8 +82,8 @@ def predict_image(
             raise ApiError(400, "client_disconnected", msg) from None
         predicted = time.perf_counter()
     if timing is not None:
-        timing["decode_ms"] = (decoded - started) * 1e3
-        timing["predict_ms"] = (predicted - predicting) * 1e3
+        timing["decode"] = (decoded - started) * 1e3
+        timing["predict"] = (predicted - predicting) * 1e3
     if reduced:
         result = to_full_image(result, full_w, full_h, full_focal, sx, sy, options.boxes)
     if not all_finite(result):

@@ -262,8 +262,9 @@ class _Hangup:
                 except OSError:
                     pass
 
-    def opener(self, url: str) -> urllib.request.OpenerDirector:
-        """A urllib opener like HamrClient's whose connections this object can close."""
+    def handlers(self) -> list[urllib.request.BaseHandler]:
+        """urllib HTTP and HTTPS handlers (for HamrClient) whose connections this object can
+        close."""
         hangup = self
 
         class Conn(http.client.HTTPConnection):
@@ -284,10 +285,7 @@ class _Hangup:
             def https_open(self, req):
                 return self.do_open(ConnS, req, context=self._context)
 
-        handlers: list = [Handler(), HandlerS()]
-        if is_loopback(url):
-            handlers.append(urllib.request.ProxyHandler({}))
-        return urllib.request.build_opener(*handlers)
+        return [Handler(), HandlerS()]
 
 
 class PhotoTask:
@@ -314,8 +312,8 @@ class PhotoTask:
 
     def start(self) -> PhotoTask:
         client = self.request.client
-        closable = self._hangup.opener(client.url)  # connections `cancel` can shut
-        own = HamrClient(client.url, client.token, timeout=client.timeout, opener=closable)
+        closable = self._hangup.handlers()  # connections `cancel` can shut
+        own = HamrClient(client.url, client.token, timeout=client.timeout, handlers=closable)
         request = dataclasses.replace(self.request, client=own)
         outcome = self._outcome
 

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, BinaryIO
 
 DEFAULT_URL = "http://127.0.0.1:8734"
@@ -174,23 +174,23 @@ def _image_source(
 
 class HamrClient:
     """Talks to one HAMR backend. Each call raises BackendError (or a subclass) on failure.
-    opener: the urllib opener its requests go through (default: one that bypasses proxies for
-    a loopback URL); a caller that must be able to cut a request off passes its own."""
+    handlers: urllib handlers its requests also go through (a caller that must be able to cut
+    a request off passes its own HTTP(S) handlers); a loopback URL bypasses proxies."""
 
     def __init__(
         self,
         url: str = DEFAULT_URL,
         token: str = "",
         timeout: float = 30.0,
-        opener: urllib.request.OpenerDirector | None = None,
+        handlers: Sequence[urllib.request.BaseHandler] = (),
     ) -> None:
         self.url = normalize_url(url)
         self.token = token
         self.timeout = timeout
-        handlers: list[urllib.request.BaseHandler] = []
+        chain = list(handlers)
         if is_loopback(self.url):
-            handlers.append(urllib.request.ProxyHandler({}))
-        self._opener = opener or urllib.request.build_opener(*handlers)
+            chain.append(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(*chain)
 
     # -------------------------------------------------------------------- transport
     def request(
