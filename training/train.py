@@ -83,6 +83,9 @@ class TrainConfig:
     # optimizer, schedule and step start afresh; its header's metadata is kept in this run's
     # checkpoint under "init_from". "": start from the network's own initialisation
     init_from: str = ""
+    # turn and recolour the crops of teacher-labelled real hands ([[data]] specs
+    # "teacher-folder:...", training.data.common.RealAugment's defaults); others: crop jitter only
+    real_augment: bool = False
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
@@ -96,6 +99,10 @@ class TrainConfig:
             value = getattr(cfg, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{path}: {key} must be a positive integer, got {value!r}")
+        if not isinstance(cfg.real_augment, bool):
+            raise ValueError(
+                f"{path}: real_augment must be true or false, got {cfg.real_augment!r}"
+            )
         return cfg
 
     def hamr_config(self) -> HamrConfig:
@@ -151,11 +158,21 @@ class BatchSource:
         self.pool: dict[int, dict[str, torch.Tensor]] = {}
         self.loader = None
         if self.n_data:
-            from .data.common import CropJitter
+            from .data.common import CropJitter, RealAugment
             from .data.mix import MixedDataset, build_dataset
 
+            def augment(spec: str) -> dict:
+                real = cfg.real_augment and spec.partition(":")[0] == "teacher-folder"
+                return {"real_augment": RealAugment()} if real else {}
+
             sets = [
-                build_dataset(d["spec"], "train", crop_jitter=CropJitter(), seed=cfg.seed + rank)
+                build_dataset(
+                    d["spec"],
+                    "train",
+                    crop_jitter=CropJitter(),
+                    seed=cfg.seed + rank,
+                    **augment(d["spec"]),
+                )
                 for d in others
             ]
             mixed = MixedDataset(

@@ -25,6 +25,14 @@ its longer side because keypoints are joint centres and fingers have thickness (
 MIN_BOX_SIDE pixels on each axis, so a degenerate annotation still gives a finite crop), then
 `square_crop` (CROP_SCALE x the longer side) resampled to CROP_SIZE. Training may jitter the crop's
 scale and centre (`CropJitter`), deterministically per (seed, epoch, index); evaluation does not.
+Readers given a `RealAugment` (training on teacher-labelled real hands, train.py's `real_augment`)
+also turn the crop in-plane and jitter its colours, from the same generator after the jitter's
+draws: the crop turns by theta about its centre (`backend.crop.rotate_in_crop`: crop pixels
+u' = c + R(theta) (u - c)), keypoints2d with it, keypoints3d by Rz(theta) about the camera's z
+axis (`backend.crop.rotation_z`, so their projection turns with the 2D), the MANO global
+orientation pose[0] becomes Rz R (the other joints stay) and K becomes the turned crop's
+projection (`crop_intrinsics` with the angle); `crop` and `box_xyxy` stay the unturned ones.
+Keypoints turned out of the crop stay as labels.
 
 Pixels follow DESIGN.md (pixel (row i, col j) has its centre at (j + 0.5, i + 0.5)); datasets' own
 K matrices are used as given. Where a dataset has no K, `default_intrinsics` stands in: focal
@@ -42,8 +50,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from backend.crop import CROP_SIZE, crop_image, crop_intrinsics, points_to_crop, square_crop
+from backend.crop import (
+    CROP_SIZE,
+    crop_image,
+    crop_intrinsics,
+    points_to_crop,
+    rotation_z,
+    square_crop,
+)
 from backend.hand_model.constants import NUM_BETAS, NUM_JOINTS, NUM_KEYPOINTS
+from backend.network.rotation import axis_angle_to_matrix, matrix_to_axis_angle
 
 BOX_MARGIN = 0.1  # keypoint box growth on each side, fraction of its longer side (finger thickness)
 MIN_BOX_SIDE = 16.0  # pixels: the grown keypoint box is at least this wide and tall
@@ -65,6 +81,21 @@ class CropJitter:
     shift: float = 0.08  # centre moved by U(-shift, shift) x crop side, on each axis
 
 
+@dataclass(frozen=True)
+class RealAugment:
+    """Training-time rotation and colour changes of real crops (module docstring). Every draw is
+    made on every item (fixed generator use), whether or not its effect applies."""
+
+    rotation: float = 30.0  # degrees: the crop turns by U(-rotation, rotation)
+    brightness: float = 0.25  # pixels x U(1 - b, 1 + b)
+    contrast: float = 0.25  # distance from the crop's mean grey x U(1 - c, 1 + c)
+    saturation: float = 0.25  # distance from each pixel's grey x U(1 - s, 1 + s)
+    hue: float = 0.04  # hue turned by U(-hue, hue) of a full turn (in YIQ's chroma plane)
+    grayscale_p: float = 0.1  # probability of a grey crop (after the changes above)
+    blur_p: float = 0.2  # probability of a Gaussian blur, sigma U(blur_sigma)
+    blur_sigma: tuple[float, float] = (0.3, 1.2)  # crop pixels
+
+
 @dataclass
 class HandSample:
     """One hand in one full image, before cropping; 2D in image pixels, project keypoint order."""
@@ -79,6 +110,7 @@ class HandSample:
     mask: np.ndarray | None = None  # (H, W) bool hand silhouette
     mask_visible: np.ndarray | None = None  # (H, W) bool visible part; None: same as mask
     box_xyxy: np.ndarray | None = None  # (4,) hand box; None: from the annotated keypoints
+    pose: np.ndarray | None = None  # (16, 3) MANO axis-angle of the hand; None: zeros in the item
     extra: dict[str, Tensor] = field(default_factory=dict)  # reader-specific item entries
 
 
@@ -126,13 +158,47 @@ def jitter_crop(crop: Tensor, jitter: CropJitter, rng: np.random.Generator) -> T
     return torch.cat([crop[:2] + shift, side[None]])
 
 
+_GREY = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)  # RGB -> luma (Rec. 601)
+_RGB_TO_YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
+    dtype=torch.float64,
+)
+
+
+def colour_augment(image: Tensor, aug: RealAugment, rng: np.random.Generator) -> Tensor:
+    """(3, H, W) float RGB in [0, 1] -> the same with `aug`'s colour changes, in [0, 1]."""
+    b, c, s = (1 + rng.uniform(-x, x) for x in (aug.brightness, aug.contrast, aug.saturation))
+    hue = rng.uniform(-aug.hue, aug.hue) * 2 * np.pi
+    grey_draw, blur_draw, sigma = rng.uniform(), rng.uniform(), rng.uniform(*aug.blur_sigma)
+    x = image.double() * b
+    mean = (x * _GREY[:, None, None]).sum(0).mean()
+    x = (x - mean) * c + mean
+    grey = (x * _GREY[:, None, None]).sum(0, keepdim=True)
+    x = (x - grey) * s + grey
+    ch, sh = np.cos(hue), np.sin(hue)
+    turn = torch.tensor([[1, 0, 0], [0, ch, -sh], [0, sh, ch]], dtype=torch.float64)
+    yiq_turn = torch.linalg.solve(_RGB_TO_YIQ, turn @ _RGB_TO_YIQ)  # RGB -> RGB
+    x = torch.einsum("ij,jhw->ihw", yiq_turn, x).clamp(0, 1)
+    if grey_draw < aug.grayscale_p:
+        x = (x * _GREY[:, None, None]).sum(0, keepdim=True).expand(3, -1, -1)
+    if blur_draw < aug.blur_p:
+        radius = int(np.ceil(3 * sigma))
+        k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+        k = (k / k.sum())[None, None]
+        y = torch.nn.functional.pad(x[:, None], (radius, radius, 0, 0), mode="replicate")
+        y = torch.nn.functional.conv2d(y, k[..., None, :])
+        y = torch.nn.functional.pad(y, (0, 0, radius, radius), mode="replicate")
+        x = torch.nn.functional.conv2d(y, k[..., :, None])[:, 0]
+    return x.clamp(0, 1).to(image.dtype)
+
+
 def crop_masks(
-    mask: np.ndarray, visible: np.ndarray, crop: tuple[float, float, float]
+    mask: np.ndarray, visible: np.ndarray, crop: tuple[float, float, float], angle: float = 0.0
 ) -> tuple[Tensor, Tensor]:
     """(H, W) bool masks -> two (CROP_SIZE, CROP_SIZE) float 0/1 crops, resampled like the image
     (bilinear, then thresholded at one half)."""
     stack = np.stack([mask, visible, np.zeros_like(mask)], axis=-1).astype(np.uint8) * 255
-    out = torch.from_numpy(crop_image(stack, crop, CROP_SIZE)) >= 128
+    out = torch.from_numpy(crop_image(stack, crop, CROP_SIZE, angle=angle)) >= 128
     return out[..., 0].float(), out[..., 1].float()
 
 
@@ -141,6 +207,7 @@ def build_item(
     index: int,
     jitter: CropJitter | None = None,
     rng: np.random.Generator | None = None,
+    augment: RealAugment | None = None,
 ) -> dict[str, Tensor]:
     """Crop one `HandSample` and pack the item contract (module docstring)."""
     height, width = sample.image.shape[:2]
@@ -150,17 +217,34 @@ def build_item(
     box = sample.box_xyxy if sample.box_xyxy is not None else keypoint_box(sample.keypoints2d, vis)
     box = torch.as_tensor(np.asarray(box, np.float64))
     crop = square_crop(box)  # (3,) float64
+    if (jitter is not None or augment is not None) and rng is None:
+        raise ValueError("crop jitter and augmentation need a random generator")
     if jitter is not None:
-        if rng is None:
-            raise ValueError("crop jitter needs a random generator")
         crop = jitter_crop(crop, jitter, rng)
+    angle = 0.0
+    if augment is not None:
+        angle = float(np.deg2rad(rng.uniform(-augment.rotation, augment.rotation)))
     crop_tuple = tuple(float(c) for c in crop)
-    image = crop_image(sample.image, crop_tuple, CROP_SIZE)
-    uv = points_to_crop(torch.from_numpy(np.asarray(sample.keypoints2d, np.float64)), crop)
+    image = crop_image(sample.image, crop_tuple, CROP_SIZE, angle=angle)
+    uv = points_to_crop(
+        torch.from_numpy(np.asarray(sample.keypoints2d, np.float64)), crop, angle=angle
+    )
+    image = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    if augment is not None:
+        image = colour_augment(image, augment, rng)
+    pose = torch.zeros(NUM_JOINTS, 3)
+    if sample.pose is not None:
+        pose = torch.from_numpy(np.asarray(sample.pose, np.float64))
+        if angle:
+            root = rotation_z(angle) @ axis_angle_to_matrix(pose[0])
+            pose = torch.cat([matrix_to_axis_angle(root)[None], pose[1:]])
+        pose = pose.float()
 
     has_3d = sample.keypoints3d is not None
     if has_3d:
         kp3d = torch.from_numpy(np.asarray(sample.keypoints3d, np.float64))
+        if angle:
+            kp3d = kp3d @ rotation_z(angle).T
         valid = sample.keypoints3d_valid
         valid3d = torch.ones(NUM_KEYPOINTS) if valid is None else torch.as_tensor(valid)
     else:
@@ -170,22 +254,22 @@ def build_item(
     has_mask = sample.mask is not None
     if has_mask:
         visible = sample.mask if sample.mask_visible is None else sample.mask_visible
-        mask, mask_visible = crop_masks(sample.mask, visible, crop_tuple)
+        mask, mask_visible = crop_masks(sample.mask, visible, crop_tuple, angle)
     else:
         mask, mask_visible = torch.zeros(CROP_SIZE, CROP_SIZE), torch.zeros(CROP_SIZE, CROP_SIZE)
 
     item = {
-        "image": torch.from_numpy(image).permute(2, 0, 1).float() / 255,
+        "image": image,
         "mask": mask,
         "mask_visible": mask_visible,
         "keypoints2d": uv.float(),
         "keypoints2d_vis": torch.from_numpy(vis).float(),
         "keypoints3d": kp3d.float(),
         "keypoints3d_valid": valid3d.float(),
-        "pose": torch.zeros(NUM_JOINTS, 3),
+        "pose": pose,
         "betas": torch.zeros(NUM_BETAS),
         "cam_weak": torch.zeros(3),
-        "K": crop_intrinsics(torch.from_numpy(K), crop, CROP_SIZE).float(),
+        "K": crop_intrinsics(torch.from_numpy(K), crop, CROP_SIZE, angle).float(),
         "crop": crop.float(),
         "box_xyxy": box.float(),
         "side": torch.tensor(sample.side, dtype=torch.long),
@@ -203,12 +287,19 @@ class HandCropDataset(torch.utils.data.Dataset):
     """Base of the readers: a subclass sets `name`, implements `__len__` and `load(index)`; this
     class crops and packs the item. Augmentation randomness comes from a numpy generator seeded
     with (seed, epoch, index), so items are reproducible in any DataLoader worker; call
-    `set_epoch` before each epoch (with non-persistent workers) to draw new jitter."""
+    `set_epoch` before each epoch (with non-persistent workers) to draw new jitter. A reader that
+    passes `real_augment` on also turns and recolours its crops (module docstring)."""
 
     name = "hands"
 
-    def __init__(self, crop_jitter: CropJitter | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        crop_jitter: CropJitter | None = None,
+        seed: int = 0,
+        real_augment: RealAugment | None = None,
+    ) -> None:
         self.crop_jitter = crop_jitter
+        self.real_augment = real_augment
         self.seed = seed
         self.epoch = 0
 
@@ -228,6 +319,6 @@ class HandCropDataset(torch.utils.data.Dataset):
             raise IndexError(f"{self.name}: index {index} out of range for {n} items")
         index %= n
         rng = None
-        if self.crop_jitter is not None:
+        if self.crop_jitter is not None or self.real_augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-        return build_item(self.load(index), index, self.crop_jitter, rng)
+        return build_item(self.load(index), index, self.crop_jitter, rng, self.real_augment)

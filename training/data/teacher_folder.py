@@ -11,6 +11,8 @@ frame, metres; training compares them root-relative) from the landmark fit; pose
 loss weights `weight_2d` and `weight_3d` () float in [0, 1] (the labeller's confidence; they scale
 the 2D / heat-map / camera terms and the 3D / bones / MANO terms in `training.losses.hamr_loss`).
 Items keep the hand's own side; training flips left hands in (`transforms.flip_to_right`).
+With `real_augment` (a `common.RealAugment`) the crops are also turned in-plane (2D, 3D, pose[0]
+and K with them) and recoloured, deterministically per (seed, epoch, index).
 
 split: "train" or "test" (the labeller's --holdout globs decide), None for every sample.
 """
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .common import CropJitter, HandCropDataset, HandSample, load_rgb
+from .common import CropJitter, HandCropDataset, HandSample, RealAugment, load_rgb
 
 FORMAT = "hamr.teacher/1"
 SIDES = {"right": 0, "left": 1}
@@ -40,8 +42,9 @@ class TeacherFolder(HandCropDataset):
         crop_jitter: CropJitter | None = None,
         seed: int = 0,
         min_weight: float = 0.0,
+        real_augment: RealAugment | None = None,
     ) -> None:
-        super().__init__(crop_jitter, seed)
+        super().__init__(crop_jitter, seed, real_augment)
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.exists():
@@ -78,12 +81,12 @@ class TeacherFolder(HandCropDataset):
             side=SIDES[rec["side"]],
             K=np.asarray(rec["K"], np.float64),
             keypoints3d=np.asarray(rec["keypoints3d"], np.float64),
+            pose=np.asarray(rec["pose"], np.float64),
         )
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        item = super().__getitem__(index)  # the crop and its 2D/3D labels (checks the index)
+        item = super().__getitem__(index)  # the crop, its 2D/3D labels, pose (checks the index)
         rec = self.records[index % len(self)]
-        item["pose"] = torch.tensor(rec["pose"], dtype=torch.float32)
         item["betas"] = torch.tensor(rec["betas"], dtype=torch.float32)
         item["has_mano"] = torch.tensor(1.0)
         item["has_K"] = torch.tensor(0.0)
