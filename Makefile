@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev,train,detect,heif]'
+	$(PY) -m pip install -q -e '.[dev,train,detect,heif,fast]'
 	# MediaPipe Hands, the hand detector: 0.10.21 is the last release that bundles its hand
 	# models; --no-deps skips jax and opencv-contrib (pyproject's `detect` extra has what it needs)
 	$(PY) -m pip install -q --no-deps mediapipe==0.10.21

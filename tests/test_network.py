@@ -423,16 +423,19 @@ def test_checkpoint_errors(light_net, tmp_path):
         load_checkpoint(rewrite("short.safetensors"))
 
 
-def test_frozen_backbone_gives_the_same_outputs(light_net, images):
-    """`runner.frozen_backbone` (what `HandNetwork` runs: traced on one crop, frozen, so its
-    conv -> BN pairs are folded) against the eager network, with BN statistics and affine terms
-    made far from the identity: the same heat-maps, pose and vertices to float rounding, at the
-    batch it was traced with and at others."""
+@pytest.mark.parametrize("kind", ["torchscript", "onnxruntime"])
+def test_frozen_backbone_gives_the_same_outputs(light_net, images, kind):
+    """The network's convolutional part in its inference forms (what `HandNetwork(frozen=True)`
+    runs): `runner.frozen_backbone` (traced on one crop, frozen, so its conv -> BN pairs are
+    folded) and `runner.OnnxBackbone` (exported to ONNX, run by ONNX Runtime), against the
+    eager network, with BN statistics and affine terms made far from the identity: the same
+    heat-maps, pose and vertices to float rounding, bitwise the same from the first call, at
+    the batch it was traced or exported with and at others."""
     import copy
 
     from torch import nn
 
-    from backend.network.runner import frozen_backbone
+    from backend.network.runner import OnnxBackbone, frozen_backbone
 
     net = copy.deepcopy(light_net).eval()
     gen = torch.Generator().manual_seed(5)
@@ -442,7 +445,8 @@ def test_frozen_backbone_gives_the_same_outputs(light_net, images):
         norm.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
         norm.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
         norm.bias.data.copy_(torch.randn(c, generator=gen) * 0.2)
-    frozen = frozen_backbone(net)
+    frozen = frozen_backbone(net) if kind == "torchscript" else OnnxBackbone.build(net, threads=2)
+    assert frozen is not None and frozen is not net.backbone  # the inference form was built
     batch = torch.cat([images, images.flip(-1), images[:1]])  # 5 crops; traced on 1
     for x in (batch[:1], batch):
         with torch.no_grad(), torch.jit.optimized_execution(False):  # as HandNetwork runs it
@@ -453,3 +457,19 @@ def test_frozen_backbone_gives_the_same_outputs(light_net, images):
             torch.testing.assert_close(h_frozen, h_eager, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(b.pose, a.pose, atol=1e-4, rtol=0)
         torch.testing.assert_close(b.vertices, a.vertices, atol=1e-5, rtol=0)
+
+
+def test_hand_network_runs_onnxruntime_when_frozen():
+    """`HandNetwork(frozen=True)` (`hamr serve`, `hamr video`) runs ONNX Runtime on a CPU
+    (`make setup` installs it), the eager network otherwise; both give the same crops' hands to
+    float rounding and the frozen one gives the same bits twice."""
+    from backend.network.runner import DEFAULT_CHECKPOINT, HandNetwork
+
+    frozen = HandNetwork(DEFAULT_CHECKPOINT, "cpu", frozen=True)
+    eager = HandNetwork(DEFAULT_CHECKPOINT, "cpu")
+    assert (frozen.backbone_kind, eager.backbone_kind) == ("onnxruntime", "eager")
+    crops = np.random.default_rng(3).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    a, b, again = eager.run_crops(crops), frozen.run_crops(crops), frozen.run_crops(crops)
+    assert torch.equal(b.vertices, again.vertices) and torch.equal(b.pose, again.pose)
+    torch.testing.assert_close(b.vertices, a.vertices, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.pose, a.pose, atol=1e-4, rtol=0)

@@ -33,9 +33,11 @@ from backend.camera import default_focal, intrinsics, project_points, solve_tran
 from backend.crop import CROP_SIZE, box_side, points_from_crop
 from backend.detect import detect_hands, with_mediapipe
 from backend.errors import Cancelled
+from backend.fuse.closed_form import keypoint_layer, layer_keypoints
 from backend.fuse.fusion import fuse_hands
 from backend.hand_model.model import mirror_pose
 from backend.network.camera import normalized_to_pixels, weak_to_full_translation
+from backend.network.rotation import axis_angle_to_matrix
 from backend.network.runner import HandNetwork
 from backend.options import (
     HandRequest,
@@ -145,8 +147,10 @@ class Predictor(HandNetwork):
         pose, betas = out.pose[best], out.betas[best]
         if flip:  # right-hand result -> the left model's parameters
             pose = mirror_pose(pose)
-        hand = self.hands[side](pose[None], betas[None])
-        kp3d = hand.keypoints[0]  # (21, 3) model frame, rotated, no translation
+        # (21, 3) model frame, rotated, no translation: the hand model's keypoints without its
+        # mesh (`HandModel(...).keypoints` to float rounding, a quarter of the time)
+        layer = keypoint_layer(self.hands[side])
+        kp3d = layer_keypoints(layer, axis_angle_to_matrix(pose[None]), betas[None])[0]
         init = weak_to_full_translation(cam, crop_t[:2], crop_t[2], Kt[0, 0], Kt[:2, 2])[0]
         transl = solve_translation(kp3d, kp_img, Kt, init)
         joints = kp3d + transl
