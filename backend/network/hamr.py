@@ -160,10 +160,18 @@ class HamrNet(nn.Module):
         feature = self.encoder(torch.cat([features, heatmaps[-1]], dim=1))  # (B, D)
         return tuple(heatmaps), feature
 
-    def head(self, heatmaps: tuple[Tensor, ...], feature: Tensor) -> HamrOutput:
+    def head(
+        self,
+        heatmaps: tuple[Tensor, ...],
+        feature: Tensor,
+        params: list[Tensor] | tuple[Tensor, ...] | None = None,
+    ) -> HamrOutput:
         """`backbone`'s output -> HamrOutput: the iterative regression of MANO pose, shape and
-        camera, then the MANO layer and the weak projection."""
-        params = self.regressor(feature)  # iterations x (B, P) float32
+        camera, then the MANO layer and the weak projection. params: the regressor's output for
+        `feature` when it ran already (the ONNX Runtime graph of `backend.network.runner`
+        holds it)."""
+        if params is None:
+            params = self.regressor(feature)  # iterations x (B, P) float32
 
         with torch.autocast(feature.device.type, enabled=False):
             per_iteration = [decode_params(p.float()) for p in params]

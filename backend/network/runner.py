@@ -38,6 +38,12 @@ class _Backbone(torch.nn.Module):
         return self.net.backbone(images)
 
 
+class _BackboneAndRegressor(_Backbone):
+    def forward(self, images: torch.Tensor):
+        heatmaps, feature = self.net.backbone(images)
+        return (*heatmaps, feature, *self.net.regressor(feature))
+
+
 @torch.no_grad()
 def frozen_backbone(model: torch.nn.Module):
     """The network's convolutional part (`HamrNet.backbone`) traced and frozen for inference:
@@ -62,18 +68,18 @@ def frozen_backbone(model: torch.nn.Module):
 
 
 class OnnxBackbone:
-    """The network's convolutional part (`HamrNet.backbone`) exported to ONNX and run by ONNX
-    Runtime's CPU kernels: on one thread ~10 ms per crop against 15 ms for `frozen_backbone`
-    and 21 eager (this 2-core machine); the same outputs to float rounding
+    """The network's convolutional part (`HamrNet.backbone`) and its regressor exported to ONNX
+    and run by ONNX Runtime's CPU kernels: on one thread ~10 ms per crop against 15 ms for
+    `frozen_backbone` and 21 eager (this 2-core machine); the same outputs to float rounding
     (tests/test_network.py), the same from the first call, any batch size. Built in ~0.4 s
     (export in memory, no file). `make setup` installs onnxruntime and onnx (torch's exporter
     needs it); `build` returns None without them, on a GPU device, or where the export fails,
     and `HandNetwork` falls back to `frozen_backbone`. threads: ONNX Runtime's intra-op threads
     (None: torch's own count, `torch.get_num_threads()`)."""
 
-    def __init__(self, session, output_count: int) -> None:
+    def __init__(self, session, stacks: int) -> None:
         self.session = session
-        self.output_count = output_count
+        self.stacks = stacks  # heat-map outputs, one per hourglass stack
 
     @classmethod
     @torch.no_grad()
@@ -91,7 +97,7 @@ class OnnxBackbone:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    _Backbone(model).eval(),
+                    _BackboneAndRegressor(model).eval(),
                     (torch.zeros(1, 3, size, size),),
                     buffer,
                     dynamo=False,
@@ -111,13 +117,15 @@ class OnnxBackbone:
         session = ort.InferenceSession(
             buffer.getvalue(), options, providers=["CPUExecutionProvider"]
         )
-        return cls(session, len(session.get_outputs()))
+        return cls(session, model.config.num_stacks)
 
-    def __call__(self, images: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """images (B, 3, S, S) float32 -> `HamrNet.backbone`'s (heat-maps, feature)."""
+    def __call__(self, images: torch.Tensor):
+        """images (B, 3, S, S) float32 -> `HamrNet.backbone`'s (heat-maps, feature) and the
+        regressor's parameters of each iteration: `HamrNet.head`'s arguments."""
         x = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
         outputs = [torch.from_numpy(o) for o in self.session.run(None, {"images": x})]
-        return tuple(outputs[:-1]), outputs[-1]
+        stacks = self.stacks
+        return tuple(outputs[:stacks]), outputs[stacks], outputs[stacks + 1 :]
 
 
 class HandNetwork:
