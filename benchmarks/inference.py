@@ -9,6 +9,12 @@ batch (64 on CUDA, 16 on CPU where 64 crops of the paper network take seconds), 
 per second. Weights are random: speed does not depend on them. On a CPU shared with other work,
 medians with as many torch threads as cores can be many times the best run (threads wait for
 each other): compare runs on an idle machine.
+
+`cpu_runtimes`: per preset, a crop's forward pass at batch 1 on the CPU in the three forms the
+backend can run (`backend.network.runner`): eager, the convolutional part traced and frozen by
+TorchScript, and the convolutional part and regressor on ONNX Runtime (`hamr serve` and `hamr
+video`), timed in turn (one call of each per round, so a change in the machine's load falls on
+all three alike), with each one's ratio to eager.
 """
 
 from __future__ import annotations
@@ -50,6 +56,42 @@ def time_ms(net: HamrNet, images: torch.Tensor, repeats: int, bf16: bool) -> tup
     return statistics.median(times), min(times)
 
 
+def cpu_runtimes(configs: list[str], repeats: int) -> list[dict]:
+    """`cpu_runtimes` of the module docstring: medians over `repeats` rounds after 3 warm-up
+    rounds; a form that cannot be built here (no onnxruntime) is reported as null."""
+    return [cpu_runtime_row(name, repeats) for name in configs]
+
+
+def cpu_runtime_row(name: str, repeats: int) -> dict:
+    from backend.network.runner import OnnxBackbone, frozen_backbone
+
+    config = getattr(HamrConfig, name)()
+    net = HamrNet(config).eval()
+    image = torch.rand(1, 3, config.input_size, config.input_size)
+    traced = frozen_backbone(net)
+    backbones = {
+        "eager": net.backbone,
+        "torchscript": None if traced is net.backbone else traced,
+        "onnxruntime": OnnxBackbone.build(net, threads=torch.get_num_threads()),
+    }
+    times: dict[str, list[float]] = {k: [] for k, bb in backbones.items() if bb is not None}
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        for i in range(3 + repeats):
+            for key in times:
+                t0 = time.perf_counter()
+                net.head(*backbones[key](image))
+                if i >= 3:
+                    times[key].append((time.perf_counter() - t0) * 1e3)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    row: dict = {"config": name, "batch": 1}
+    for key in backbones:
+        ms = median.get(key)
+        row[f"{key}_ms"] = None if ms is None else round(ms, 2)
+        if key != "eager":
+            row[f"{key}_over_eager"] = None if ms is None else round(ms / median["eager"], 3)
+    return row
+
+
 def run(configs: list[str], repeats: int, cpu_bf16: bool) -> dict:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     results = []
@@ -88,6 +130,7 @@ def run(configs: list[str], repeats: int, cpu_bf16: bool) -> dict:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "repeats": repeats,
         "results": results,
+        "cpu_runtimes": cpu_runtimes(configs, repeats),
     }
 
 
