@@ -473,3 +473,18 @@ def test_hand_network_runs_onnxruntime_when_frozen():
     assert torch.equal(b.vertices, again.vertices) and torch.equal(b.pose, again.pose)
     torch.testing.assert_close(b.vertices, a.vertices, atol=1e-5, rtol=0)
     torch.testing.assert_close(b.pose, a.pose, atol=1e-4, rtol=0)
+
+
+def test_hand_network_without_onnxruntime_falls_back_to_torchscript(monkeypatch):
+    """Where onnxruntime cannot be imported (a setup without it), `HandNetwork(frozen=True)`
+    runs the TorchScript-frozen backbone instead, with the same hands to float rounding."""
+    import sys
+
+    from backend.network.runner import DEFAULT_CHECKPOINT, HandNetwork
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises
+    frozen = HandNetwork(DEFAULT_CHECKPOINT, "cpu", frozen=True)
+    assert frozen.backbone_kind == "torchscript"
+    crops = np.random.default_rng(4).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    a, b = HandNetwork(DEFAULT_CHECKPOINT, "cpu").run_crops(crops), frozen.run_crops(crops)
+    torch.testing.assert_close(b.vertices, a.vertices, atol=1e-5, rtol=0)
