@@ -25,10 +25,11 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # twelve stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # thirteen stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
-    # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu, real_mix_cpu (synthetic + real photos)
-    # and real_bg_cpu (the same, real backgrounds behind half of the synthetic hands)
+    # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu, real_mix_cpu (synthetic + real photos),
+    # real_bg_cpu (the same, real backgrounds behind half of the synthetic hands) and
+    # real_aug_cpu (the same, the real hands turned and colour-jittered)
     chain = []
     stage = meta
     while stage is not None:
@@ -52,10 +53,13 @@ def test_shipped_checkpoint_header_and_record():
         "batch64_cpu",
         "real_mix_cpu",
         "real_bg_cpu",
+        "real_aug_cpu",
     ]
-    # the shipped weights: stage 12 interpolated halfway back to stage 10 (training.interpolate)
-    assert meta["interpolation"]["alpha"] == 0.5
-    for s in chain[:8]:  # the last eight stages ran all their steps
+    assert meta["train_config"]["real_augment"] is True
+    # the shipped weights: stage 13 interpolated 0.6 of the way from stage 10
+    # (training.interpolate)
+    assert meta["interpolation"]["alpha"] == 0.6
+    for s in chain[:9]:  # the last nine stages ran all their steps
         assert s["step"] == s["train_config"]["steps"]
     for prefix in (
         "",
@@ -70,6 +74,7 @@ def test_shipped_checkpoint_header_and_record():
         "stage9_",
         "stage10_",
         "stage11_",
+        "stage12_",
     ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
