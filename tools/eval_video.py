@@ -130,7 +130,7 @@ def main() -> None:
     if not WEBCAM.is_dir() or not mediapipe_hands.available():
         emit({"skipped": f"needs {WEBCAM} and mediapipe"}, args.out)
         return
-    predictor = Predictor()
+    predictor = Predictor(frozen=True)  # the network as `hamr video` loads it
     clips = []
     with tempfile.TemporaryDirectory() as tmp:
         for photo_path, box in one_hand_photos(WEBCAM, args.photos):

@@ -69,8 +69,9 @@ def frozen_backbone(model: torch.nn.Module):
 
 class OnnxBackbone:
     """The network's convolutional part (`HamrNet.backbone`) and its regressor exported to ONNX
-    and run by ONNX Runtime's CPU kernels: on one thread ~10 ms per crop against 15 ms for
-    `frozen_backbone` and 21 eager (this 2-core machine); the same outputs to float rounding
+    and run by ONNX Runtime's CPU kernels: a crop's whole pass (with `HamrNet.head`) 15.0 ms on
+    one thread against 19.3 ms with `frozen_backbone` and 24.8 eager (`benchmarks.inference`'s
+    `cpu_runtimes`, this 2-core machine); the same outputs to float rounding
     (tests/test_network.py), the same from the first call, any batch size. Built in ~0.4 s
     (export in memory, no file). `make setup` installs onnxruntime and onnx (torch's exporter
     needs it); `build` returns None without them, on a GPU device, or where the export fails,
