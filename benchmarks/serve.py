@@ -17,7 +17,7 @@ free loopback port and the same checkpoint loaded in this process:
   `POST /v1/predict` with the default options (decode, MediaPipe (a closer look only at
   hands under 160 px), network, fusion, JSON) against MediaPipe's own single pass of detection
   and landmarks (`mediapipe_hands.detect` without tiles or closer views) in this process on the
-  decoded photo, and their ratio;
+  decoded photo, the two timed in alternation, and their ratio;
 - throughput: requests per second with 4 concurrent clients (threads with their own connection);
 - video: frames per second of `process_video` in-process, and of a `POST /v1/jobs` upload until
   its result is fetched, on a synthetic clip panning over the photo (--frames frames, 256x256);
@@ -216,14 +216,20 @@ def run_device(
             def detected_over_http() -> None:  # no box: detect, network, fusion (the default)
                 client.post("/v1/predict", files=webcam).raise_for_status()
 
-            http_detect_ms = median_ms(detected_over_http, repeats)
+            mediapipe_ms = None
+            if mediapipe_hands.available():
+                webcam_image, _ = load_image(WEBCAM)
+
+                def mediapipe_pass() -> None:  # MediaPipe's own single pass over the photo
+                    mediapipe_hands.detect(webcam_image, tiles=False, closer=False)
+
+                # in alternation, so that a change in the machine's load falls on both alike
+                mediapipe_ms, http_detect_ms = paired_median_ms(
+                    mediapipe_pass, detected_over_http, repeats
+                )
+            else:
+                http_detect_ms = median_ms(detected_over_http, repeats)
         decode_ms = median_ms(lambda: load_image(photo), repeats)
-        mediapipe_ms = None
-        if mediapipe_hands.available():
-            webcam_image, _ = load_image(WEBCAM)
-            mediapipe_ms = median_ms(  # MediaPipe's own single pass over the photo
-                lambda: mediapipe_hands.detect(webcam_image, tiles=False, closer=False), repeats
-            )
 
         per_client = max(2, repeats // 2)
 
