@@ -115,9 +115,12 @@ class OnnxBackbone:
         # idle threads sleep instead of spinning: on 2 cores a spinning pool slows MediaPipe
         # and the fusion, which run between the network's calls
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(
-            buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            session = ort.InferenceSession(
+                buffer.getvalue(), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception:  # noqa: BLE001  (ONNX Runtime's own Fail/InvalidGraph types)
+            return None  # the TorchScript form runs instead
         return cls(session, model.config.num_stacks)
 
     def __call__(self, images: torch.Tensor):
