@@ -129,13 +129,14 @@ def load_image_within(
             exif = im.getexif()
             f35 = exif_f35_mm(exif.get_ifd(0x8769).get(0xA405)) if exif else None
             stored_w, stored_h = im.size
-            turned = exif.get(0x0112) in (5, 6, 7, 8) if exif else False
+            orientation = exif.get(0x0112) if exif else None
+            turned = orientation in (5, 6, 7, 8)
             full_size = (stored_h, stored_w) if turned else (stored_w, stored_h)
             rgb = None
             if isinstance(data, (bytes, bytearray)) and (
                 pixel_budget is None or im.width * im.height <= pixel_budget
             ):
-                rgb = _decode_jpeg(data, im, exif.get(0x0112) if exif else None)
+                rgb = _decode_jpeg(data, im, orientation)
             if rgb is None:
                 rgb = _decode_pillow(im, pixel_budget)
     except InputError:
