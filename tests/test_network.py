@@ -260,6 +260,24 @@ def test_light_output_shapes(light_net, images):
     torch.testing.assert_close(out.keypoints2d, weak_project(out.keypoints3d, out.cam))
 
 
+def test_head_without_mesh_gives_the_mesh_keypoints(light_net, images):
+    # the photo path's head (mesh=False) takes its keypoints from the hand model's keypoint layer:
+    # the same 3D and 2D keypoints as the full hand model's, on far-from-rest poses and shapes
+    with torch.no_grad():
+        heatmaps, feature = light_net.backbone(images)
+        raw = light_net.regressor(feature)
+        noise = torch.Generator().manual_seed(3)
+        params = [p + 0.6 * torch.randn(p.shape, generator=noise) for p in raw]
+        full = light_net.head(heatmaps, feature, params)
+        lean = light_net.head(heatmaps, feature, params, mesh=False)
+    assert lean.vertices is None and full.vertices is not None
+    assert float(full.pose.norm(dim=-1)[:, 1:].mean()) > 0.3  # the fingers really are bent
+    torch.testing.assert_close(lean.keypoints3d, full.keypoints3d, atol=1e-6, rtol=0)
+    torch.testing.assert_close(lean.keypoints2d, full.keypoints2d, atol=1e-6, rtol=0)
+    for name in ("pose", "rotmats", "betas", "cam"):
+        assert torch.equal(getattr(lean, name), getattr(full, name))
+
+
 def test_paper_preset_builds_and_runs():
     cfg = HamrConfig.paper()
     net = HamrNet(cfg).eval()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from backend.hand_model.keypoints import keypoint_layer, layer_keypoints
 from backend.hand_model.model import HandModel
 from backend.hand_model.poses import named_pose, palm_normal
 
@@ -54,7 +55,8 @@ class HamrOutput:
     rotmats: Tensor  # (B, 16, 3, 3) the same rotations as matrices (what the hand layer used)
     betas: Tensor  # (B, 10)
     cam: Tensor  # (B, 3) weak camera (s, tx, ty) of the crop, camera.py
-    vertices: Tensor  # (B, V, 3) metres, model rotated by the global orientation, no translation
+    vertices: Tensor | None  # (B, V, 3) metres, model rotated by the global orientation, no
+    # translation; None from `head(mesh=False)`
     keypoints3d: Tensor  # (B, 21, 3) FreiHAND order, same frame as `vertices`
     keypoints2d: Tensor  # (B, 21, 2) normalised crop coordinates in [-1, 1], weak_project
     params_per_iteration: list[RegressorParams]  # every regressor iteration, last = final
@@ -165,19 +167,27 @@ class HamrNet(nn.Module):
         heatmaps: tuple[Tensor, ...],
         feature: Tensor,
         params: list[Tensor] | tuple[Tensor, ...] | None = None,
+        mesh: bool = True,
     ) -> HamrOutput:
         """`backbone`'s output -> HamrOutput: the iterative regression of MANO pose, shape and
         camera, then the MANO layer and the weak projection. params: the regressor's output for
         `feature` when it ran already (the ONNX Runtime graph of `backend.network.runner`
-        holds it)."""
+        holds it). mesh=False: the 21 keypoints from the hand model's keypoint layer
+        (`backend.hand_model.keypoints`, the same numbers to float rounding) and no vertices
+        (None), for callers that only read the parameters and keypoints (the photo path)."""
         if params is None:
             params = self.regressor(feature)  # iterations x (B, P) float32
 
         with torch.autocast(feature.device.type, enabled=False):
             per_iteration = [decode_params(p.float()) for p in params]
             final = per_iteration[-1]
-            hand = self.hand_model.forward_rotmat(final.rotmats, final.betas)  # (B, V, 3), ...
-            keypoints2d = weak_project(hand.keypoints, final.cam)  # (B, 21, 2)
+            if mesh:
+                hand = self.hand_model.forward_rotmat(final.rotmats, final.betas)  # (B, V, 3), ...
+                vertices, keypoints3d = hand.vertices, hand.keypoints
+            else:
+                layer = keypoint_layer(self.hand_model)
+                vertices, keypoints3d = None, layer_keypoints(layer, final.rotmats, final.betas)
+            keypoints2d = weak_project(keypoints3d, final.cam)  # (B, 21, 2)
             pose = matrix_to_axis_angle(final.rotmats)  # (B, 16, 3)
         return HamrOutput(
             heatmaps=[h.float() for h in heatmaps],
@@ -185,8 +195,8 @@ class HamrNet(nn.Module):
             rotmats=final.rotmats,
             betas=final.betas,
             cam=final.cam,
-            vertices=hand.vertices,
-            keypoints3d=hand.keypoints,
+            vertices=vertices,
+            keypoints3d=keypoints3d,
             keypoints2d=keypoints2d,
             params_per_iteration=per_iteration,
             faces=self.hand_model.faces_tensor,

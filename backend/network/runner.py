@@ -170,11 +170,12 @@ class HandNetwork:
         self.hand_model_id = self.info["hand_model_id"]
 
     @torch.no_grad()
-    def run_crops(self, crops: np.ndarray) -> HamrOutput:
-        """crops (B, 256, 256, 3) uint8 right-hand crops -> HamrOutput."""
+    def run_crops(self, crops: np.ndarray, mesh: bool = True) -> HamrOutput:
+        """crops (B, 256, 256, 3) uint8 right-hand crops -> HamrOutput (mesh=False: no vertices,
+        `HamrNet.head`)."""
         x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float() / 255
         with torch.jit.optimized_execution(False):
-            return self.model.head(*self.backbone(x))
+            return self.model.head(*self.backbone(x), mesh=mesh)
 
     @staticmethod
     def heatmap_confidence(output: HamrOutput) -> torch.Tensor:

@@ -129,7 +129,7 @@ class Predictor(HandNetwork):
         # the side whose heat-maps peak higher wins and its output is used as it is
         sides = ("right", "left") if req.side == "auto" else (req.side,)
         crops = [self.crops_for(image, req.box_xyxy, flip=s == "left") for s in sides]
-        out = self.run_crops(np.stack([rgb for rgb, _ in crops]))
+        out = self.run_crops(np.stack([rgb for rgb, _ in crops]), mesh=False)  # no vertices read
         confs = self.heatmap_confidence(out)
         best = int(torch.argmax(confs))
         side, crop, conf = sides[best], crops[best][1], float(confs[best])
