@@ -1,13 +1,14 @@
 """Training speed: whole optimisation steps per second, per training config. Prints one JSON object.
 
     python -m benchmarks.train_step [--configs A.toml,B.toml] [--repeats 5] [--budget-min 20]
-                                    [--batch N] [--accum N]
+                                    [--batch N] [--accum N] [--compare-bf16]
 
 Each config runs on the device training.train would give it ("auto": CUDA when present, else the
 CPU; a "cuda" config is skipped, with the reason, on a machine without one), at its batch size
 (--batch overrides) with its gradient accumulation (`accum_steps` micro-batches per step;
---accum overrides) and precision (bf16 autocast on CUDA when the config asks). Timed, as medians
-over --repeats after two warm-up runs:
+--accum overrides) and precision (bf16 autocast on CUDA when the config's `bf16` asks, on a CPU
+with native bf16 units when its `bf16_cpu` asks: `training.train.autocast_bf16`). Timed, as
+medians over --repeats after two warm-up runs:
 
 - step: what training.train does per step: draw fresh micro-batches (synthetic ones on the
   device, and the config's datasets from disk, e.g. a teacher-labelled folder, through the same
@@ -18,6 +19,9 @@ over --repeats after two warm-up runs:
 
 samples_per_s counts every micro-batch: comparing `--batch 64` with `--batch 32 --accum 2` shows
 what the larger batch costs per sample against accumulating it.
+
+--compare-bf16 times each CPU config's step in the other precision too, after its own, and reports
+bf16_speedup (float32 step time / bf16 step time, the same run).
 
 step / model_step is what drawing data on the fly costs. --budget-min adds the number of steps
 that fit in that many minutes, to size `steps` for a run on a time budget (a lent GPU session):
@@ -38,7 +42,14 @@ import torch
 from backend.network import HamrNet
 from benchmarks.timing import median_ms
 from training.losses import LossWeights
-from training.train import BatchSource, TrainConfig, _device, train_step
+from training.train import (
+    BatchSource,
+    TrainConfig,
+    _device,
+    autocast_bf16,
+    cpu_has_bf16,
+    train_step,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ",".join(
@@ -53,7 +64,12 @@ def _spec_exists(entry: dict) -> bool:
 
 
 def bench_config(
-    path: Path, repeats: int, batch: int | None, budget_min: float | None, accum: int | None = None
+    path: Path,
+    repeats: int,
+    batch: int | None,
+    budget_min: float | None,
+    accum: int | None = None,
+    compare_bf16: bool = False,
 ) -> dict:
     cfg = TrainConfig.from_toml(path)
     if batch:
@@ -74,7 +90,7 @@ def bench_config(
     weights = LossWeights(**cfg.loss)
     optim = torch.optim.AdamW(net.parameters(), lr=1e-6, weight_decay=cfg.weight_decay)
     source = BatchSource(cfg, device, 0, 1)
-    bf16 = cfg.bf16 and device.type == "cuda"
+    bf16 = autocast_bf16(cfg, device)
     counter = itertools.count()
     fixed = [source.batch(10**6 + k) for k in range(n)]
 
@@ -103,6 +119,29 @@ def bench_config(
         samples_per_s=round(cfg.batch_size * n / step_ms * 1e3, 2),
         step_over_model_step=round(step_ms / model_ms, 3),
     )
+    if compare_bf16 and device.type == "cpu":
+        # the same steps in the other precision, after the config's own: float32 against bf16
+        # autocast (where the CPU has native bf16), so the speed-up is measured in one run
+        if not cpu_has_bf16():
+            row["other_precision"] = {"skipped": "this CPU has no native bf16 (AMX/AVX512-BF16)"}
+        else:
+            other = not bf16
+
+            def other_step() -> None:
+                train_step(net, draw(), weights, optim, cfg.grad_clip, other)
+
+            def other_model_step() -> None:
+                train_step(net, fixed, weights, optim, cfg.grad_clip, other)
+
+            other_ms = median_ms(other_step, repeats, device)
+            row["other_precision"] = {
+                "bf16": other,
+                "step_ms": round(other_ms, 1),
+                "model_step_ms": round(median_ms(other_model_step, repeats, device), 1),
+                "samples_per_s": round(cfg.batch_size * n / other_ms * 1e3, 2),
+            }
+            fp32_ms, bf16_ms = (other_ms, step_ms) if bf16 else (step_ms, other_ms)
+            row["bf16_speedup"] = round(fp32_ms / bf16_ms, 3)
     if budget_min:
         row["steps_in_budget"] = int(budget_min * 60e3 / step_ms)
     return row
@@ -114,19 +153,21 @@ def run(
     batch: int | None,
     budget_min: float | None,
     accum: int | None = None,
+    compare_bf16: bool = False,
 ) -> dict:
     results = []
     for name in configs:
         path = Path(name)
         if not path.is_absolute() and not path.exists():
             path = REPO / path
-        results.append(bench_config(path, repeats, batch, budget_min, accum))
+        results.append(bench_config(path, repeats, batch, budget_min, accum, compare_bf16))
     return {
         "benchmark": "hamr_train_step",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cpu_bf16": cpu_has_bf16(),
         "repeats": repeats,
         "budget_min": budget_min,
         "results": results,
@@ -143,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--budget-min", type=float, default=None, help="minutes to size a run for")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--compare-bf16",
+        action="store_true",
+        help="on the CPU, also time each config's step in the other precision (float32 / bf16)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,7 +196,14 @@ def main(argv: list[str] | None = None) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be >= 1")
-    report = run(args.configs.split(","), args.repeats, args.batch, args.budget_min, args.accum)
+    report = run(
+        args.configs.split(","),
+        args.repeats,
+        args.batch,
+        args.budget_min,
+        args.accum,
+        args.compare_bf16,
+    )
     print(json.dumps(report, indent=1))
 
 

@@ -352,6 +352,42 @@ def test_evaluate_cli_on_a_trained_checkpoint(tmp_path):
     assert bad.returncode == 2 and "error" in bad.stderr
 
 
+def test_bf16_on_the_cpu_is_used_where_the_cpu_has_it_and_recorded(tmp_path):
+    """`bf16_cpu = true`: the forward passes run under bf16 autocast where the CPU has native
+    bf16 (AMX / AVX512-BF16), float32 elsewhere; the checkpoint records which, and a bf16 step
+    lands within bf16's rounding of the float32 step from the same weights and batch."""
+    from backend.network.checkpoint import read_checkpoint_header
+    from training.losses import LossWeights
+    from training.train import BatchSource, TrainConfig, autocast_bf16, cpu_has_bf16, train
+    from training.train import train_step as one_step
+
+    cfg = TrainConfig.from_toml(_write_cfg(tmp_path, steps=2, top="bf16_cpu = true"))
+    cpu = torch.device("cpu")
+    assert autocast_bf16(cfg, cpu) == cpu_has_bf16()
+    assert not autocast_bf16(TrainConfig(), cpu)  # off unless asked (and bf16 alone is CUDA's)
+    run = train(cfg, log=lambda *a, **k: None)
+    meta = read_checkpoint_header(run / "last.safetensors")["metadata"]
+    assert meta["precision"] == ("bf16 autocast" if cpu_has_bf16() else "float32")
+    assert all(math.isfinite(r["total"]) for r in _rows(run))
+
+    from backend.network import HamrNet
+
+    batch = BatchSource(cfg, cpu, 0, 1).batch(0)
+    losses = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        net = HamrNet(cfg.hamr_config())
+        optim = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        total, _, _ = one_step(net, batch, LossWeights(**cfg.loss), optim, 5.0, bf16)
+        losses[bf16] = float(total)
+    # bf16 keeps 8 bits of mantissa: the loss moves by a few per cent at most, not more
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)
+    path = tmp_path / "bad.toml"
+    path.write_text('bf16_cpu = "yes"\n')
+    with pytest.raises(ValueError, match="bf16_cpu must be true or false"):
+        TrainConfig.from_toml(path)
+
+
 def test_bad_training_configs_are_refused(tmp_path):
     from training.train import TrainConfig
 
