@@ -10,7 +10,8 @@ CPU; a "cuda" config is skipped, with the reason, on a machine without one), at 
 with native bf16 units when its `bf16_cpu` asks: `training.train.autocast_bf16`). Timed, as
 medians over --repeats after two warm-up runs:
 
-- step: what training.train does per step: draw fresh micro-batches (synthetic ones on the
+- step: one step drawn and trained in turn (training.train on CUDA, or with `prefetch = false`):
+  draw fresh micro-batches (synthetic ones on the
   device, and the config's datasets from disk, e.g. a teacher-labelled folder, through the same
   loader as training), forward, the config's weighted loss, backward (each micro-batch), clip,
   AdamW;
@@ -22,6 +23,11 @@ what the larger batch costs per sample against accumulating it.
 
 --compare-bf16 times each CPU config's step in the other precision too, after its own, and reports
 bf16_speedup (float32 step time / bf16 step time, the same run).
+
+On the CPU, prefetched_step_ms times the steps as training.train runs them there (`prefetch`, on by
+default): the
+next step's batches drawn in a second thread while this one trains, so with a second core the
+data's time hides behind the network's; prefetched_samples_per_s is the training speed.
 
 step / model_step is what drawing data on the fly costs. --budget-min adds the number of steps
 that fit in that many minutes, to size `steps` for a run on a time budget (a lent GPU session):
@@ -35,6 +41,9 @@ import argparse
 import itertools
 import json
 import platform
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -109,6 +118,22 @@ def bench_config(
     step_ms = median_ms(step, repeats, device)
     model_ms = median_ms(model_step, repeats, device)
     data_ms = median_ms(data, repeats, device)
+    prefetched_ms = None
+    if device.type == "cpu":
+        # what training.train does on a CPU (`prefetch`): the next step's batches drawn in a
+        # second thread while this one trains; each step timed from taking its batches to the
+        # end of its optimizer step, the next draw running meanwhile
+        with ThreadPoolExecutor(1) as drawer:
+            pending = drawer.submit(draw)
+            times = []
+            for _ in range(repeats + 2):  # two warm-up steps
+                t0 = time.perf_counter()
+                batches = pending.result()
+                pending = drawer.submit(draw)
+                train_step(net, batches, weights, optim, cfg.grad_clip, bf16)
+                times.append((time.perf_counter() - t0) * 1e3)
+            pending.result()
+        prefetched_ms = statistics.median(times[2:])
     row.update(
         device=device.type,
         bf16=bf16,
@@ -119,6 +144,11 @@ def bench_config(
         samples_per_s=round(cfg.batch_size * n / step_ms * 1e3, 2),
         step_over_model_step=round(step_ms / model_ms, 3),
     )
+    if prefetched_ms is not None:
+        row.update(
+            prefetched_step_ms=round(prefetched_ms, 1),
+            prefetched_samples_per_s=round(cfg.batch_size * n / prefetched_ms * 1e3, 2),
+        )
     if compare_bf16 and device.type == "cpu":
         # the same steps in the other precision, after the config's own: float32 against bf16
         # autocast (where the CPU has native bf16), so the speed-up is measured in one run

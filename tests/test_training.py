@@ -388,6 +388,27 @@ def test_bf16_on_the_cpu_is_used_where_the_cpu_has_it_and_recorded(tmp_path):
         TrainConfig.from_toml(path)
 
 
+def test_prefetching_the_next_batches_changes_nothing_but_the_time(tmp_path):
+    """`prefetch` (the CPU default) draws step s+1's batches in a second thread while step s
+    trains: the same batches, so the same losses and the same weights as drawing them in turn."""
+    from backend.network.checkpoint import load_checkpoint
+    from training.train import TrainConfig, train
+
+    runs = {}
+    for prefetch in (True, False):
+        folder = tmp_path / str(prefetch)
+        folder.mkdir()
+        top = f"prefetch = {str(prefetch).lower()}\naccum_steps = 2"
+        cfg = TrainConfig.from_toml(_write_cfg(folder, steps=5, top=top))
+        runs[prefetch] = train(cfg, log=lambda *a, **k: None)
+    assert _rows(runs[True]) and [
+        {k: v for k, v in r.items() if k != "time_s"} for r in _rows(runs[True])
+    ] == [{k: v for k, v in r.items() if k != "time_s"} for r in _rows(runs[False])]
+    (a, _), (b, _) = (load_checkpoint(runs[p] / "last.safetensors") for p in (True, False))
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
 def test_bad_training_configs_are_refused(tmp_path):
     from training.train import TrainConfig
 

@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,10 @@ class TrainConfig:
     # optimizer, schedule and step start afresh; its header's metadata is kept in this run's
     # checkpoint under "init_from". "": start from the network's own initialisation
     init_from: str = ""
+    # on the CPU, draw the next step's micro-batches (the synthetic engine, the datasets) in a
+    # second thread while this step trains: the same batches, the data's time hidden behind the
+    # network's on a machine with a second core (`benchmarks.train_step`'s prefetched_step_ms)
+    prefetch: bool = True
     # turn and recolour the crops of teacher-labelled real hands ([[data]] specs
     # "teacher-folder:...", training.data.common.RealAugment's defaults); others: crop jitter only
     real_augment: bool = False
@@ -103,7 +108,7 @@ class TrainConfig:
             value = getattr(cfg, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{path}: {key} must be a positive integer, got {value!r}")
-        for key in ("real_augment", "bf16", "bf16_cpu"):
+        for key in ("real_augment", "bf16", "bf16_cpu", "prefetch"):
             if not isinstance(getattr(cfg, key), bool):
                 raise ValueError(f"{path}: {key} must be true or false, got {getattr(cfg, key)!r}")
         return cfg
@@ -383,10 +388,22 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     samples_seen = 0
     step = start
     use_bf16 = meta["precision"] != "float32"
-    for step in range(start, cfg.steps):
+    n_micro = cfg.accum_steps
+
+    def draw(step: int) -> list[dict[str, torch.Tensor]]:
         # micro-batch indices step * N .. step * N + N - 1: with N = 1, the step's own data
-        n_micro = cfg.accum_steps
-        batches = [source.batch(step * n_micro + k) for k in range(n_micro)]
+        return [source.batch(step * n_micro + k) for k in range(n_micro)]
+
+    # the data thread is the only caller of `source` (its loader is a stateful iterator), one
+    # step ahead; seeded generators everywhere, so the batches are those of the plain loop
+    drawer = ThreadPoolExecutor(1) if cfg.prefetch and device.type == "cpu" else None
+    pending = drawer.submit(draw, start) if drawer is not None and start < cfg.steps else None
+    for step in range(start, cfg.steps):
+        if drawer is None:
+            batches = draw(step)
+        else:
+            batches = pending.result()
+            pending = drawer.submit(draw, step + 1) if step + 1 < cfg.steps else None
         total, terms, grad_norm = train_step(net, batches, weights, optim, cfg.grad_clip, use_bf16)
         del batches
         sched.step()
@@ -429,6 +446,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         if over_time:
             log(f"\ntime limit reached after step {step + 1}")
             break
+    if drawer is not None:
+        drawer.shutdown(wait=True, cancel_futures=True)  # a drawn step left over: let it finish
     progress.close()
     if rank == 0:
         _periodic_eval(model, cfg, device, out, step + 1, log)
