@@ -17,7 +17,9 @@ free loopback port and the same checkpoint loaded in this process:
   `POST /v1/predict` with the default options (decode, MediaPipe (a closer look only at
   hands under 160 px), network, fusion, JSON) against MediaPipe's own single pass of detection
   and landmarks (`mediapipe_hands.detect` without tiles or closer views) in this process on the
-  decoded photo, the two timed in alternation, and their ratio;
+  decoded photo, the two timed in alternation, and their ratio; then the same against a second
+  server on every core (`all_cores`: `hamr serve`'s default where OMP_NUM_THREADS is unset; the
+  rest of the run keeps --threads);
 - throughput: requests per second with 4 concurrent clients (threads with their own connection);
 - video: frames per second of `process_video` in-process, and of a `POST /v1/jobs` upload until
   its result is fetched, on a synthetic clip panning over the photo (--frames frames, 256x256);
@@ -274,6 +276,10 @@ def run_device(
     finally:
         process.terminate()
         process.wait(timeout=60)
+    cores = os.cpu_count() or 1
+    all_cores = None
+    if device == "cpu" and cores > 1 and mediapipe_hands.available():
+        all_cores = detected_on_all_cores(checkpoint, cores, repeats, workdir)
     return {
         "device": device,
         "photo_direct_ms": round(direct_ms, 2),
@@ -289,11 +295,39 @@ def run_device(
         "http_detected_over_mediapipe": (
             None if mediapipe_ms is None else round(http_detect_ms / mediapipe_ms, 2)
         ),
+        # the same boxless photo against a server on every core (`hamr serve`'s default where
+        # OMP_NUM_THREADS is unset), MediaPipe's pass here as above
+        "all_cores": all_cores,
         "http_requests_per_s_4_clients": round(statistics.median(rates), 2),
         "video_frames": frames,
         "video_fps_in_process": round(statistics.median(in_process), 2),
         "video_fps_in_process_tracking_only": round(statistics.median(tracking_only), 2),
         "video_fps_http_job": round(statistics.median(over_jobs), 2),
+    }
+
+
+def detected_on_all_cores(checkpoint: Path, cores: int, repeats: int, workdir: Path) -> dict:
+    """The boxless webcam photo over HTTP against MediaPipe's single pass in this process, timed
+    in alternation as in `run_device`, with the server on `cores` threads: what `hamr serve` does
+    by default on this machine (torch's and ONNX Runtime's threads = the cores)."""
+    process, url = start_server(checkpoint, "cpu", cores, workdir / "cache-all-cores")
+    try:
+        with httpx.Client(base_url=url, timeout=300) as client:
+            webcam = {"image": ("webcam.jpg", WEBCAM.read_bytes(), "image/jpeg")}
+            image, _ = load_image(WEBCAM)
+            mediapipe_ms, http_ms = paired_median_ms(
+                lambda: mediapipe_hands.detect(image, tiles=False, closer=False),
+                lambda: client.post("/v1/predict", files=webcam).raise_for_status(),
+                repeats,
+            )
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return {
+        "server_threads": cores,
+        "photo_http_detected_fused_ms": round(http_ms, 2),
+        "mediapipe_in_process_ms": round(mediapipe_ms, 2),
+        "http_detected_over_mediapipe": round(http_ms / mediapipe_ms, 2),
     }
 
 

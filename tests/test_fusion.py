@@ -109,6 +109,34 @@ def test_a_poor_network_cannot_drag_a_hand_off_good_landmarks(models):
     assert trusted.rms_px_after[0] > 5 * fused.rms_px_after[0]
 
 
+def test_the_fusion_runs_its_small_matrices_on_one_blas_thread(models, monkeypatch):
+    """Inside fuse_hands numpy's BLAS has one thread (OpenBLAS spread even 61 x 61 solves over
+    every core, which slowed the fusion; backend/fuse/blas.py); after it, what it had before."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import backend.fuse.fusion as fusion
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"}  # fmt: skip
+
+    seen = []
+    real_refine = fusion.refine
+
+    def refine(*args, **kwargs):
+        seen.append(blas_threads())
+        return real_refine(*args, **kwargs)
+
+    monkeypatch.setattr(fusion, "refine", refine)
+    model = models["right"]
+    _, _, joints, uv = _truth(model, "right", "point")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        _fuse(model, "right", uv, joints - joints.mean(0), np.zeros((16, 3)), uv)
+        after = blas_threads()
+    assert seen == [{1}]
+    assert after == before
+
+
 def test_network_trust_follows_agreement_and_confidence():
     uv = np.zeros((2, 21, 2))
     off = uv + np.array([[[3.0, 4.0]], [[30.0, 40.0]]])  # 5 and 50 px off, box 100 px

@@ -68,6 +68,7 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     real = results["accuracy"]["samples"]
     clips = results["video"]["mean"]
     cpu = next(r for r in results["serve"]["results"] if r["device"] == "cpu")
+    both = cpu.get("all_cores") or {}
 
     def three(block: dict, dim: str, digits: int) -> tuple[str, str, str]:
         return tuple(
@@ -88,6 +89,9 @@ def rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
         ("a photo, ms: MediaPipe's one pass / the network on a given box / no box over HTTP "
          "(find, predict, fuse)", "–", _num(cpu["mediapipe_in_process_ms"], 1),
          _num(cpu["photo_direct_ms"], 1), _num(cpu["photo_http_detected_fused_ms"], 1), "serve"),
+        ("the same photo with no box, the server on every core (`hamr serve`'s default), ms",
+         "–", _num(both.get("mediapipe_in_process_ms"), 1), "–",
+         _num(both.get("photo_http_detected_fused_ms"), 1), "serve"),
         ("the fusion alone, ms per hand", synthetic_hands, "–", "–",
          _num(syn["fusion_ms_median"], 1), "accuracy"),
         ("video (720p, one hand), frames per second end to end", "–", _num(

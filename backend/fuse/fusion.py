@@ -37,6 +37,7 @@ from backend.camera import project_points, solve_translation
 from backend.hand_model.model import HandModel
 from backend.network.rotation import axis_angle_to_matrix
 
+from .blas import on_one_blas_thread
 from .closed_form import keypoint_layer, keypoints_to_mano, layer_keypoints
 from .gauss_newton import refine
 
@@ -116,6 +117,7 @@ def _rms(uv: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+@on_one_blas_thread
 def fuse_hands(
     hand_model: HandModel,
     side: str,
@@ -197,6 +199,7 @@ def fuse_hands(
 
 
 @torch.no_grad()
+@on_one_blas_thread
 def shape_from_world(hand_model: HandModel, world: np.ndarray, side: str) -> np.ndarray | None:
     """One shape (10,) for many views of one hand: the median over the views (N, 21, 3) that
     have every world landmark of the closed form's shape (`keypoints_to_mano`); None without
