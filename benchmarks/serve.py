@@ -213,24 +213,7 @@ def run_device(
             # in process and over HTTP in alternation: the overhead is their difference
             direct_ms, http_ms = paired_median_ms(direct, over_http, repeats)
 
-            webcam = {"image": ("webcam.jpg", WEBCAM.read_bytes(), "image/jpeg")}
-
-            def detected_over_http() -> None:  # no box: detect, network, fusion (the default)
-                client.post("/v1/predict", files=webcam).raise_for_status()
-
-            mediapipe_ms = None
-            if mediapipe_hands.available():
-                webcam_image, _ = load_image(WEBCAM)
-
-                def mediapipe_pass() -> None:  # MediaPipe's own single pass over the photo
-                    mediapipe_hands.detect(webcam_image, tiles=False, closer=False)
-
-                # in alternation, so that a change in the machine's load falls on both alike
-                mediapipe_ms, http_detect_ms = paired_median_ms(
-                    mediapipe_pass, detected_over_http, repeats
-                )
-            else:
-                http_detect_ms = median_ms(detected_over_http, repeats)
+            mediapipe_ms, http_detect_ms = detected_against_mediapipe(client, repeats)
         decode_ms = median_ms(lambda: load_image(photo), repeats)
 
         per_client = max(2, repeats // 2)
@@ -306,20 +289,33 @@ def run_device(
     }
 
 
+def detected_against_mediapipe(client: httpx.Client, repeats: int) -> tuple[float | None, float]:
+    """(MediaPipe's own single pass over the decoded webcam photo in this process, ms or None
+    without MediaPipe; the same photo with no box over HTTP: detect, network, fusion, the
+    default), medians timed in alternation, so that a change in the machine's load falls on
+    both alike."""
+    webcam = {"image": ("webcam.jpg", WEBCAM.read_bytes(), "image/jpeg")}
+
+    def detected_over_http() -> None:
+        client.post("/v1/predict", files=webcam).raise_for_status()
+
+    if not mediapipe_hands.available():
+        return None, median_ms(detected_over_http, repeats)
+    image, _ = load_image(WEBCAM)
+    return paired_median_ms(
+        lambda: mediapipe_hands.detect(image, tiles=False, closer=False),
+        detected_over_http,
+        repeats,
+    )
+
+
 def detected_on_all_cores(checkpoint: Path, cores: int, repeats: int, workdir: Path) -> dict:
-    """The boxless webcam photo over HTTP against MediaPipe's single pass in this process, timed
-    in alternation as in `run_device`, with the server on `cores` threads: what `hamr serve` does
+    """`detected_against_mediapipe` with the server on `cores` threads: what `hamr serve` does
     by default on this machine (torch's and ONNX Runtime's threads = the cores)."""
     process, url = start_server(checkpoint, "cpu", cores, workdir / "cache-all-cores")
     try:
         with httpx.Client(base_url=url, timeout=300) as client:
-            webcam = {"image": ("webcam.jpg", WEBCAM.read_bytes(), "image/jpeg")}
-            image, _ = load_image(WEBCAM)
-            mediapipe_ms, http_ms = paired_median_ms(
-                lambda: mediapipe_hands.detect(image, tiles=False, closer=False),
-                lambda: client.post("/v1/predict", files=webcam).raise_for_status(),
-                repeats,
-            )
+            mediapipe_ms, http_ms = detected_against_mediapipe(client, repeats)
     finally:
         process.terminate()
         process.wait(timeout=60)

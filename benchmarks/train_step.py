@@ -11,10 +11,9 @@ with native bf16 units when its `bf16_cpu` asks: `training.train.autocast_bf16`)
 medians over --repeats after two warm-up runs:
 
 - step: one step drawn and trained in turn (training.train on CUDA, or with `prefetch = false`):
-  draw fresh micro-batches (synthetic ones on the
-  device, and the config's datasets from disk, e.g. a teacher-labelled folder, through the same
-  loader as training), forward, the config's weighted loss, backward (each micro-batch), clip,
-  AdamW;
+  draw fresh micro-batches (synthetic ones on the device, and the config's datasets from disk,
+  e.g. a teacher-labelled folder, through the same loader as training), forward, the config's
+  weighted loss, backward (each micro-batch), clip, AdamW;
 - model_step (the baseline): the same step on micro-batches drawn beforehand, no data generation;
 - data: drawing one step's micro-batches alone.
 
@@ -24,10 +23,10 @@ what the larger batch costs per sample against accumulating it.
 --compare-bf16 times each CPU config's step in the other precision too, after its own, and reports
 bf16_speedup (float32 step time / bf16 step time, the same run).
 
-On the CPU, prefetched_step_ms times the steps as training.train runs them there (`prefetch`, on by
-default): the
-next step's batches drawn in a second thread while this one trains, so with a second core the
-data's time hides behind the network's; prefetched_samples_per_s is the training speed.
+On the CPU, prefetched_step_ms times the steps as training.train runs them there (`prefetch`, on
+by default): the next step's batches drawn in a second thread while this one trains, so with a
+second core the data's time hides behind the network's; prefetched_samples_per_s is the training
+speed.
 
 step / model_step is what drawing data on the fly costs. --budget-min adds the number of steps
 that fit in that many minutes, to size `steps` for a run on a time budget (a lent GPU session):

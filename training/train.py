@@ -371,13 +371,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         with csv_path.open() as f:
             rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
     writer = _tensorboard(out) if rank == 0 else None
+    use_bf16 = autocast_bf16(cfg, device)
     meta = {
         "train_config": dataclasses.asdict(cfg),
         "world_size": world,
         "device": device.type,
         "torch": torch.__version__,
         # what the forward passes ran in (the config asks; the device decides, `autocast_bf16`)
-        "precision": "bf16 autocast" if autocast_bf16(cfg, device) else "float32",
+        "precision": "bf16 autocast" if use_bf16 else "float32",
     }
     if init_record is not None:
         meta["init_from"] = init_record
@@ -387,7 +388,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     t0 = time.perf_counter()
     samples_seen = 0
     step = start
-    use_bf16 = meta["precision"] != "float32"
     n_micro = cfg.accum_steps
 
     def draw(step: int) -> list[dict[str, torch.Tensor]]:

@@ -33,8 +33,8 @@ from backend.camera import default_focal, intrinsics, project_points, solve_tran
 from backend.crop import CROP_SIZE, box_side, points_from_crop
 from backend.detect import detect_hands, with_mediapipe
 from backend.errors import Cancelled
-from backend.fuse.closed_form import keypoint_layer, layer_keypoints
 from backend.fuse.fusion import fuse_hands
+from backend.hand_model.keypoints import keypoint_layer, layer_keypoints
 from backend.hand_model.model import mirror_pose
 from backend.network.camera import normalized_to_pixels, weak_to_full_translation
 from backend.network.rotation import axis_angle_to_matrix
