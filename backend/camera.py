@@ -41,13 +41,11 @@ def project_points(points_cam, K):
     return homogeneous[..., :2] / homogeneous[..., 2:3]
 
 
-def solve_translation(
-    points: torch.Tensor, uv: torch.Tensor, K: torch.Tensor, init: torch.Tensor
-) -> torch.Tensor:
+def translation_from_points(points, uv, K) -> np.ndarray | None:
     """Camera translation T (3,) minimising the perspective reprojection error of points (N, 3)
-    (model frame, rotated) to pixels uv (N, 2) under K, in the linearised (DLT) sense:
-    f (x + Tx) - (u - c)(z + Tz) = 0 per point and axis. Falls back to `init` when the system is
-    ill-posed or puts the hand behind the camera.
+    (model frame, rotated) to pixels uv (N, 2) under K (3, 3), in the linearised (DLT) sense:
+    f (x + Tx) - (u - c)(z + Tz) = 0 per point and axis; None when the system is ill-posed or
+    puts the hand behind the camera. Arrays in (any float dtype), float64 out.
 
     The least-squares solution in closed form: for a given Tz, each axis' rows give
     T_axis = mean(b_axis + d_axis Tz) / f_axis, and substituting that leaves
@@ -57,19 +55,32 @@ def solve_translation(
     differ in the last bits between calls on identical inputs, depending on where the arrays
     sit in memory, and the landmark fit started from the result magnifies that: the same clip
     gave hands 1e-4 m apart from one job to the next."""
-    p, q = points.to(torch.float64), uv.to(torch.float64)
-    k = K.to(torch.float64)
-    f = torch.stack([k[0, 0], k[1, 1]])  # (2,)
+    p = np.asarray(points, dtype=np.float64)
+    q = np.asarray(uv, dtype=np.float64)
+    k = np.asarray(K, dtype=np.float64)
+    f = np.array([k[0, 0], k[1, 1]])
     d = q - k[:2, 2]  # (N, 2)
     b = d * p[:, 2:3] - f * p[:, :2]  # (N, 2)
     d_mean, b_mean = d.mean(0), b.mean(0)
     dc, bc = d - d_mean, b - b_mean
-    spread = dc.square().sum()  # pixels^2: zero when every point projects to one pixel
-    if not torch.isfinite(spread) or spread <= 1e-9 * max(1, points.shape[0]):
-        return init
+    spread = (dc * dc).sum()  # pixels^2: zero when every point projects to one pixel
+    if not np.isfinite(spread) or spread <= 1e-9 * max(1, len(p)):
+        return None
     tz = -(dc * bc).sum() / spread
-    txy = (b_mean + d_mean * tz) / f
-    t = torch.cat([txy, tz[None]])
-    if not torch.isfinite(t).all() or t[2] + p[:, 2].min() <= 1e-3:
+    t = np.append((b_mean + d_mean * tz) / f, tz)
+    if not np.isfinite(t).all() or t[2] + p[:, 2].min() <= 1e-3:
+        return None
+    return t
+
+
+def solve_translation(
+    points: torch.Tensor, uv: torch.Tensor, K: torch.Tensor, init: torch.Tensor
+) -> torch.Tensor:
+    """`translation_from_points` for tensors: T (3,) in the points' dtype and device, or `init`
+    where that has no solution."""
+    t = translation_from_points(
+        *(v.detach().cpu().to(torch.float64).numpy() for v in (points, uv, K))
+    )
+    if t is None:
         return init
-    return t.to(dtype=points.dtype)
+    return torch.from_numpy(t).to(dtype=points.dtype, device=points.device)

@@ -120,13 +120,13 @@ def test_the_fusion_runs_its_small_matrices_on_one_blas_thread(models, monkeypat
                 if lib["user_api"] == "blas"}  # fmt: skip
 
     seen = []
-    real_refine = fusion.refine
+    real_refine = fusion.refine_arrays
 
     def refine(*args, **kwargs):
         seen.append(blas_threads())
         return real_refine(*args, **kwargs)
 
-    monkeypatch.setattr(fusion, "refine", refine)
+    monkeypatch.setattr(fusion, "refine_arrays", refine)
     model = models["right"]
     _, _, joints, uv = _truth(model, "right", "point")
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):

@@ -276,6 +276,9 @@ def test_head_without_mesh_gives_the_mesh_keypoints(light_net, images):
     torch.testing.assert_close(lean.keypoints2d, full.keypoints2d, atol=1e-6, rtol=0)
     for name in ("pose", "rotmats", "betas", "cam"):
         assert torch.equal(getattr(lean, name), getattr(full, name))
+    # only the final iteration is decoded without the mesh, the same numbers as the full head's
+    assert len(lean.params_per_iteration) == 1 and len(full.params_per_iteration) == len(raw)
+    assert torch.equal(lean.params_per_iteration[0].rotmats, full.params_per_iteration[-1].rotmats)
 
 
 def test_paper_preset_builds_and_runs():

@@ -445,21 +445,44 @@ def keypoints_to_mano(
         raise ValueError(f"a {side} hand needs HandModel({side!r}), got a {hand_model.side} model")
     if keypoints3d.ndim != 3 or keypoints3d.shape[1:] != (21, 3):
         raise ValueError(f"keypoints3d must be (B, 21, 3), got {tuple(keypoints3d.shape)}")
-    arrays = keypoint_arrays(hand_model)
     keypoints3d = to_numpy(keypoints3d)
     valid = np.isfinite(keypoints3d).all(-1)  # (B, 21)
     if mask is not None:
         valid &= np.asarray(mask.cpu() if isinstance(mask, Tensor) else mask, dtype=bool)
+    fixed = None if betas is None else to_numpy(betas)
+    arrays = keypoint_arrays(hand_model)
+    return ClosedFormResult(
+        *to_model_tensors(
+            hand_model,
+            *closed_form_arrays(arrays, keypoints3d, valid, fixed, beta_ridge, tip_correction),
+        )
+    )
+
+
+def closed_form_arrays(
+    arrays: KeypointArrays,
+    keypoints3d: np.ndarray,
+    valid: np.ndarray,
+    betas: np.ndarray | None = None,
+    beta_ridge: float = DEFAULT_BETA_RIDGE,
+    tip_correction: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`keypoints_to_mano` on float64 arrays, for the model side of `arrays`: keypoints3d
+    (B, 21, 3), valid (B, 21) bool (False where a keypoint is to be ignored; it must be False
+    where keypoints3d is not finite), betas (B, 10) or (10,) to fix the shape, or None. Returns
+    the axis-angle pose (B, 16, 3), betas (B, 10), translation (B, 3) and rotation matrices
+    (B, 16, 3, 3) as float64 arrays."""
+    side = arrays.side
     observed = np.where(valid[..., None], keypoints3d, 0.0)
     count = len(keypoints3d)
     if count == 0:  # (the batched reshapes below need a hand)
         shapes = ((0, NUM_JOINTS, 3), (0, NUM_BETAS), (0, 3), (0, NUM_JOINTS, 3, 3))
-        return ClosedFormResult(*to_model_tensors(hand_model, *map(np.zeros, shapes)))
+        return tuple(map(np.zeros, shapes))
 
     if betas is None:
         betas = betas_from_lengths(arrays, observed, valid, beta_ridge)
     else:
-        betas = np.nan_to_num(to_numpy(betas) + np.zeros((count, NUM_BETAS)))
+        betas = np.nan_to_num(betas + np.zeros((count, NUM_BETAS)))
     rest = arrays.rest_joints(betas)  # (B, 16, 3)
     rest_tips = arrays.rest_tips(betas)  # (B, 5, 3)
     flex, spread = digit_frames(rest, side)  # (B, 5, 3) each
@@ -517,9 +540,7 @@ def keypoints_to_mano(
     keypoints = posed_hand(arrays, rotmats, betas).keypoints
     vw = valid[..., None].astype(np.float64)
     transl = ((observed - keypoints) * vw).sum(1) / np.maximum(vw.sum(1), 1e-12)
-    return ClosedFormResult(
-        *to_model_tensors(hand_model, quaternion_to_axis_angle(quats), betas, transl, rotmats)
-    )
+    return quaternion_to_axis_angle(quats), betas, transl, rotmats
 
 
 __all__ = [
@@ -532,6 +553,7 @@ __all__ = [
     "KeypointLayer",
     "PosedHand",
     "betas_from_lengths",
+    "closed_form_arrays",
     "digit_frames",
     "flex_spread_quaternion",
     "forward_kinematics",

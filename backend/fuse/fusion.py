@@ -7,7 +7,7 @@ Per hand with landmarks (`fuse_hands`, batched over the hands of one side):
    landmarks (metres, roughly the camera's axes: x right, y down, z away; on the synthetic test
    split their scale is the truth's within 5 % at the median and their rotation to the camera
    frame 29 degrees, tests/test_fusion.py), then the perspective translation that puts those
-   keypoints on the 2D landmarks under K (`camera.solve_translation`); a hand without world
+   keypoints on the 2D landmarks under K (`camera.translation_from_points`); a hand without world
    landmarks starts from the network's pose and shape;
 2. a few Levenberg-Marquardt steps (`gauss_newton.refine`) on the robust 2D reprojection error
    (Huber; sigma: `uv_sigma` of the hand box's side), the world landmarks' shape (scale-aligned,
@@ -33,13 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backend.camera import project_points, solve_translation
+from backend.camera import project_points, translation_from_points
+from backend.hand_model.constants import NUM_JOINTS
 from backend.hand_model.model import HandModel
-from backend.network.rotation import axis_angle_to_matrix
 
 from .blas import on_one_blas_thread
-from .closed_form import keypoint_layer, keypoints_to_mano, layer_keypoints
-from .gauss_newton import refine
+from .closed_form import closed_form_arrays, keypoint_arrays, keypoints_to_mano, posed_hand, so3_exp
+from .gauss_newton import refine_arrays
 
 MIN_SAY = 0.01  # a network trusted less than this is not counted among a hand's signals
 
@@ -101,22 +101,23 @@ def network_trust(
     return np.clip(confidence, 0, 1) * np.exp(-np.square(d / agreement))
 
 
-def _place(kp: torch.Tensor, uv: torch.Tensor, K: torch.Tensor, init: torch.Tensor):
-    """`camera.solve_translation` on the landmarks that are there (init without 3 of them)."""
-    ok = torch.isfinite(uv).all(-1)
+def _place(kp: np.ndarray, uv: np.ndarray, K: np.ndarray, init: np.ndarray) -> np.ndarray:
+    """`camera.translation_from_points` on the landmarks that are there (init without 3 of them
+    or without a solution)."""
+    ok = np.isfinite(uv).all(-1)
     if int(ok.sum()) < 3:
         return init
-    return solve_translation(kp[ok], uv[ok], K, init).to(init.dtype)
+    t = translation_from_points(kp[ok], uv[ok], K)
+    return init if t is None else t
 
 
-def _rms(uv: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _rms(uv: np.ndarray, target: np.ndarray) -> np.ndarray:
     """(B,) RMS pixel distance over the finite target points."""
-    ok = torch.isfinite(target).all(-1)
-    d2 = ((uv - target.nan_to_num()) ** 2).sum(-1)
-    return torch.sqrt((d2 * ok).sum(-1) / ok.sum(-1).clamp(min=1))
+    ok = np.isfinite(target).all(-1)
+    d2 = ((uv - np.nan_to_num(target)) ** 2).sum(-1)
+    return np.sqrt((d2 * ok).sum(-1) / np.maximum(ok.sum(-1), 1))
 
 
-@torch.no_grad()
 @on_one_blas_thread
 def fuse_hands(
     hand_model: HandModel,
@@ -138,63 +139,69 @@ def fuse_hands(
     from the network's pose and shape instead of the closed form); network_pose (B, 16, 3),
     network_betas (B, 10), network_transl (B, 3) and network_uv (B, 21, 2) the network's hands;
     confidence (B,) its heat-map confidence; box_side (B,) pixels; betas: (10,) one shape for
-    every hand, kept fixed (a video track's), or None to fit each hand's."""
-    dev = hand_model.tip_vertex_ids.device
-    f32 = dict(dtype=torch.float32, device=dev)
-    Kt = torch.as_tensor(K, **f32)
-    uv = torch.as_tensor(landmarks, **f32)
-    xyz = torch.as_tensor(world, **f32)
+    every hand, kept fixed (a video track's), or None to fit each hand's. Computed in float64
+    numpy on the hand model's keypoint arrays (torch's per-op dispatch would cost more than
+    these small arrays' arithmetic); the results are float32."""
+    arrays = keypoint_arrays(hand_model)
+    if arrays.side != side:
+        raise ValueError(f"a {side} hand needs HandModel({side!r}), got a {arrays.side} model")
+    f64 = np.float64
+    K = np.asarray(K, dtype=f64)
+    uv = np.asarray(landmarks, dtype=f64)
+    xyz = np.asarray(world, dtype=f64)
+    net_pose = np.asarray(network_pose, dtype=f64).reshape(-1, NUM_JOINTS, 3)
     trust = network_trust(network_uv, landmarks, box_side, confidence, settings.agreement)
     # 1. the closed-form start; its translation from the 2D landmarks, per hand
-    fixed = None if betas is None else torch.as_tensor(betas, **f32).expand(len(xyz), -1)
-    start = keypoints_to_mano(hand_model, xyz, side, betas=fixed)
-    has_world = torch.isfinite(xyz).all(-1).sum(-1) >= 12  # enough points to fix a pose
-    pose0 = torch.where(has_world[:, None, None], start.pose, torch.as_tensor(network_pose, **f32))
-    betas0 = (
-        fixed
-        if fixed is not None
-        else torch.where(has_world[:, None], start.betas, torch.as_tensor(network_betas, **f32))
-    )
-    layer = keypoint_layer(hand_model)  # the model's 21 keypoints without its mesh (cheaper)
-    kp = layer_keypoints(layer, axis_angle_to_matrix(pose0), betas0)  # (B, 21, 3) no transl
-    init = torch.as_tensor(network_transl, **f32)
-    transl = torch.stack([_place(kp[i], uv[i], Kt, init[i]) for i in range(len(kp))])
+    count = len(xyz)
+    fixed = None if betas is None else np.broadcast_to(np.asarray(betas, dtype=f64), (count, 10))
+    start_pose, start_betas, _, _ = closed_form_arrays(arrays, xyz, np.isfinite(xyz).all(-1), fixed)
+    has_world = np.isfinite(xyz).all(-1).sum(-1) >= 12  # enough points to fix a pose
+    pose0 = np.where(has_world[:, None, None], start_pose, net_pose)
+    if fixed is not None:
+        betas0 = fixed
+    else:
+        betas0 = np.where(has_world[:, None], start_betas, np.asarray(network_betas, dtype=f64))
+    kp = posed_hand(arrays, so3_exp(pose0), betas0).keypoints  # (B, 21, 3) no translation
+    init = np.asarray(network_transl, dtype=f64)
+    transl = np.stack([_place(kp[i], uv[i], K, init[i]) for i in range(count)])
     # 2. the refinement on every signal, each hand's pixels in units of its own sigma (K and the
     # landmarks scaled alike: the projection with diag(1/s, 1/s, 1) K is the pixels / s)
-    sigma_px = torch.as_tensor(np.asarray(box_side) * settings.uv_sigma, **f32)  # (B,)
-    scale = torch.ones(len(sigma_px), 3, **f32)
+    sigma_px = np.asarray(box_side, dtype=f64) * settings.uv_sigma  # (B,)
+    scale = np.ones((count, 3))
     scale[:, :2] = 1 / sigma_px[:, None]
-    out = refine(
+    x, _, _, _ = refine_arrays(
         hand_model,
         pose0,
         betas0,
         transl,
-        K=scale[:, :, None] * Kt,  # (B, 3, 3)
+        K=scale[:, :, None] * K,  # (B, 3, 3)
         uv=uv * scale[:, None, :2],
         uv_sigma=1.0,
         xyz=xyz,
         xyz_sigma=settings.xyz_sigma,
-        prior_pose=torch.as_tensor(network_pose, **f32),
-        prior_weight=torch.as_tensor(settings.prior * trust, **f32),
+        prior_pose=net_pose,
+        prior_weight=settings.prior * trust,
         steps=settings.steps,
         fit_betas=fixed is None,
         betas_weight=settings.betas_weight,
         robust=settings.robust,
         robust_scale=settings.robust_scale,
     )
-    joints = layer_keypoints(layer, axis_angle_to_matrix(out.pose), out.betas, out.transl)
-    uv_after = project_points(joints, Kt)
-    net_joints_uv = torch.as_tensor(network_uv, **f32)
+    pose = x[:, : NUM_JOINTS * 3].reshape(count, NUM_JOINTS, 3)
+    fused_betas, fused_transl = x[:, NUM_JOINTS * 3 : -3], x[:, -3:]
+    joints = posed_hand(arrays, so3_exp(pose), fused_betas).keypoints + fused_transl[:, None]
+    uv_after = project_points(joints, K)
+    f32 = np.float32
     return FusedHands(
-        pose=out.pose.cpu().numpy(),
-        betas=out.betas.cpu().numpy(),
-        transl=out.transl.cpu().numpy(),
-        joints=joints.cpu().numpy(),
-        keypoints2d=uv_after.cpu().numpy(),
+        pose=pose.astype(f32),
+        betas=fused_betas.astype(f32),
+        transl=fused_transl.astype(f32),
+        joints=joints.astype(f32),
+        keypoints2d=uv_after.astype(f32),
         network_weight=trust,
-        rms_px_before=_rms(net_joints_uv, uv).cpu().numpy(),
-        rms_px_after=_rms(uv_after, uv).cpu().numpy(),
-        used_world=has_world.cpu().numpy(),
+        rms_px_before=_rms(np.asarray(network_uv, dtype=f64), uv).astype(f32),
+        rms_px_after=_rms(uv_after, uv).astype(f32),
+        used_world=has_world,
     )
 
 

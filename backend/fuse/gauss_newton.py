@@ -319,7 +319,7 @@ def _normal_equations(problem: _Problem, x: np.ndarray) -> tuple[np.ndarray, np.
     return hess, grad
 
 
-def refine(
+def refine_arrays(
     hand_model: HandModel,
     pose0: Tensor,
     betas0: Tensor,
@@ -342,7 +342,7 @@ def refine(
     steps: int = 5,
     damping: float = 1e-3,
     retries: int = 2,
-) -> RefineResult:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Refine hands (pose0 (B, 16, 3), betas0 (B, 10), transl0 (B, 3), camera frame) on the terms
     given; see the module docstring for E. Never increases E.
 
@@ -354,8 +354,9 @@ def refine(
     metres. prior_pose: (B, 16, 3) with prior_weight (B,) or (B, 16) per radian^2 (0: no pull;
     default 1). betas_weight: the shape ridge; fit_betas=False keeps betas0. steps: Jacobian
     evaluations; damping: the initial lambda; retries: extra solves with more damping when a step
-    would raise E. Tensors (or arrays) in, computed in float64 numpy, tensors out in the hand
-    model's dtype and device."""
+    would raise E. Tensors (or arrays) in, computed in float64 numpy. Returns float64 arrays: the
+    parameters x (B, 61) (pose (16 x 3), betas, transl), E before and after (B,) and the
+    accepted steps (B,) int64 (`refine` packs them as tensors)."""
     if robust not in ROBUST_KERNELS:
         raise ValueError(f"robust must be one of {ROBUST_KERNELS}, got {robust!r}")
     if align not in XYZ_ALIGNMENTS:
@@ -372,7 +373,7 @@ def refine(
     )
     x = np.nan_to_num(x)
     if count == 0:
-        return _result(hand_model, x, np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64))
+        return x, np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
 
     def weights(values: np.ndarray, given, points: int) -> np.ndarray:
         """(B, points) weights, 0 where a value is missing (NaN) or its weight is."""
@@ -436,7 +437,13 @@ def refine(
             pending = worse
             if not pending.any():
                 break
-    return _result(hand_model, x, before, energy, accepted)
+    return x, before, energy, accepted
+
+
+def refine(hand_model: HandModel, pose0, betas0, transl0, **terms) -> RefineResult:
+    """`refine_arrays` (its terms and settings as keywords), the results as a `RefineResult` of
+    tensors in the hand model's dtype and device."""
+    return _result(hand_model, *refine_arrays(hand_model, pose0, betas0, transl0, **terms))
 
 
 def _result(hand_model: HandModel, x, before, after, accepted) -> RefineResult:
@@ -456,4 +463,11 @@ def objective(
     return refine(hand_model, pose, betas, transl, steps=0, **terms).objective_before
 
 
-__all__ = ["NUM_PARAMS", "RefineResult", "keypoints_and_jacobian", "objective", "refine"]
+__all__ = [
+    "NUM_PARAMS",
+    "RefineResult",
+    "keypoints_and_jacobian",
+    "objective",
+    "refine",
+    "refine_arrays",
+]

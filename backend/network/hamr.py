@@ -173,13 +173,15 @@ class HamrNet(nn.Module):
         camera, then the MANO layer and the weak projection. params: the regressor's output for
         `feature` when it ran already (the ONNX Runtime graph of `backend.network.runner`
         holds it). mesh=False: the 21 keypoints from the hand model's keypoint layer
-        (`backend.hand_model.keypoints`, the same numbers to float rounding) and no vertices
-        (None), for callers that only read the parameters and keypoints (the photo path)."""
+        (`backend.hand_model.keypoints`, the same numbers to float rounding), no vertices
+        (None) and only the final iteration decoded (`params_per_iteration` holds that one),
+        for callers that only read the final parameters and keypoints (the photo path)."""
         if params is None:
             params = self.regressor(feature)  # iterations x (B, P) float32
 
         with torch.autocast(feature.device.type, enabled=False):
-            per_iteration = [decode_params(p.float()) for p in params]
+            decoded = params if mesh else params[-1:]
+            per_iteration = [decode_params(p.float()) for p in decoded]
             final = per_iteration[-1]
             if mesh:
                 hand = self.hand_model.forward_rotmat(final.rotmats, final.betas)  # (B, V, 3), ...
