@@ -148,9 +148,13 @@ class Predictor(HandNetwork):
         if flip:  # right-hand result -> the left model's parameters
             pose = mirror_pose(pose)
         # (21, 3) model frame, rotated, no translation: the hand model's keypoints without its
-        # mesh (`HandModel(...).keypoints` to float rounding, a quarter of the time)
-        layer = keypoint_layer(self.hands[side])
-        kp3d = layer_keypoints(layer, axis_angle_to_matrix(pose[None]), betas[None])[0]
+        # mesh (`HandModel(...).keypoints` to float rounding, a quarter of the time); a right
+        # hand's are the head's own, a left hand's those of the left model's mirrored pose
+        if flip:
+            layer = keypoint_layer(self.hands[side])
+            kp3d = layer_keypoints(layer, axis_angle_to_matrix(pose[None]), betas[None])[0]
+        else:
+            kp3d = out.keypoints3d[best]
         init = weak_to_full_translation(cam, crop_t[:2], crop_t[2], Kt[0, 0], Kt[:2, 2])[0]
         transl = solve_translation(kp3d, kp_img, Kt, init)
         joints = kp3d + transl
