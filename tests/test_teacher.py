@@ -152,6 +152,25 @@ def test_folder_counts_resume_and_reader(labelled):
     assert len(every) == meta["kept"]
 
 
+def test_fit_labels_are_the_fitted_keypoints_projected(labelled):
+    """labels_2d="fit": the item's 2D keypoints are its 3D keypoints (the landmark fit's)
+    projected through its own K, crop and all, and lie near MediaPipe's landmarks (the default
+    labels) at the fit's residual; an unknown choice is refused."""
+    from training.data.mix import build_dataset
+
+    _, out, _ = labelled
+    landmarks = build_dataset(f"teacher-folder:{out}", "test")[0]
+    fit = build_dataset(f"teacher-folder:{out}", "test", labels_2d="fit")[0]
+    xyz, K = fit["keypoints3d"].double(), fit["K"].double()
+    projected = (xyz @ K.T)[:, :2] / (xyz @ K.T)[:, 2:]
+    torch.testing.assert_close(fit["keypoints2d"].double(), projected, atol=1e-3, rtol=0)
+    assert not torch.allclose(fit["keypoints2d"], landmarks["keypoints2d"], atol=0.5)
+    gap = (fit["keypoints2d"] - landmarks["keypoints2d"]).norm(dim=-1)  # crop pixels
+    assert float(gap.mean()) < 0.05 * 256 / 1.3  # within 5 % of the hand's size on average
+    with pytest.raises(ValueError, match="labels_2d"):
+        build_dataset(f"teacher-folder:{out}", "test", labels_2d="mediapipe")
+
+
 def test_left_hand_flips_in_as_the_backend_does(labelled):
     """The mirrored photo's hand is a left hand; its stored pose is the left model's, and the
     reader's item flipped in (training's flip_to_right) is the right hand of the unmirrored

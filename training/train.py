@@ -56,7 +56,8 @@ class TrainConfig:
     synth: dict = field(default_factory=dict)  # SynthConfig overrides for on-the-fly data
     loss: dict = field(default_factory=dict)  # LossWeights overrides
     # data mix: [{"spec": "synthetic"} | {"spec": "freihand:/path", "weight": 0.5}, ...];
-    # "synthetic" is the on-the-fly engine; others go through training.data.mix.build_dataset
+    # "synthetic" is the on-the-fly engine; others go through training.data.mix.build_dataset,
+    # with a table's other keys as the reader's options (teacher-folder's labels_2d)
     data: list = field(default_factory=lambda: [{"spec": "synthetic", "weight": 1.0}])
     steps: int = 1000  # optimizer steps
     batch_size: int = 16  # per rank and micro-batch
@@ -180,6 +181,7 @@ class BatchSource:
                     crop_jitter=CropJitter(),
                     seed=cfg.seed + rank,
                     **augment(d["spec"]),
+                    **{k: v for k, v in d.items() if k not in ("spec", "weight")},
                 )
                 for d in others
             ]

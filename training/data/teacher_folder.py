@@ -15,6 +15,12 @@ With `real_augment` (a `common.RealAugment`) the crops are also turned in-plane 
 and K with them) and recoloured, deterministically per (seed, epoch, index).
 
 split: "train" or "test" (the labeller's --holdout globs decide), None for every sample.
+labels_2d: "landmarks" (the default: keypoints2d are MediaPipe's image landmarks, as above) or
+"fit": the landmark fit's 3D keypoints projected through the crop's K, so that the 2D and
+heat-map labels follow the hand model's joints (the convention of the synthetic labels and of
+the network's own keypoints) instead of MediaPipe's, which sits a few millimetres off them at
+the wrist, the thumb's base and the knuckles; the crop is then that projection's box, grown
+alike.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .common import CropJitter, HandCropDataset, HandSample, RealAugment, load_rgb
+from .common import CropJitter, HandCropDataset, HandSample, RealAugment, load_rgb, project
 
 FORMAT = "hamr.teacher/1"
 SIDES = {"right": 0, "left": 1}
+LABELS_2D = ("landmarks", "fit")
 
 
 class TeacherFolder(HandCropDataset):
@@ -43,8 +50,12 @@ class TeacherFolder(HandCropDataset):
         seed: int = 0,
         min_weight: float = 0.0,
         real_augment: RealAugment | None = None,
+        labels_2d: str = "landmarks",
     ) -> None:
         super().__init__(crop_jitter, seed, real_augment)
+        if labels_2d not in LABELS_2D:
+            raise ValueError(f"labels_2d must be one of {LABELS_2D}, got {labels_2d!r}")
+        self.labels_2d = labels_2d
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.exists():
@@ -74,13 +85,19 @@ class TeacherFolder(HandCropDataset):
     def load(self, index: int) -> HandSample:
         rec = self.records[index]
         image = load_rgb(self.root / "crops" / f"{rec['id']:07d}.jpg")
+        K = np.asarray(rec["K"], np.float64)
+        keypoints3d = np.asarray(rec["keypoints3d"], np.float64)
+        if self.labels_2d == "fit":
+            keypoints2d = project(keypoints3d, K)
+        else:
+            keypoints2d = np.asarray(rec["keypoints2d"], np.float64)
         return HandSample(
             image=image,
-            keypoints2d=np.asarray(rec["keypoints2d"], np.float64),
+            keypoints2d=keypoints2d,
             keypoints2d_vis=np.ones(21),
             side=SIDES[rec["side"]],
-            K=np.asarray(rec["K"], np.float64),
-            keypoints3d=np.asarray(rec["keypoints3d"], np.float64),
+            K=K,
+            keypoints3d=keypoints3d,
             pose=np.asarray(rec["pose"], np.float64),
         )
 
