@@ -25,12 +25,12 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # fifteen stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # sixteen stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
     # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu, real_mix_cpu (synthetic + real photos),
     # real_bg_cpu (the same, real backgrounds behind half of the synthetic hands), real_aug_cpu
-    # (the same, the real hands turned and colour-jittered), then real_aug2_cpu and
-    # real_aug3_cpu (more of the same, in bf16 on the CPU)
+    # (the same, the real hands turned and colour-jittered), then real_aug2_cpu, real_aug3_cpu
+    # and real_aug4_cpu (more of the same, in bf16 on the CPU)
     chain = []
     stage = meta
     while stage is not None:
@@ -57,10 +57,11 @@ def test_shipped_checkpoint_header_and_record():
         "real_aug_cpu",
         "real_aug2_cpu",
         "real_aug3_cpu",
+        "real_aug4_cpu",
     ]
     assert meta["train_config"]["real_augment"] is True
-    assert [s.get("precision") for s in chain[:2]] == ["bf16 autocast"] * 2
-    # the shipped weights: stage 15 interpolated 0.7 of the way from stage 10
+    assert [s.get("precision") for s in chain[:3]] == ["bf16 autocast"] * 3
+    # the shipped weights: stage 16 interpolated 0.7 of the way from stage 10
     # (training.interpolate)
     assert meta["interpolation"]["alpha"] == 0.7
     for s in chain[:9]:  # the last nine stages ran all their steps
@@ -81,6 +82,7 @@ def test_shipped_checkpoint_header_and_record():
         "stage12_",
         "stage13_",
         "stage14_",
+        "stage15_",
     ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
