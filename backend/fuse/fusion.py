@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from backend.camera import project_points, translation_from_points
-from backend.hand_model.constants import NUM_JOINTS
+from backend.hand_model.constants import NUM_BETAS, NUM_JOINTS
 from backend.hand_model.model import HandModel
 
 from .blas import on_one_blas_thread
@@ -153,9 +153,10 @@ def fuse_hands(
     trust = network_trust(network_uv, landmarks, box_side, confidence, settings.agreement)
     # 1. the closed-form start; its translation from the 2D landmarks, per hand
     count = len(xyz)
-    fixed = None if betas is None else np.broadcast_to(np.asarray(betas, dtype=f64), (count, 10))
-    start_pose, start_betas, _, _ = closed_form_arrays(arrays, xyz, np.isfinite(xyz).all(-1), fixed)
-    has_world = np.isfinite(xyz).all(-1).sum(-1) >= 12  # enough points to fix a pose
+    fixed = None if betas is None else np.broadcast_to(np.asarray(betas, f64), (count, NUM_BETAS))
+    finite = np.isfinite(xyz).all(-1)  # (B, 21) the world landmarks that are there
+    start_pose, start_betas, _, _ = closed_form_arrays(arrays, xyz, finite, fixed)
+    has_world = finite.sum(-1) >= 12  # enough points to fix a pose
     pose0 = np.where(has_world[:, None, None], start_pose, net_pose)
     if fixed is not None:
         betas0 = fixed
