@@ -217,3 +217,24 @@ def test_preview_grid(labelled, tmp_path):
     with Image.open(path) as im:
         assert im.size[0] == 2 * 192 and im.size[1] >= 192
     assert json.loads((out / "meta.json").read_text())["complete"] is True
+
+
+def test_compare_reports_each_teacher_folder(labelled, tmp_path):
+    """training.compare --teacher A,B: each folder's held-out split under its own key; the same
+    hands under another folder name give the same numbers, and two folders of one name are
+    refused (their keys would collide)."""
+    import shutil
+
+    from backend.network.runner import DEFAULT_CHECKPOINT
+    from training.compare import compare
+
+    _, out, meta = labelled
+    second = shutil.copytree(out, tmp_path / "second")
+    ckpt = str(DEFAULT_CHECKPOINT)
+    entry = compare([ckpt], count=2, teacher=[str(out), str(second)])["checkpoints"][ckpt]
+    assert entry["teacher-test:second"] == entry["teacher-test"]
+    assert entry["teacher-test-box:second"] == entry["teacher-test-box"]
+    assert entry["teacher-test-box"]["keypoints"] == 21 * meta["kept_by_split"]["test"]
+    assert 0 < entry["teacher-test-box"]["mean_error_box"] < 1
+    with pytest.raises(ValueError, match="distinct names"):
+        compare([ckpt], count=2, teacher=[str(out), str(tmp_path / "x" / out.name)])

@@ -1,16 +1,17 @@
 """Compare checkpoints, network alone, on the same data in one run:
 `python -m training.compare --checkpoints A.safetensors,B.safetensors [--count 256]
- [--teacher DIR] [--json OUT]`.
+ [--teacher DIR[,DIR2...]] [--json OUT]`.
 
 For each checkpoint: the synthetic test split (`training.evaluate`'s, --count crops), every
 annotated hand of ../shared/samples (`training.evaluate --dataset samples`' four sets), and, with
---teacher, the held-out split of a teacher-labelled folder (2D error against MediaPipe's
-landmarks, PA-MPJPE against the landmark fit's 3D joints); for the samples and the teacher split
-also the 2D error in box sides and PCK at 0.1 box side (`box_scores`). Then, for every
-checkpoint after the
-first, the synthetic test split's PA-MPJPE paired crop by crop with the first one's: mean
-difference (mm, negative = better than the first), its standard error and the share of crops
-where it is better. Prints one JSON object.
+--teacher, the held-out split of each teacher-labelled folder (2D error against MediaPipe's
+landmarks, PA-MPJPE against the landmark fit's 3D joints; the first folder's under
+"teacher-test", each further one's under "teacher-test:<folder name>"); for the samples and the
+teacher splits also the 2D error in box sides and PCK at 0.1 box side (`box_scores`,
+"...-box" keys). Then, for every checkpoint after the first, the synthetic test split's
+PA-MPJPE paired crop by crop with the first one's: mean difference (mm, negative = better than
+the first), its standard error and the share of crops where it is better. Prints one JSON
+object.
 """
 
 from __future__ import annotations
@@ -103,12 +104,18 @@ def detector_check(paths: list[str], photos: list[str]) -> dict:
 
 
 def compare(
-    paths: list[str], count: int = 256, teacher: str | None = None, device: str = "cpu"
+    paths: list[str],
+    count: int = 256,
+    teacher: str | list[str] | None = None,
+    device: str = "cpu",
 ) -> dict:
     from backend.network.checkpoint import load_checkpoint
 
     from .data.mix import build_dataset
 
+    teachers = [teacher] if isinstance(teacher, str) else list(teacher or [])
+    if len({Path(t).name for t in teachers}) < len(teachers):
+        raise ValueError(f"teacher folders need distinct names: {teachers}")
     result: dict = {"count": count, "checkpoints": {}}
     per_crop = {}
     batches = synthetic_test_batches(count, torch.device(device))  # drawn once, for all
@@ -118,10 +125,13 @@ def compare(
         for name in SAMPLE_SETS:
             entry[name] = evaluate_dataset(model, name, device)
         entry["samples-box"] = box_scores(model, SAMPLE_SETS, device)
-        if teacher and len(build_dataset(f"teacher-folder:{teacher}", "test")):
-            spec = f"teacher-folder:{teacher}"
-            entry["teacher-test"] = evaluate_dataset(model, spec, device)
-            entry["teacher-test-box"] = box_scores(model, [spec], device)
+        for i, folder in enumerate(teachers):
+            spec = f"teacher-folder:{folder}"
+            if not len(build_dataset(spec, "test")):
+                continue
+            tag = "" if i == 0 else f":{Path(folder).name}"
+            entry[f"teacher-test{tag}"] = evaluate_dataset(model, spec, device)
+            entry[f"teacher-test-box{tag}"] = box_scores(model, [spec], device)
         per_crop[path] = synthetic_pa_per_crop(model, batches)
         result["checkpoints"][path] = entry
     base = paths[0]
@@ -141,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoints", required=True, help="comma-separated; the first is the base")
     ap.add_argument("--count", type=int, default=256)
-    ap.add_argument("--teacher", default=None, help="a teacher-labelled folder (its test split)")
+    ap.add_argument(
+        "--teacher", default=None, help="comma-separated teacher-labelled folders (test splits)"
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument(
@@ -156,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.detector_photos:
             result = detector_check(args.checkpoints.split(","), args.detector_photos.split(","))
         else:
-            result = compare(args.checkpoints.split(","), args.count, args.teacher)
+            teachers = args.teacher.split(",") if args.teacher else None
+            result = compare(args.checkpoints.split(","), args.count, teachers)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
