@@ -3,6 +3,7 @@ model, carries its training record, and predicts a hand with the exact camera id
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -25,13 +26,14 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # eighteen stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # nineteen stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
     # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu, real_mix_cpu (synthetic + real photos),
     # real_bg_cpu (the same, real backgrounds behind half of the synthetic hands), real_aug_cpu
     # (the same, the real hands turned and colour-jittered), then real_aug2_cpu, real_aug3_cpu
     # and real_aug4_cpu (more of the same, in bf16 on the CPU), real_aug5_cpu and real_aug6_cpu
-    # (the same, the real hands' 2D labels from the landmark fit)
+    # (the same, the real hands' 2D labels from the landmark fit), real_diverse_cpu (the same with
+    # a second teacher-labelled real set)
     chain = []
     stage = meta
     while stage is not None:
@@ -61,15 +63,23 @@ def test_shipped_checkpoint_header_and_record():
         "real_aug4_cpu",
         "real_aug5_cpu",
         "real_aug6_cpu",
+        "real_diverse_cpu",
     ]
     assert meta["train_config"]["real_augment"] is True
-    assert [s.get("precision") for s in chain[:5]] == ["bf16 autocast"] * 5
-    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:3]]
-    assert labels_2d == ["fit", "fit", None]
-    # the shipped weights: stage 18's own (stages 11 to 17 were shipped interpolated towards
-    # stage 10 with training.interpolate; stage 18 alone kept the synthetic split within noise)
-    assert "interpolation" not in meta
-    for s in chain[:9]:  # the last nine stages ran all their steps
+    assert [s.get("precision") for s in chain[:6]] == ["bf16 autocast"] * 6
+    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:4]]
+    assert labels_2d == ["fit", "fit", "fit", None]
+    # stage 19's mix: synthetic and two teacher-labelled real sets
+    specs = [d["spec"].partition(":")[0] for d in meta["train_config"]["data"]]
+    assert specs == ["synthetic", "teacher-folder", "teacher-folder"]
+    # the shipped weights: halfway between stage 18 and stage 19 (training.interpolate; stages 11
+    # to 17 were shipped interpolated towards stage 10, stage 18 as it was)
+    assert meta["interpolation"] == {
+        "base": "runs/real_aug6_cpu/last.safetensors",
+        "finetuned": "runs/real_diverse_cpu/last.safetensors",
+        "alpha": 0.5,
+    }
+    for s in chain[:10]:  # the last ten stages ran all their steps
         assert s["step"] == s["train_config"]["steps"]
     for prefix in (
         "",
@@ -90,9 +100,17 @@ def test_shipped_checkpoint_header_and_record():
         "stage15_",
         "stage16_",
         "stage17_",
+        "stage18_",
     ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
+    # stage 19's second real set: every photo named with its source and checksum (the photos
+    # themselves are not in the project)
+    with gzip.open(RECORD / "morehands_manifest.tsv.gz", "rt") as f:
+        rows = [line.rstrip("\n").split("\t") for line in f]
+    assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
+    assert len(rows) - 1 == 1853 and len({r[0] for r in rows[1:]}) == 1853
+    assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
     recorded = json.loads((RECORD / "eval_synthetic_test.json").read_text())["synthetic-test"]
     assert recorded["count"] == 256 and np.isfinite(recorded["pa_mpjpe_mm"])
     assert DEFAULT_CHECKPOINT.stat().st_size < 100 * 2**20
