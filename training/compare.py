@@ -116,6 +116,12 @@ def compare(
     teachers = [teacher] if isinstance(teacher, str) else list(teacher or [])
     if len({Path(t).name for t in teachers}) < len(teachers):
         raise ValueError(f"teacher folders need distinct names: {teachers}")
+    # (key suffix, spec) of each folder with a held-out split: the first unsuffixed
+    teacher_specs = [
+        ("" if i == 0 else f":{Path(folder).name}", f"teacher-folder:{folder}")
+        for i, folder in enumerate(teachers)
+        if len(build_dataset(f"teacher-folder:{folder}", "test"))
+    ]
     result: dict = {"count": count, "checkpoints": {}}
     per_crop = {}
     batches = synthetic_test_batches(count, torch.device(device))  # drawn once, for all
@@ -125,11 +131,7 @@ def compare(
         for name in SAMPLE_SETS:
             entry[name] = evaluate_dataset(model, name, device)
         entry["samples-box"] = box_scores(model, SAMPLE_SETS, device)
-        for i, folder in enumerate(teachers):
-            spec = f"teacher-folder:{folder}"
-            if not len(build_dataset(spec, "test")):
-                continue
-            tag = "" if i == 0 else f":{Path(folder).name}"
+        for tag, spec in teacher_specs:
             entry[f"teacher-test{tag}"] = evaluate_dataset(model, spec, device)
             entry[f"teacher-test-box{tag}"] = box_scores(model, [spec], device)
         per_crop[path] = synthetic_pa_per_crop(model, batches)
