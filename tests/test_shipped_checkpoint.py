@@ -26,15 +26,14 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # twenty-one stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # nineteen stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
     # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu, real_mix_cpu (synthetic + real photos),
     # real_bg_cpu (the same, real backgrounds behind half of the synthetic hands), real_aug_cpu
     # (the same, the real hands turned and colour-jittered), then real_aug2_cpu, real_aug3_cpu
     # and real_aug4_cpu (more of the same, in bf16 on the CPU), real_aug5_cpu and real_aug6_cpu
     # (the same, the real hands' 2D labels from the landmark fit), real_diverse_cpu (the same with
-    # a second teacher-labelled real set), real_diverse2_cpu (+ a third, video frames) and
-    # real_diverse3_cpu (+ a fourth)
+    # a second teacher-labelled real set)
     chain = []
     stage = meta
     while stage is not None:
@@ -65,23 +64,20 @@ def test_shipped_checkpoint_header_and_record():
         "real_aug5_cpu",
         "real_aug6_cpu",
         "real_diverse_cpu",
-        "real_diverse2_cpu",
-        "real_diverse3_cpu",
     ]
     assert meta["train_config"]["real_augment"] is True
-    assert [s.get("precision") for s in chain[:8]] == ["bf16 autocast"] * 8
-    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:6]]
-    assert labels_2d == ["fit", "fit", "fit", "fit", "fit", None]
-    # stage 21's mix: synthetic and four teacher-labelled real sets
+    assert [s.get("precision") for s in chain[:6]] == ["bf16 autocast"] * 6
+    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:4]]
+    assert labels_2d == ["fit", "fit", "fit", None]
+    # stage 19's mix: synthetic and two teacher-labelled real sets
     specs = [d["spec"].partition(":")[0] for d in meta["train_config"]["data"]]
-    assert specs == ["synthetic"] + ["teacher-folder"] * 4
-    # the shipped weights: 0.85 of the way from stage 10 to stage 21 (training.interpolate; stages
-    # 11 to 17 were shipped interpolated towards stage 10 too, stage 18 as it was, stage 19
-    # halfway from stage 18, stage 20 not shipped)
+    assert specs == ["synthetic", "teacher-folder", "teacher-folder"]
+    # the shipped weights: halfway between stage 18 and stage 19 (training.interpolate; stages 11
+    # to 17 were shipped interpolated towards stage 10, stage 18 as it was)
     assert meta["interpolation"] == {
-        "base": "runs/batch64_cpu/last.safetensors",
-        "finetuned": "runs/real_diverse3_cpu/last.safetensors",
-        "alpha": 0.85,
+        "base": "runs/real_aug6_cpu/last.safetensors",
+        "finetuned": "runs/real_diverse_cpu/last.safetensors",
+        "alpha": 0.5,
     }
     for s in chain[:10]:  # the last ten stages ran all their steps
         assert s["step"] == s["train_config"]["steps"]
@@ -105,8 +101,6 @@ def test_shipped_checkpoint_header_and_record():
         "stage16_",
         "stage17_",
         "stage18_",
-        "stage19_",
-        "stage20_",
     ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
@@ -117,20 +111,28 @@ def test_shipped_checkpoint_header_and_record():
     assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
     assert len(rows) - 1 == 1853 and len({r[0] for r in rows[1:]}) == 1853
     assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
-    # the later real sets the same way: video frames by their clip and frame index (stage 20),
-    # photos (stage 21)
+    recorded = json.loads((RECORD / "eval_synthetic_test.json").read_text())["synthetic-test"]
+    assert recorded["count"] == 256 and np.isfinite(recorded["pa_mpjpe_mm"])
+    assert DEFAULT_CHECKPOINT.stat().st_size < 100 * 2**20
+
+
+def test_later_real_sets_are_listed_with_their_sources():
+    """The real sets of the trials after stage 19 (real_diverse2_cpu.toml, real_signer_cpu.toml):
+    every video frame by its clip and frame index, every photo by its repository, commit and
+    checksum (the photos themselves are not in the project)."""
     with gzip.open(RECORD / "morehands2_manifest.tsv.gz", "rt") as f:
         rows = [line.rstrip("\n").split("\t") for line in f]
     assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256", "frame"]
     assert len(rows) - 1 == 753 and len({r[0] for r in rows[1:]}) == 753
     assert sum(r[5] != "" for r in rows[1:]) == 749  # 749 video frames, 4 photos
+    assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
     with gzip.open(RECORD / "morehands3_manifest.tsv.gz", "rt") as f:
         rows = [line.rstrip("\n").split("\t") for line in f]
     assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
-    assert len(rows) - 1 == 1712 and len({r[4] for r in rows[1:]}) == 1712
-    recorded = json.loads((RECORD / "eval_synthetic_test.json").read_text())["synthetic-test"]
-    assert recorded["count"] == 256 and np.isfinite(recorded["pa_mpjpe_mm"])
-    assert DEFAULT_CHECKPOINT.stat().st_size < 100 * 2**20
+    assert len(rows) - 1 == 413 and len({r[4] for r in rows[1:]}) == 413
+    # none of them from the collections ../shared/realhands already holds
+    shared_sources = {"SubhiH/HandsDataset", "ardamavi/Sign-Language-Digits-Dataset"}
+    assert not {r[1] for r in rows[1:]} & shared_sources
 
 
 def test_shipped_checkpoint_predicts_the_bundled_photo():
