@@ -22,6 +22,12 @@ RECORD = DEFAULT_CHECKPOINT.parent / "hamr_light_training"
 BUNDLED_PHOTO = Path(__file__).resolve().parents[1] / "backend" / "assets" / "samples"
 
 
+def manifest_rows(name: str) -> list[list[str]]:
+    """A real set's gzipped TSV list of photos in the record, header row first."""
+    with gzip.open(RECORD / name, "rt") as f:
+        return [line.rstrip("\n").split("\t") for line in f]
+
+
 def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
@@ -106,8 +112,7 @@ def test_shipped_checkpoint_header_and_record():
         assert (RECORD / f"{prefix}loss_curve.png").exists()
     # stage 19's second real set: every photo named with its source and checksum (the photos
     # themselves are not in the project)
-    with gzip.open(RECORD / "morehands_manifest.tsv.gz", "rt") as f:
-        rows = [line.rstrip("\n").split("\t") for line in f]
+    rows = manifest_rows("morehands_manifest.tsv.gz")
     assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
     assert len(rows) - 1 == 1853 and len({r[0] for r in rows[1:]}) == 1853
     assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
@@ -120,14 +125,12 @@ def test_later_real_sets_are_listed_with_their_sources():
     """The real sets of the trials after stage 19 (real_diverse2_cpu.toml, real_signer_cpu.toml):
     every video frame by its clip and frame index, every photo by its repository, commit and
     checksum (the photos themselves are not in the project)."""
-    with gzip.open(RECORD / "morehands2_manifest.tsv.gz", "rt") as f:
-        rows = [line.rstrip("\n").split("\t") for line in f]
+    rows = manifest_rows("morehands2_manifest.tsv.gz")
     assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256", "frame"]
     assert len(rows) - 1 == 753 and len({r[0] for r in rows[1:]}) == 753
     assert sum(r[5] != "" for r in rows[1:]) == 749  # 749 video frames, 4 photos
     assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
-    with gzip.open(RECORD / "morehands3_manifest.tsv.gz", "rt") as f:
-        rows = [line.rstrip("\n").split("\t") for line in f]
+    rows = manifest_rows("morehands3_manifest.tsv.gz")
     assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
     assert len(rows) - 1 == 413 and len({r[4] for r in rows[1:]}) == 413
     # none of them from the collections ../shared/realhands already holds
