@@ -122,7 +122,8 @@ def test_shipped_checkpoint_header_and_record():
 
 
 def test_later_real_sets_are_listed_with_their_sources():
-    """The real sets of the trials after stage 19 (real_diverse2_cpu.toml, real_signer_cpu.toml):
+    """The real sets of the trials after stage 19 (real_diverse2_cpu.toml, real_signer_cpu.toml,
+    real_rps_cpu.toml):
     every video frame by its clip and frame index, every photo by its repository, commit and
     checksum (the photos themselves are not in the project)."""
     rows = manifest_rows("morehands2_manifest.tsv.gz")
@@ -135,6 +136,12 @@ def test_later_real_sets_are_listed_with_their_sources():
     assert len(rows) - 1 == 413 and len({r[4] for r in rows[1:]}) == 413
     # none of them from the collections ../shared/realhands already holds
     shared_sources = {"SubhiH/HandsDataset", "ardamavi/Sign-Language-Digits-Dataset"}
+    assert not {r[1] for r in rows[1:]} & shared_sources
+    # real_rps_cpu.toml's fifth set: 600 green-screen photos of one collection (CC BY-SA 4.0)
+    rows = manifest_rows("morehands4_manifest.tsv.gz")
+    assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
+    assert len(rows) - 1 == 600 and len({r[4] for r in rows[1:]}) == 600
+    assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
     assert not {r[1] for r in rows[1:]} & shared_sources
 
 
