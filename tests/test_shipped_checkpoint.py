@@ -32,14 +32,15 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # nineteen stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # twenty-two stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
     # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu, real_mix_cpu (synthetic + real photos),
     # real_bg_cpu (the same, real backgrounds behind half of the synthetic hands), real_aug_cpu
     # (the same, the real hands turned and colour-jittered), then real_aug2_cpu, real_aug3_cpu
     # and real_aug4_cpu (more of the same, in bf16 on the CPU), real_aug5_cpu and real_aug6_cpu
     # (the same, the real hands' 2D labels from the landmark fit), real_diverse_cpu (the same with
-    # a second teacher-labelled real set)
+    # a second teacher-labelled real set), real_diverse2_cpu (+ a third, video frames),
+    # real_signer_cpu (+ a fourth) and real_rps_cpu (+ a fifth)
     chain = []
     stage = meta
     while stage is not None:
@@ -70,19 +71,23 @@ def test_shipped_checkpoint_header_and_record():
         "real_aug5_cpu",
         "real_aug6_cpu",
         "real_diverse_cpu",
+        "real_diverse2_cpu",
+        "real_signer_cpu",
+        "real_rps_cpu",
     ]
     assert meta["train_config"]["real_augment"] is True
-    assert [s.get("precision") for s in chain[:6]] == ["bf16 autocast"] * 6
-    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:4]]
-    assert labels_2d == ["fit", "fit", "fit", None]
-    # stage 19's mix: synthetic and two teacher-labelled real sets
+    assert [s.get("precision") for s in chain[:9]] == ["bf16 autocast"] * 9
+    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:7]]
+    assert labels_2d == ["fit"] * 6 + [None]
+    # stage 22's mix: synthetic and five teacher-labelled real sets
     specs = [d["spec"].partition(":")[0] for d in meta["train_config"]["data"]]
-    assert specs == ["synthetic", "teacher-folder", "teacher-folder"]
-    # the shipped weights: halfway between stage 18 and stage 19 (training.interpolate; stages 11
-    # to 17 were shipped interpolated towards stage 10, stage 18 as it was)
+    assert specs == ["synthetic"] + ["teacher-folder"] * 5
+    # the shipped weights: halfway between stage 18 and stage 22 (training.interpolate; stages 11
+    # to 17 were shipped interpolated towards stage 10, stage 18 as it was, stage 19 halfway from
+    # stage 18 too; stages 20 and 21 were not shipped on their own)
     assert meta["interpolation"] == {
         "base": "runs/real_aug6_cpu/last.safetensors",
-        "finetuned": "runs/real_diverse_cpu/last.safetensors",
+        "finetuned": "runs/real_rps_cpu/last.safetensors",
         "alpha": 0.5,
     }
     for s in chain[:10]:  # the last ten stages ran all their steps
@@ -107,6 +112,9 @@ def test_shipped_checkpoint_header_and_record():
         "stage16_",
         "stage17_",
         "stage18_",
+        "stage19_",
+        "stage20_",
+        "stage21_",
     ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
