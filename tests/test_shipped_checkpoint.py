@@ -130,8 +130,8 @@ def test_shipped_checkpoint_header_and_record():
 
 
 def test_later_real_sets_are_listed_with_their_sources():
-    """The real sets of the trials after stage 19 (real_diverse2_cpu.toml, real_signer_cpu.toml,
-    real_rps_cpu.toml):
+    """The real sets added after stage 19 (real_diverse2_cpu.toml, real_signer_cpu.toml,
+    real_rps_cpu.toml, real_saudi_cpu.toml):
     every video frame by its clip and frame index, every photo by its repository, commit and
     checksum (the photos themselves are not in the project)."""
     rows = manifest_rows("morehands2_manifest.tsv.gz")
@@ -149,6 +149,12 @@ def test_later_real_sets_are_listed_with_their_sources():
     rows = manifest_rows("morehands4_manifest.tsv.gz")
     assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
     assert len(rows) - 1 == 600 and len({r[4] for r in rows[1:]}) == 600
+    assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
+    assert not {r[1] for r in rows[1:]} & shared_sources
+    # real_saudi_cpu.toml's sixth set: 349 webcam photos of signers, 24 first-person frames
+    rows = manifest_rows("morehands5_manifest.tsv.gz")
+    assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
+    assert len(rows) - 1 == 373 and len({r[4] for r in rows[1:]}) == 373
     assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
     assert not {r[1] for r in rows[1:]} & shared_sources
 
