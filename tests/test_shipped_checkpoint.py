@@ -129,6 +129,18 @@ def test_shipped_checkpoint_header_and_record():
     assert DEFAULT_CHECKPOINT.stat().st_size < 100 * 2**20
 
 
+def check_photo_manifest(name: str, count: int) -> None:
+    """A later real set's photos: each once (by checksum), with its repository's commit, and
+    none from the two collections ../shared/realhands already holds (resized copies there have
+    other checksums)."""
+    rows = manifest_rows(name)
+    assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
+    assert len(rows) - 1 == count and len({r[4] for r in rows[1:]}) == count
+    assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
+    shared_sources = {"SubhiH/HandsDataset", "ardamavi/Sign-Language-Digits-Dataset"}
+    assert not {r[1] for r in rows[1:]} & shared_sources
+
+
 def test_later_real_sets_are_listed_with_their_sources():
     """The real sets added after stage 19 (real_diverse2_cpu.toml, real_signer_cpu.toml,
     real_rps_cpu.toml, real_saudi_cpu.toml):
@@ -139,24 +151,12 @@ def test_later_real_sets_are_listed_with_their_sources():
     assert len(rows) - 1 == 753 and len({r[0] for r in rows[1:]}) == 753
     assert sum(r[5] != "" for r in rows[1:]) == 749  # 749 video frames, 4 photos
     assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
-    rows = manifest_rows("morehands3_manifest.tsv.gz")
-    assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
-    assert len(rows) - 1 == 413 and len({r[4] for r in rows[1:]}) == 413
-    # none of them from the collections ../shared/realhands already holds
-    shared_sources = {"SubhiH/HandsDataset", "ardamavi/Sign-Language-Digits-Dataset"}
-    assert not {r[1] for r in rows[1:]} & shared_sources
+    # the photo sets: none of them from the collections ../shared/realhands already holds
+    check_photo_manifest("morehands3_manifest.tsv.gz", 413)  # real_signer_cpu.toml's fourth set
     # real_rps_cpu.toml's fifth set: 600 green-screen photos of one collection (CC BY-SA 4.0)
-    rows = manifest_rows("morehands4_manifest.tsv.gz")
-    assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
-    assert len(rows) - 1 == 600 and len({r[4] for r in rows[1:]}) == 600
-    assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
-    assert not {r[1] for r in rows[1:]} & shared_sources
+    check_photo_manifest("morehands4_manifest.tsv.gz", 600)
     # real_saudi_cpu.toml's sixth set: 349 webcam photos of signers, 24 first-person frames
-    rows = manifest_rows("morehands5_manifest.tsv.gz")
-    assert rows[0] == ["path", "repository", "commit", "path_in_repository", "sha256"]
-    assert len(rows) - 1 == 373 and len({r[4] for r in rows[1:]}) == 373
-    assert all(len(r[2]) == 40 and len(r[4]) == 64 for r in rows[1:])
-    assert not {r[1] for r in rows[1:]} & shared_sources
+    check_photo_manifest("morehands5_manifest.tsv.gz", 373)
 
 
 def test_shipped_checkpoint_predicts_the_bundled_photo():
