@@ -32,7 +32,7 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # twenty-two stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # twenty-four stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
     # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu, real_mix_cpu (synthetic + real photos),
     # real_bg_cpu (the same, real backgrounds behind half of the synthetic hands), real_aug_cpu
@@ -40,7 +40,8 @@ def test_shipped_checkpoint_header_and_record():
     # and real_aug4_cpu (more of the same, in bf16 on the CPU), real_aug5_cpu and real_aug6_cpu
     # (the same, the real hands' 2D labels from the landmark fit), real_diverse_cpu (the same with
     # a second teacher-labelled real set), real_diverse2_cpu (+ a third, video frames),
-    # real_signer_cpu (+ a fourth) and real_rps_cpu (+ a fifth)
+    # real_signer_cpu (+ a fourth), real_rps_cpu (+ a fifth), real_saudi_cpu (+ a sixth) and
+    # real_relabel_cpu (the six sets rebuilt and relabelled on a new machine)
     chain = []
     stage = meta
     while stage is not None:
@@ -74,23 +75,25 @@ def test_shipped_checkpoint_header_and_record():
         "real_diverse2_cpu",
         "real_signer_cpu",
         "real_rps_cpu",
+        "real_saudi_cpu",
+        "real_relabel_cpu",
     ]
     assert meta["train_config"]["real_augment"] is True
-    assert [s.get("precision") for s in chain[:9]] == ["bf16 autocast"] * 9
-    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:7]]
-    assert labels_2d == ["fit"] * 6 + [None]
-    # stage 22's mix: synthetic and five teacher-labelled real sets
+    assert [s.get("precision") for s in chain[:11]] == ["bf16 autocast"] * 11
+    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:9]]
+    assert labels_2d == ["fit"] * 8 + [None]
+    # stage 24's mix: synthetic and six teacher-labelled real sets
     specs = [d["spec"].partition(":")[0] for d in meta["train_config"]["data"]]
-    assert specs == ["synthetic"] + ["teacher-folder"] * 5
-    # the shipped weights: halfway between stage 18 and stage 22 (training.interpolate; stages 11
-    # to 17 were shipped interpolated towards stage 10, stage 18 as it was, stage 19 halfway from
-    # stage 18 too; stages 20 and 21 were not shipped on their own)
+    assert specs == ["synthetic"] + ["teacher-folder"] * 6
+    # the shipped weights: 0.7 of the way from stage 18 to stage 24 (training.interpolate; stages
+    # 11 to 17 were shipped interpolated towards stage 10, stage 18 as it was, stages 19 and 22
+    # halfway from stage 18; stages 20, 21 and 23 were not shipped on their own)
     assert meta["interpolation"] == {
         "base": "runs/real_aug6_cpu/last.safetensors",
-        "finetuned": "runs/real_rps_cpu/last.safetensors",
-        "alpha": 0.5,
+        "finetuned": "runs/real_relabel_cpu/last.safetensors",
+        "alpha": 0.7,
     }
-    for s in chain[:10]:  # the last ten stages ran all their steps
+    for s in chain[:12]:  # the last twelve stages ran all their steps
         assert s["step"] == s["train_config"]["steps"]
     for prefix in (
         "",
@@ -115,6 +118,7 @@ def test_shipped_checkpoint_header_and_record():
         "stage19_",
         "stage20_",
         "stage21_",
+        "stage22_",
     ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
