@@ -32,7 +32,7 @@ def test_shipped_checkpoint_header_and_record():
     header = read_checkpoint_header(DEFAULT_CHECKPOINT)
     assert header["hand_model_id"] == hand_model_id("open")
     meta = header["metadata"]
-    # twenty-four stages, each started from the previous one's weights (init_from): default_cpu.toml
+    # twenty-five stages, each started from the previous one's weights (init_from): default_cpu.toml
     # from scratch, then finetune_cpu, refine_cpu, polish_cpu, extend_cpu, settle_cpu,
     # rewarm_cpu, restart_cpu, anneal_cpu, batch64_cpu, real_mix_cpu (synthetic + real photos),
     # real_bg_cpu (the same, real backgrounds behind half of the synthetic hands), real_aug_cpu
@@ -41,7 +41,7 @@ def test_shipped_checkpoint_header_and_record():
     # (the same, the real hands' 2D labels from the landmark fit), real_diverse_cpu (the same with
     # a second teacher-labelled real set), real_diverse2_cpu (+ a third, video frames),
     # real_signer_cpu (+ a fourth), real_rps_cpu (+ a fifth), real_saudi_cpu (+ a sixth) and
-    # real_relabel_cpu (the six sets rebuilt and relabelled on a new machine)
+    # real_relabel_cpu (the six sets rebuilt and relabelled on a new machine) and real_relabel2_cpu
     chain = []
     stage = meta
     while stage is not None:
@@ -77,23 +77,21 @@ def test_shipped_checkpoint_header_and_record():
         "real_rps_cpu",
         "real_saudi_cpu",
         "real_relabel_cpu",
+        "real_relabel2_cpu",
     ]
     assert meta["train_config"]["real_augment"] is True
-    assert [s.get("precision") for s in chain[:11]] == ["bf16 autocast"] * 11
-    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:9]]
-    assert labels_2d == ["fit"] * 8 + [None]
-    # stage 24's mix: synthetic and six teacher-labelled real sets
+    assert [s.get("precision") for s in chain[:12]] == ["bf16 autocast"] * 12
+    labels_2d = [s["train_config"]["data"][1].get("labels_2d") for s in chain[:10]]
+    assert labels_2d == ["fit"] * 9 + [None]
+    # stage 25's mix: synthetic and six teacher-labelled real sets
     specs = [d["spec"].partition(":")[0] for d in meta["train_config"]["data"]]
     assert specs == ["synthetic"] + ["teacher-folder"] * 6
-    # the shipped weights: 0.7 of the way from stage 18 to stage 24 (training.interpolate; stages
-    # 11 to 17 were shipped interpolated towards stage 10, stage 18 as it was, stages 19 and 22
-    # halfway from stage 18; stages 20, 21 and 23 were not shipped on their own)
-    assert meta["interpolation"] == {
-        "base": "runs/real_aug6_cpu/last.safetensors",
-        "finetuned": "runs/real_relabel_cpu/last.safetensors",
-        "alpha": 0.7,
-    }
-    for s in chain[:12]:  # the last twelve stages ran all their steps
+    # the shipped weights: stage 25's own, not interpolated (stages 11 to 17 were shipped
+    # interpolated towards stage 10, stage 18 as it was, stages 19 and 22 halfway from stage 18,
+    # stage 24 0.7 of the way from it; stages 20, 21 and 23 were not shipped on their own)
+    assert "interpolation" not in meta
+    assert meta["init_from"]["path"] == "runs/real_relabel_cpu/last.safetensors"  # stage 24 alone
+    for s in chain[:13]:  # the last thirteen stages ran all their steps
         assert s["step"] == s["train_config"]["steps"]
     for prefix in (
         "",
@@ -119,6 +117,7 @@ def test_shipped_checkpoint_header_and_record():
         "stage20_",
         "stage21_",
         "stage22_",
+        "stage24_",
     ):
         assert (RECORD / f"{prefix}metrics.csv").exists()
         assert (RECORD / f"{prefix}loss_curve.png").exists()
