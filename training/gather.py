@@ -270,6 +270,7 @@ def write_atomic(target: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a photo set is for every user
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -361,7 +362,7 @@ def gather(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     rows = read_manifest(manifest)
     t0 = time.perf_counter()
-    counts = Counter(written=0, skipped=0, failed=0)
+    counts = Counter(written=0, skipped=0)
     failures: list[dict] = []
     repositories: dict[str, Repository | None] = {}
 
@@ -369,7 +370,6 @@ def gather(
 
     def fail(row: Row, reason: str) -> None:
         """Count a failed row; each reason is logged once (with its first row's path)."""
-        counts["failed"] += 1
         failures.append({"path": row.path, "line": row.line, "error": reason})
         if not reasons[reason]:
             log(f"error: {row.path}: {reason}")
@@ -398,17 +398,16 @@ def gather(
             units.append(videos[key])
         videos[key].append(row)
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=len(rows), unit="file", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=len(rows), unit="file", dynamic_ncols=True, file=sys.stderr, disable=not progress
+    )
     try:
         for unit in units:
             todo = [r for r in unit if not (only_missing and (out / r.path).is_file())]
             counts["skipped"] += len(unit) - len(todo)
-            if bar is not None:
-                bar.update(len(unit) - len(todo))
+            bar.update(len(unit) - len(todo))
             if not todo:
                 continue
             first = todo[0]
@@ -421,14 +420,12 @@ def gather(
             except GatherError as e:
                 for r in todo:
                     fail(r, str(e))
-                if bar is not None:
-                    bar.update(len(todo))
+                bar.update(len(todo))
                 continue
             if first.frame is None:
                 write_atomic(out / first.path, data)
                 counts["written"] += 1
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 continue
             by_frame: dict[int, list[Row]] = {}
             for r in todo:
@@ -441,19 +438,15 @@ def gather(
                         write_atomic(out / r.path, encode_image(image, suffix))
                         counts["written"] += 1
                         done.add(r.path)
-                        if bar is not None:
-                            bar.update(1)
+                        bar.update(1)
             except GatherError as e:
                 for r in todo:
                     if r.path not in done:
                         fail(r, f"{r.repository} {r.commit[:12]}: {e}")
-                        if bar is not None:
-                            bar.update(1)
-            if bar is not None:
-                bar.set_postfix(written=counts["written"], failed=counts["failed"])
+                        bar.update(1)
+            bar.set_postfix(written=counts["written"], failed=len(failures))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         for repo in repositories.values():
             if repo is not None:
                 repo.close()
@@ -466,7 +459,7 @@ def gather(
         "rows": len(rows),
         "written": counts["written"],
         "skipped": counts["skipped"],
-        "failed": counts["failed"],
+        "failed": len(failures),
         "failures": failures,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
