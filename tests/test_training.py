@@ -462,3 +462,48 @@ def test_every_shipped_training_config_is_valid():
             assert cfg.init_from in run_outputs or (REPO / cfg.init_from).is_file(), stem
             assert cfg.init_from != f"{cfg.out_dir}/last.safetensors", f"{stem} starts from itself"
         json.dumps(dataclasses.asdict(cfg))  # serialisable into the checkpoint's JSON header
+
+
+def test_moving_average_of_the_weights_follows_its_formula_and_resumes(tmp_path):
+    """ema_decay: raw.safetensors is the run trained without it (the average does not touch the
+    training), last.safetensors the average of the weights after each step, computed here by
+    hand from the checkpoints of runs 1, 2 and 3 steps long, with the decays min(ema_decay,
+    (1 + n) / (10 + n)); --resume continues both."""
+    from backend.network.checkpoint import load_checkpoint, read_checkpoint_header
+    from training.train import TrainConfig, train
+
+    quiet = {"log": lambda *a, **k: None}
+    start = (
+        train(TrainConfig.from_toml(_write_cfg(tmp_path, steps=1)), **quiet) / "last.safetensors"
+    )
+    trained = []  # the weights after 1, 2, 3 steps of the same run, without the average
+    for steps in (1, 2, 3):
+        cfg = TrainConfig.from_toml(_write_cfg(tmp_path, steps=steps))
+        cfg.out_dir, cfg.init_from = str(tmp_path / f"plain{steps}"), str(start)
+        trained.append(load_checkpoint(train(cfg, **quiet) / "last.safetensors")[0].state_dict())
+    cfg = TrainConfig.from_toml(_write_cfg(tmp_path, steps=2, top="ema_decay = 0.5"))
+    cfg.out_dir, cfg.init_from = str(tmp_path / "ema"), str(start)
+    run = train(cfg, **quiet)
+    cfg.steps = 3
+    train(cfg, resume=True, **quiet)
+    average = load_checkpoint(run / "last.safetensors")[0].state_dict()
+    raw = load_checkpoint(run / "raw.safetensors")[0].state_dict()
+    expected = {k: v.double() for k, v in load_checkpoint(start)[0].state_dict().items()}
+    for n, weights in enumerate(trained, start=1):
+        d = min(0.5, (1 + n) / (10 + n))  # 0.1818..., 0.25, 0.3077...
+        for k, v in weights.items():
+            expected[k] = d * expected[k] + (1 - d) * v.double() if v.is_floating_point() else v
+    moved = 0
+    for name, value in average.items():
+        torch.testing.assert_close(raw[name], trained[-1][name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(
+            value.to(expected[name].dtype), expected[name], rtol=1e-5, atol=1e-6, msg=name
+        )
+        moved += int(not torch.equal(value, trained[-1][name]))
+    assert moved > 10  # the average is not the last weights
+    meta = read_checkpoint_header(run / "last.safetensors")["metadata"]
+    assert meta["ema"] == {"decay": 0.5, "updates": 3} and meta["resumed_at"] == [2]
+    for bad in ("ema_decay = 1.0", "ema_decay = -0.1", "ema_decay = true"):
+        (tmp_path / "bad.toml").write_text(bad + "\n")
+        with pytest.raises(ValueError, match="ema_decay"):
+            TrainConfig.from_toml(tmp_path / "bad.toml")

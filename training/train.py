@@ -7,7 +7,9 @@ device (seeded by (seed, rank, micro-batch)) and its own share of any dataset mi
 `batch_size` (a batch N times larger where memory or, on a CPU, cache size limits the batch).
 
 Writes to the run folder (`out_dir` in the config):
-  last.safetensors                       the checkpoint (backend.network.checkpoint format)
+  last.safetensors                       the checkpoint (backend.network.checkpoint format); with
+                                         `ema_decay`, the weights' moving average
+  raw.safetensors                        with `ema_decay` only: the weights being trained
   train_state.pt                         optimizer, scheduler, step, RNG: what --resume reads
   metrics.csv, loss_curve.png            every logged step; eval.csv for the periodic evaluation
   tensorboard/                           when the tensorboard package is installed
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import dataclasses
 import json
@@ -96,6 +99,12 @@ class TrainConfig:
     # turn and recolour the crops of teacher-labelled real hands ([[data]] specs
     # "teacher-folder:...", training.data.common.RealAugment's defaults); others: crop jitter only
     real_augment: bool = False
+    # > 0: also keep an exponential moving average of the weights (every floating-point tensor of
+    # the network's state, BatchNorm statistics included), updated after each optimizer step with
+    # decay min(ema_decay, (1 + n) / (10 + n)) at the n-th update (`WeightAverage`); the run's
+    # last.safetensors (what evaluation, shipping and init_from read) is then the average, and
+    # raw.safetensors the trained weights (what --resume continues). 0: off
+    ema_decay: float = 0.0
 
     @classmethod
     def from_toml(cls, path: str | Path) -> TrainConfig:
@@ -112,6 +121,9 @@ class TrainConfig:
         for key in ("real_augment", "bf16", "bf16_cpu", "prefetch"):
             if not isinstance(getattr(cfg, key), bool):
                 raise ValueError(f"{path}: {key} must be true or false, got {getattr(cfg, key)!r}")
+        decay = cfg.ema_decay
+        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
+            raise ValueError(f"{path}: ema_decay must be a number in [0, 1), got {decay!r}")
         return cfg
 
     def hamr_config(self) -> HamrConfig:
@@ -319,6 +331,33 @@ def train_step(
     return total_sum / n, {k: v / n for k, v in term_sums.items()}, grad_norm
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights: a copy whose floating-point state
+    (parameters and BatchNorm statistics) moves after each `update(model)` by a share 1 - d of its
+    distance to the model's, d = min(decay, (1 + n) / (10 + n)) at the n-th update (so the first
+    updates follow the model closely); other state (counters) is copied."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = updates
+
+    def share(self, n: int) -> float:
+        """The decay d of the n-th update."""
+        return min(self.decay, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        weight = 1.0 - self.share(self.updates)
+        ours, theirs = self.model.state_dict(), model.state_dict()
+        for name, avg in ours.items():
+            if avg.is_floating_point():
+                avg.lerp_(theirs[name].detach(), weight)
+            else:
+                avg.copy_(theirs[name])
+
+
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     """Run the training loop; returns the run folder."""
     rank, world, local_rank = _dist_info()
@@ -338,10 +377,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     state_path = out / "train_state.pt"
     init_record = None  # what started this run's weights, kept in every checkpoint's metadata
     prior_wall_s, prior_samples, resumed_at = 0.0, 0, []  # earlier invocations of this run
+    ema = None  # the weights' moving average (ema_decay)
     if resume:  # this run's own weights; init_from, if any, was recorded when the run began
         if not state_path.exists():
             raise FileNotFoundError(f"--resume: no {state_path}; start without --resume")
-        loaded, info = load_checkpoint(out / "last.safetensors", device)
+        # with a moving average, the trained weights are raw.safetensors, the average last's
+        raw = out / ("raw.safetensors" if cfg.ema_decay else "last.safetensors")
+        loaded, info = load_checkpoint(raw, device)
         model.load_state_dict(loaded.state_dict())
         previous = info.get("metadata", {})
         init_record = previous.get("init_from")
@@ -354,6 +396,11 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
+        if cfg.ema_decay:
+            if "ema_updates" not in state:
+                raise ValueError(f"--resume with ema_decay: {state_path} was written without it")
+            averaged, _ = load_checkpoint(out / "last.safetensors", device)
+            ema = WeightAverage(averaged, cfg.ema_decay, state["ema_updates"])
         torch.set_rng_state(state["rng_cpu"])
         resumed_at.append(start)
         log(f"resumed from step {start}")
@@ -361,6 +408,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         init_meta = _init_weights(model, cfg.init_from, device)
         init_record = {"path": cfg.init_from, "metadata": init_meta}
         log(f"initialised from {cfg.init_from} (its step {init_meta.get('step', '?')})")
+    if cfg.ema_decay and ema is None:  # a new run's average starts at its first weights
+        ema = WeightAverage(model, cfg.ema_decay)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -386,6 +435,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         meta["init_from"] = init_record
     if resumed_at:
         meta["resumed_at"] = resumed_at  # steps where --resume continued the run
+    shipped = model if ema is None else ema.model  # what last.safetensors holds
     progress = _progress(cfg.steps, start, rank == 0)
     t0 = time.perf_counter()
     samples_seen = 0
@@ -408,6 +458,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
             pending = drawer.submit(draw, step + 1) if step + 1 < cfg.steps else None
         total, terms, grad_norm = train_step(net, batches, weights, optim, cfg.grad_clip, use_bf16)
         del batches
+        if ema is not None:
+            ema.update(model)
         sched.step()
         samples_seen += cfg.batch_size * n_micro * world
         progress.update(1)
@@ -442,9 +494,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
                 samples_seen=seen,
                 samples_per_s=round(seen / max(elapsed, 1e-9), 2),
             )
-            _save(out, model, optim, sched, step + 1, meta, rows)
+            _save(out, model, optim, sched, step + 1, meta, rows, ema)
         if cfg.eval_every and rank == 0 and (step + 1) % cfg.eval_every == 0 and not done:
-            _periodic_eval(model, cfg, device, out, step + 1, log)
+            _periodic_eval(shipped, cfg, device, out, step + 1, log)
         if over_time:
             log(f"\ntime limit reached after step {step + 1}")
             break
@@ -452,7 +504,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         drawer.shutdown(wait=True, cancel_futures=True)  # a drawn step left over: let it finish
     progress.close()
     if rank == 0:
-        _periodic_eval(model, cfg, device, out, step + 1, log)
+        _periodic_eval(shipped, cfg, device, out, step + 1, log)
     if world > 1:
         # every rank reaches the end (rank 0 after its last checkpoint and evaluation) before any
         # tears the group down: a rank that left early aborted once in CI ("terminate called
@@ -476,22 +528,34 @@ def _init_weights(model: HamrNet, path: str, device: torch.device) -> dict:
     return info.get("metadata", {})
 
 
-def _save(out: Path, model: HamrNet, optim, sched, step: int, meta: dict, rows: list) -> None:
-    save_checkpoint(
-        out / "last.safetensors",
-        model,
-        hand_model_id=hand_model_id(model.config.hand_model),
-        metadata=meta,
-    )
-    torch.save(
-        {
-            "optim": optim.state_dict(),
-            "sched": sched.state_dict(),
-            "step": step,
-            "rng_cpu": torch.get_rng_state(),
-        },
-        out / "train_state.pt",
-    )
+def _save(
+    out: Path, model: HamrNet, optim, sched, step: int, meta: dict, rows: list, ema=None
+) -> None:
+    hand_id = hand_model_id(model.config.hand_model)
+    state = {
+        "optim": optim.state_dict(),
+        "sched": sched.state_dict(),
+        "step": step,
+        "rng_cpu": torch.get_rng_state(),
+    }
+    if ema is None:
+        save_checkpoint(out / "last.safetensors", model, hand_model_id=hand_id, metadata=meta)
+    else:
+        average = {"decay": ema.decay, "updates": ema.updates}
+        save_checkpoint(
+            out / "raw.safetensors",
+            model,
+            hand_model_id=hand_id,
+            metadata={**meta, "weights": "trained (last.safetensors: their moving average)"},
+        )
+        save_checkpoint(
+            out / "last.safetensors",
+            ema.model,
+            hand_model_id=hand_id,
+            metadata={**meta, "weights": "moving average", "ema": average},
+        )
+        state["ema_updates"] = ema.updates
+    torch.save(state, out / "train_state.pt")
     if rows:
         with (out / "metrics.csv").open("w", newline="") as f:
             keys = list(dict.fromkeys(k for r in rows for k in r))
