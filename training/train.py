@@ -342,14 +342,14 @@ class WeightAverage:
         self.decay = decay
         self.updates = updates
 
-    def share(self, n: int) -> float:
+    def decay_at(self, n: int) -> float:
         """The decay d of the n-th update."""
         return min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
-        weight = 1.0 - self.share(self.updates)
+        weight = 1.0 - self.decay_at(self.updates)
         ours, theirs = self.model.state_dict(), model.state_dict()
         for name, avg in ours.items():
             if avg.is_floating_point():
@@ -381,6 +381,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     if resume:  # this run's own weights; init_from, if any, was recorded when the run began
         if not state_path.exists():
             raise FileNotFoundError(f"--resume: no {state_path}; start without --resume")
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if cfg.ema_decay and "ema_updates" not in state:
+            raise ValueError(f"--resume with ema_decay: {state_path} was written without it")
         # with a moving average, the trained weights are raw.safetensors, the average last's
         raw = out / ("raw.safetensors" if cfg.ema_decay else "last.safetensors")
         loaded, info = load_checkpoint(raw, device)
@@ -392,13 +395,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         legacy = previous.get("step", 0) * cfg.batch_size * previous.get("world_size", 1)
         prior_samples = int(previous.get("samples_seen", legacy))
         resumed_at = list(previous.get("resumed_at", []))
-        state = torch.load(state_path, map_location=device, weights_only=False)
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
         if cfg.ema_decay:
-            if "ema_updates" not in state:
-                raise ValueError(f"--resume with ema_decay: {state_path} was written without it")
             averaged, _ = load_checkpoint(out / "last.safetensors", device)
             ema = WeightAverage(averaged, cfg.ema_decay, state["ema_updates"])
         torch.set_rng_state(state["rng_cpu"])
